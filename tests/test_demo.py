@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from conftest import require_detectron2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["baseline", "pskd"]  # two backbones keep the test short; `make demo` runs three
 
@@ -74,8 +76,8 @@ def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_witho
 
 @pytest.mark.slow
 @pytest.mark.detectron2
-@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None, reason="Detectron2 not installed")
 def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
+    require_detectron2()
     demo, out, rc, _ = demo_without_d2
     assert rc == 0
     demo = load_demo()  # a fresh copy: Detectron2 visible again

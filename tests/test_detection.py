@@ -13,7 +13,9 @@ import pytest
 import torch
 import torchvision
 
-pytest.importorskip("detectron2")
+from conftest import require_detectron2  # noqa: E402
+
+require_detectron2()
 
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, free_port, run_tool
+from conftest import ROOT, free_port, require_detectron2, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 # 6 iterations an epoch; checkpoints at iterations 4 (mid-epoch), 6 (epoch end), 8 (mid-epoch), 12.
@@ -354,7 +354,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
 @pytest.fixture
 def voc_annotation(tmp_path):
     """A small VOC tree and the path of the first VOC2007 trainval annotation."""
-    pytest.importorskip("detectron2")
+    require_detectron2()
     from detection.synthetic_voc import write_voc
 
     folder = os.path.join(write_voc(str(tmp_path / "voc"), trainval07=2, test07=1, trainval12=1, size=64), "VOC2007")
