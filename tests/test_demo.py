@@ -58,7 +58,7 @@ def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_witho
     # Step headers with their number, and the exact install command and the re-run command.
     assert "[3/" in stdout and "pretraining Baseline backbone (resnet18, 2 epochs)" in stdout
     assert "Detectron2 is not installed" in stdout
-    assert "install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'" in stdout
+    assert "`make venv` builds it at the pinned commit" in stdout
     assert f"make demo DEMO_ARGS=\"--out {out} --size tiny --methods baseline,pskd --from detection\"" in stdout
     assert stdout.rstrip().endswith(f"Output folder: {out}")
     # What exists without detection: metrics, diagrams, converted weights, a Table 5 without AP50.
@@ -107,6 +107,12 @@ def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
     log = os.path.join(out, "logs", "03_pretrain.log")
     assert "DEMO FAILED at step [3/7] pretraining Baseline backbone" in err
     assert f"Full log of the step: {log}" in err and os.path.isfile(log)
+    # The tool's own error line, in the failure message and among the log's last lines.
+    missing = os.path.join(ROOT, "configs", "pretrain", "no_such_config.yaml")
+    error = f"error: config file '{missing}' not found"
+    assert f"pretrain.py exited with code 1\n  {error}" in err
+    tail = err.split("Its last lines:\n", 1)[1]
+    assert f"    {error}" in tail.splitlines()
 
 
 def test_demo_from_a_later_stage_needs_the_earlier_outputs(tmp_path):

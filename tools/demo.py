@@ -30,7 +30,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 PRETRAIN_CONFIGS = os.path.join(ROOT, "configs", "pretrain")
 DET_CONFIG = os.path.join(ROOT, "configs", "detection", "faster_rcnn_R_18_FPN_tiny_cpu.yaml")
-D2_INSTALL = "install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 
 # key: (label, config file in configs/pretrain/). All share Base-CPU-synthetic.yaml (ResNet-18).
 METHODS = {
@@ -61,6 +60,15 @@ D2_SHOW = re.compile(r"eta: |Inference done|copypaste|Total inference time|Overa
 
 def detectron2_installed():
     return importlib.util.find_spec("detectron2") is not None
+
+
+def detectron2_missing_reason():
+    """Why `make venv` could not build Detectron2 (tools/install_detectron2.sh records it), if known."""
+    path = os.path.join(sys.prefix, "detectron2-unavailable.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.readline().strip()
 
 
 def children_cpu():
@@ -165,7 +173,7 @@ class Demo:
                 lines.put(None)
 
             threading.Thread(target=pump, daemon=True).start()
-            last_shown, started = time.time(), time.time()
+            last_shown, started, last_error = time.time(), time.time(), None
             try:
                 while True:
                     try:
@@ -180,6 +188,8 @@ class Demo:
                         break
                     log.write(line)
                     log.flush()
+                    if line.startswith("error:"):
+                        last_error = line.strip()
                     if show is None or show.search(line):
                         print("      " + line.rstrip()[:200], flush=True)
                         last_shown = time.time()
@@ -189,7 +199,7 @@ class Demo:
                 proc.wait()
                 raise
         if rc != 0:
-            raise StepFailed(f"{name} exited with code {rc}")
+            raise StepFailed(f"{name} exited with code {rc}" + (f"\n  {last_error}" if last_error else ""))
 
     def fresh(self, path):
         """Remove a folder this demo writes (never anything outside OUT), so runs do not mix."""
@@ -396,18 +406,17 @@ class Demo:
         print("  pretrain/, d2/, detection/, logs/    the runs, converted weights, and each step's full log")
         if not self.run_detection:
             skipped = [f"[{i}/{len(self.steps)}]" for i, s in enumerate(self.steps, 1) if s.status == "skipped"]
-            pip = os.path.join(sys.prefix, "bin", "pip")
             again = " ".join(self.same_run_args() + ["--from", "detection"])
             if not self.has_d2:
                 print(f"\nDetectron2 is not installed, so steps {', '.join(skipped)} (detection) did not run, and "
                       "table5.* have no AP50 yet.")
+                reason = detectron2_missing_reason()
+                if reason:
+                    print(f"  ({reason})")
                 print("To finish the demo:")
-                print("  1. install Detectron2 into this environment (builds from source: needs a C/C++ compiler, "
-                      "takes a few minutes):")
-                print(f"       {shell_path(pip)} install 'setuptools<81' wheel   # detectron2.model_zoo imports "
-                      "pkg_resources")
-                print(f"       {shell_path(pip)} {D2_INSTALL}")
-                print("     (details and alternatives: docs/detection.md, section 1)")
+                print("  1. install Detectron2 into this environment (`make venv` builds it at the pinned commit: "
+                      "needs a C/C++ compiler and a few minutes; DETECTRON2_SRC=<clone or archive> where "
+                      "GitHub is out of reach; README, section Install)")
                 print("  2. run only the remaining steps (reuses the data and backbones above):")
             else:
                 print(f"\n--skip-detection: steps {', '.join(skipped)} did not run; table5.* have no AP50. "
@@ -447,8 +456,8 @@ def main(argv=None):
                              "(e.g. --from detection after installing Detectron2)")
     args = parser.parse_args(argv)
     if args.from_stage == "detection" and not detectron2_installed():
-        parser.error("--from detection needs Detectron2, which is not installed: "
-                     f"{shell_path(os.path.join(sys.prefix, 'bin', 'pip'))} {D2_INSTALL}")
+        parser.error("--from detection needs Detectron2, which is not installed: `make venv` builds it "
+                     "(README, section Install)")
     return Demo(args).main()
 
 

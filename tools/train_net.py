@@ -9,6 +9,7 @@ VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (
 VOC2012/). Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50).
 """
 
+import logging
 import os
 import sys
 
@@ -28,6 +29,26 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return VOCEvaluator(dataset_name, output_file=eval_json_path(cfg, dataset_name), weights=cfg.MODEL.WEIGHTS)
+
+
+class DropDivergenceTraceback(logging.Filter):
+    """Drops Detectron2's logged traceback of a non-finite loss: main() reports it as one line."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], FloatingPointError))
+
+
+def train(cfg, resume):
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    logging.getLogger("detectron2.engine.train_loop").addFilter(DropDivergenceTraceback())
+    try:
+        return trainer.train()
+    except FloatingPointError:
+        # Detectron2 stops at the first non-finite loss (on the main process).
+        sys.exit(f"error: training diverged: the loss became Inf/NaN at iteration {trainer.iter} "
+                 f"(run folder {cfg.OUTPUT_DIR}). Try a lower SOLVER.BASE_LR, a longer "
+                 "SOLVER.WARMUP_ITERS, or SOLVER.CLIP_GRADIENTS.ENABLED True.")
 
 
 def setup(args):
@@ -53,9 +74,7 @@ def main(args):
         return Trainer.test(cfg, model)
     if comm.is_main_process():
         record_backbone(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)  # for tools/report.py
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    return train(cfg, args.resume)
 
 
 if __name__ == "__main__":
