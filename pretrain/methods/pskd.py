@@ -144,7 +144,7 @@ class ProgressiveSelfKD(Method):
         p = self.cutmix.prob  # the chance that a sample is CutMix-ed in an epoch, either rule
         return (f"PS-KD with CutMix and PSKD.SOURCE table: a sample CutMix-ed in epoch t-1 has no "
                 f"prediction from epoch t-1, so its PS-KD target uses an older one. Expected in epoch "
-                f"t >= 2: {p:.0%} of PS-KD targets from a prediction two or more epochs old, {p:g}^t "
+                f"t >= 1: {p:.0%} of PS-KD targets from a prediction two or more epochs old, {p:g}^t "
                 f"of them still the one-hot label. PSKD.SOURCE previous_model keeps the paper's rule "
                 f"(always the model of epoch t-1).")
 
