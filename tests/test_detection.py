@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 
 pytest.importorskip("detectron2")
 
@@ -26,7 +27,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
-from detection.report import read_run  # noqa: E402
+from detection.report import protocol, read_run  # noqa: E402
 from detection.synthetic_voc import VOC_CLASSES, write_voc  # noqa: E402
 from detection.verify import verify_d2_weights  # noqa: E402
 from detection.voc import VOCEvaluator, VOCFormatError, load_voc_split, register_voc  # noqa: E402
@@ -145,6 +146,14 @@ def test_paper_protocol_builds_trains_and_infers(voc):
     with torch.no_grad():
         out = model([DatasetMapper(cfg, is_train=False)(record)])[0]["instances"]
     assert len(out) <= 100
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("faster_rcnn_R_152_C4_voc0712.yaml", "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px"),
+    ("faster_rcnn_R_152_C4_voc0712_paper.yaml", "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"),
+])
+def test_report_names_the_protocol_of_a_detectron2_dump(name, expected):
+    assert protocol(yaml.safe_load(load_cfg(name).dump())) == expected
 
 
 # Keys our bases set differently from Detectron2's VOC configs, on purpose (torchvision weights).
