@@ -149,8 +149,10 @@ def test_paper_protocol_builds_trains_and_infers(voc):
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("faster_rcnn_R_152_C4_voc0712.yaml", "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px"),
-    ("faster_rcnn_R_152_C4_voc0712_paper.yaml", "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"),
+    ("faster_rcnn_R_152_C4_voc0712.yaml",
+     "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px"),
+    ("faster_rcnn_R_152_C4_voc0712_paper.yaml",
+     "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"),
 ])
 def test_report_names_the_protocol_of_a_detectron2_dump(name, expected):
     assert protocol(yaml.safe_load(load_cfg(name).dump())) == expected

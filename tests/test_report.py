@@ -102,7 +102,8 @@ def test_rows_follow_the_links(runs):
 
 
 def test_rows_show_the_fine_tuning_protocol(runs, tmp_path):
-    assert read_run(str(runs["mix"]))["protocol"] == "batch 4, lr 0.01, 300 it (x0.1 at 240), train 96-128 / test 128 px"
+    expected = "batch 4, lr 0.01, 300 it (x0.1 at 240), train 96-128 / test 128 px"
+    assert read_run(str(runs["mix"]))["protocol"] == expected
     # A run of the paper's protocol, as Detectron2 dumps it, next to the others.
     paper = make_detection_run(tmp_path, "det_paper", tmp_path / "gone.pkl", 79.0)
     cfg = yaml.safe_load((paper / "config.yaml").read_text())
