@@ -45,7 +45,7 @@ PRETRAIN_METRICS = ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc")
 COLUMNS = (
     ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
     + [f"pretrain_{m}" for m in PRETRAIN_METRICS]
-    + ["max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
+    + ["protocol", "max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
 )
 
 
@@ -91,6 +91,28 @@ def _resolve(path, run_dir):
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
     return None
+
+
+def _sizes(value):
+    """INPUT.MIN_SIZE_* as dumped (an int or a list) -> "600" or "480-800"."""
+    sizes = value if isinstance(value, (list, tuple)) else [value]
+    return f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+
+
+def protocol(det_cfg):
+    """How a detection run was fine-tuned, from the values in its config.yaml (so overrides
+    show): global batch, base lr, iterations and lr steps, train / test short side in px."""
+    batch, lr, iters = (_get(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER"))
+    if None in (batch, lr, iters):
+        return None
+    text = f"batch {batch}, lr {lr:g}, {iters:,} it"
+    steps = _get(det_cfg, "SOLVER.STEPS")
+    if steps:
+        text += " (x{:g} at {})".format(_get(det_cfg, "SOLVER.GAMMA", 0.1), ", ".join(f"{s:,}" for s in steps))
+    train, test = _get(det_cfg, "INPUT.MIN_SIZE_TRAIN"), _get(det_cfg, "INPUT.MIN_SIZE_TEST")
+    if train is not None and test is not None:
+        text += f", train {_sizes(train)} / test {_sizes(test)} px"
+    return text
 
 
 def _pretrain_checkpoint(weights, run_dir):
@@ -142,6 +164,7 @@ def read_run(run_dir, label=None):
         pre_cfg = _read_pretraining(row, run_dir)
     else:
         det_cfg = _read_yaml(cfg_path) if os.path.isfile(cfg_path) else {}
+        row["protocol"] = protocol(det_cfg)
         row["max_iter"] = _get(det_cfg, "SOLVER.MAX_ITER")
         row["ims_per_batch"] = _get(det_cfg, "SOLVER.IMS_PER_BATCH")
         if os.path.isfile(eval_path):
@@ -198,15 +221,18 @@ def to_markdown(rows):
         "AP75",
         "Pretrain top-1 err",
         "Pretrain ECE",
+        "Fine-tuning",
     ]
     lines = [
         "# Table 5: Faster R-CNN on PASCAL VOC07 test",
         "",
         "VOC07 11-point mAP at IoU > 0.5 (AP50), in percent; AP averages IoU 0.50:0.95. Paper values:",
-        "PS-KD (ICCV 2021) Table 5, ResNet-152 backbone fine-tuned on VOC07+12 trainval.",
+        "PS-KD (ICCV 2021) Table 5, ResNet-152 backbone fine-tuned on VOC07+12 trainval with batch 1,",
+        "lr 0.001 for 10 epochs (configs/detection/faster_rcnn_R_152_C4_voc0712_paper.yaml follows that",
+        "protocol). \"Fine-tuning\" is each run's own, read from its config.yaml.",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 4) + ["---"]) + "|",
     ]
     for r in rows:
         cells = [
@@ -219,6 +245,7 @@ def to_markdown(rows):
             _fmt(r["AP75"]),
             _fmt(r["pretrain_top1_err"]),
             _fmt(r["pretrain_ece"]),
+            r["protocol"] or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     missing = [r["run"] for r in rows if not r["backbone_checkpoint"]]
@@ -232,6 +259,10 @@ def to_markdown(rows):
     if undetected:
         lines += ["", f"No VOC evaluation (voc_eval.json) yet for: {', '.join(undetected)}; their AP columns "
                       "are empty."]
+    protocols = {r["protocol"] for r in rows if r["protocol"]}
+    if len(protocols) > 1:
+        lines += ["", "The rows were fine-tuned with different protocols (Fine-tuning column): compare AP "
+                      "only between rows of the same one."]
     reference = ", ".join(f"{k} {v:.2f}" for k, v in PAPER_TABLE5.items())
     lines += ["", f"Paper, all methods: {reference}.", ""]
     return "\n".join(lines)

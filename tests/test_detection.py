@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 
 from conftest import require_detectron2  # noqa: E402
 
@@ -29,7 +30,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
-from detection.report import read_run  # noqa: E402
+from detection.report import protocol, read_run  # noqa: E402
 from detection.synthetic_voc import VOC_CLASSES, write_voc  # noqa: E402
 from detection.verify import verify_d2_weights  # noqa: E402
 from detection.voc import VOCEvaluator, VOCFormatError, load_voc_split, register_voc  # noqa: E402
@@ -84,11 +85,80 @@ def test_configs_are_set_up_for_torchvision_weights(name):
 
 def test_paper_protocol_arithmetic():
     cfg = load_cfg("faster_rcnn_R_152_C4_voc0712_paper.yaml")
-    images, epochs = 16551, 10
+    images, epochs = 2 * 16551, 10  # faster-rcnn.pytorch's flip-doubled VOC07+12 trainval
     assert cfg.SOLVER.IMS_PER_BATCH == 1 and cfg.SOLVER.BASE_LR == 0.001
-    assert cfg.SOLVER.MAX_ITER == images * epochs // cfg.SOLVER.IMS_PER_BATCH
-    assert tuple(cfg.SOLVER.STEPS) == (images * 5,)
-    assert cfg.SOLVER.GAMMA == 0.1
+    assert cfg.SOLVER.MAX_ITER == images * epochs // cfg.SOLVER.IMS_PER_BATCH == 331020
+    assert tuple(cfg.SOLVER.STEPS) == (images * 5,) == (165510,)
+    assert cfg.SOLVER.GAMMA == 0.1 and cfg.SOLVER.WARMUP_ITERS == 0
+    assert cfg.SOLVER.CHECKPOINT_PERIOD == images
+
+
+def test_paper_protocol_follows_faster_rcnn_pytorch():
+    cfg = load_cfg("faster_rcnn_R_152_C4_voc0712_paper.yaml")
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (600,) and cfg.INPUT.MAX_SIZE_TRAIN == 1000
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (600, 1000)
+    anchors = cfg.MODEL.ANCHOR_GENERATOR
+    assert [list(s) for s in anchors.SIZES] == [[128, 256, 512]]
+    assert [list(r) for r in anchors.ASPECT_RATIOS] == [[0.5, 1.0, 2.0]]
+    heads, rpn = cfg.MODEL.ROI_HEADS, cfg.MODEL.RPN
+    assert (heads.BATCH_SIZE_PER_IMAGE, heads.POSITIVE_FRACTION) == (128, 0.25)
+    assert (heads.NMS_THRESH_TEST, heads.SCORE_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == (0.3, 0.0, 100)
+    assert (rpn.POST_NMS_TOPK_TEST, rpn.PRE_NMS_TOPK_TEST, rpn.POST_NMS_TOPK_TRAIN) == (300, 6000, 2000)
+    assert cfg.MODEL.RESNETS.DEPTH == 152 and cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
+
+
+def test_paper_protocol_builds_trains_and_infers(voc):
+    """The config's structural choices (512-channel RPN conv, 7x7 RoIAlign into res5, no warm-up,
+    no weight decay on biases) as Detectron2 builds them, on one generated VOC image. DEPTH 50:
+    the same C4 structure as 152, faster on a CPU."""
+    from detectron2.data import DatasetMapper
+    from detectron2.engine import DefaultTrainer
+    from detectron2.utils.events import EventStorage
+
+    cfg = load_cfg("faster_rcnn_R_152_C4_voc0712_paper.yaml", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "50")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.proposal_generator.rpn_head.conv.out_channels == 512
+    pooler = model.roi_heads.pooler
+    assert pooler.output_size == (7, 7) and pooler.level_poolers[0].aligned is False
+    optimizer = DefaultTrainer.build_optimizer(cfg, model)
+    scheduler = DefaultTrainer.build_lr_scheduler(cfg, optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)  # no warm-up
+    lrs = {}
+    optimizer.step()  # no gradients yet: changes nothing, keeps the optimizer-then-scheduler order
+    for it in (0, 165509, 165510, 331019):
+        scheduler.last_epoch = it - 1
+        scheduler.step()
+        lrs[it] = optimizer.param_groups[0]["lr"]
+    assert lrs == pytest.approx({0: 1e-3, 165509: 1e-3, 165510: 1e-4, 331019: 1e-4})
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert group["weight_decay"] == (0.0 if names[id(p)].endswith(".bias") else 1e-4)
+
+    register_voc(voc)
+    record = next(d for d in DatasetCatalog.get("voc_2007_trainval") if d["annotations"])
+    batch = [DatasetMapper(cfg, is_train=True)(record)]
+    assert min(batch[0]["image"].shape[1:]) == 600 or max(batch[0]["image"].shape[1:]) == 1000
+    model.train()
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model([DatasetMapper(cfg, is_train=False)(record)])[0]["instances"]
+    assert len(out) <= 100
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("faster_rcnn_R_152_C4_voc0712.yaml",
+     "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px"),
+    ("faster_rcnn_R_152_C4_voc0712_paper.yaml",
+     "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"),
+])
+def test_report_names_the_protocol_of_a_detectron2_dump(name, expected):
+    assert protocol(yaml.safe_load(load_cfg(name).dump())) == expected
 
 
 # Keys our bases set differently from Detectron2's VOC configs, on purpose (torchvision weights).

@@ -65,6 +65,22 @@ def test_label_smoothing_puts_eps_over_k_on_every_class():
     assert loss.item() == pytest.approx(-(0.05 * LN(0.25) + 0.95 * LN(0.75)))
 
 
+def test_label_smoothing_differs_from_the_tfkd_convention_by_1e4_on_the_label():
+    # The target the method trains on, read off the gradient: d loss / d z = softmax(z) - target.
+    k = 1000
+    m = make_method("ls", labels=[7], num_classes=k, batch=1, LS__EPSILON=0.1)
+    z = torch.randn(1, k, requires_grad=True)
+    loss, _ = m.training_step(lambda images: z, torch.zeros(1, 3, 4, 4), torch.tensor([7]), torch.tensor([0]))
+    loss.backward()
+    target = (z.softmax(1) - z.grad).detach().double()[0]
+    tfkd = torch.full((k,), 0.1 / (k - 1), dtype=torch.float64)
+    tfkd[7] = 0.9
+    gap = target - tfkd
+    assert gap[7].item() == pytest.approx(1e-4, abs=1e-6)
+    others = gap[torch.arange(k) != 7]  # 0.1 / 1000 - 0.1 / 999, read through float32 rounding
+    assert others.mean().item() == pytest.approx(-1.0e-7, abs=5e-9) and others.abs().max() < 2e-7
+
+
 def test_baseline_with_cutmix_mixes_targets_by_area():
     m = make_method("baseline", labels=[0, 1], num_classes=2, batch=2,
                     AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PROB=1.0)
@@ -183,6 +199,17 @@ def test_tfkd_kl_reductions(reduction, divisor):
     assert tfkd_kl(student, teacher, 1.0, reduction).item() == pytest.approx(0.5 * LN(4 / 3) / divisor)
     # T = 2 on doubled logits: the same distributions, times T^2 = 4
     assert tfkd_kl(2 * student, teacher, 2.0, reduction).item() == pytest.approx(2 * LN(4 / 3) / divisor)
+
+
+def test_tfkd_mean_reduction_weakens_the_imagenet_kd_term_to_004_kl():
+    # K = 1000, alpha 0.1, T 20: "mean" makes the KD term 0.1 * 400 / 1000 = 0.04 x the per-sample
+    # KL (at temperature T); "batchmean" (the TF-KD paper's equation) 40 x.
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 1000) * 5, torch.randn(8, 1000) * 5
+    p_t = F.softmax(teacher / 20, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(student / 20, 1))).sum(1).mean()
+    assert 0.1 * tfkd_kl(student, teacher, 20.0, "mean").item() == pytest.approx(0.04 * kl.item(), rel=1e-4)
+    assert 0.1 * tfkd_kl(student, teacher, 20.0, "batchmean").item() == pytest.approx(40 * kl.item(), rel=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +396,84 @@ def test_pskd_previous_model_source():
     other.load_state_dict(m.state_dict())
     assert other.source.ready and torch.equal(other.source.model.fc.weight, snapshot["fc.weight"])
     assert "previous epoch's model" in m.describe()
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_pskd_previous_model_batchnorm_mode(bn_mode):
+    torch.manual_seed(0)
+    labels = [0, 1, 2, 3]
+    model = build_resnet("resnet18", 4)
+    with torch.no_grad():  # running statistics far from any batch's, so the two modes differ
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    m = make_method("pskd", labels=labels, num_classes=4, batch=4, epochs=2, PSKD__SOURCE="previous_model",
+                    PSKD__PREVIOUS_MODEL_BN=bn_mode)
+    m.on_epoch_start(1, model)
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(4, 3, 16, 16)
+    reference = build_resnet("resnet18", 4)
+    reference.load_state_dict(snapshot)
+    with torch.no_grad():
+        expected = {mode: reference.train(mode == "train")(images).softmax(1) for mode in ("eval", "train")}
+    assert not torch.allclose(expected["eval"], expected["train"], atol=1e-3)
+    for _ in range(2):
+        past = m.source.read(images, torch.tensor(labels), torch.arange(4))
+        torch.testing.assert_close(past, expected[bn_mode], rtol=1e-5, atol=1e-6)
+    # The copy's running statistics are those of the epoch's start in either mode.
+    assert all(torch.equal(v, snapshot[k]) for k, v in m.source.model.state_dict().items())
+    assert f"BatchNorm {bn_mode} mode" in m.describe()
+
+
+def test_pskd_previous_model_batchnorm_mode_is_checked():
+    with pytest.raises(ValueError, match="PSKD.PREVIOUS_MODEL_BN"):
+        make_method("pskd", PSKD__SOURCE="previous_model", PSKD__PREVIOUS_MODEL_BN="frozen")
+
+
+def test_pskd_cutmix_with_the_table_warns_and_previous_model_does_not(caplog):
+    with caplog.at_level("WARNING", logger="pretrain"):
+        table = make_method("pskd", AUG__CUTMIX__ENABLED=True)
+        make_method("pskd", AUG__CUTMIX__ENABLED=True, PSKD__SOURCE="previous_model")
+        make_method("pskd")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [table.stale_table_warning()]
+    assert "50% of PS-KD targets" in warnings[0] and "previous_model" in warnings[0]
+    assert "stale past predictions" in table.describe()
+
+
+def test_pskd_cutmix_table_staleness_on_a_toy_run():
+    """Which epoch wrote the past prediction each PS-KD sample reads, with the table, CutMix's
+    half rule, 512 samples, batch 32. The stand-in model predicts class e + 1 in epoch e, so a row
+    read back names the epoch that wrote it (class 0, every sample's label: never written)."""
+    n, batch, classes, epochs = 512, 32, 16, 6
+    m = make_method("pskd", labels=[0] * n, num_classes=classes, batch=batch, epochs=epochs,
+                    PSKD__TABLE_DTYPE="float32", AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PSKD_MODE="half")
+    read, ages = m.source.read, []
+
+    def spy(images, labels, indices):
+        past = read(images, labels, indices)
+        ages[-1].append(m.epoch - (past.argmax(1) - 1))  # epoch e - writer; e + 1: the label
+        return past
+
+    m.source.read = spy
+    torch.manual_seed(0)
+    for epoch in range(epochs):
+        m.on_epoch_start(epoch, None)
+        ages.append([])
+        logits = 20 * F.one_hot(torch.full((batch,), epoch + 1), classes).float()
+        order = torch.randperm(n)
+        for step in range(n // batch):
+            m.training_step(fixed(logits), torch.zeros(batch, 3, 8, 8), torch.zeros(batch, dtype=torch.long),
+                            order[step * batch:(step + 1) * batch])
+    for epoch, age in enumerate(ages):
+        age = torch.cat(age).float()
+        assert age.numel() == n // 2  # the PS-KD half of every batch
+        stale, label = (age >= 2).float().mean().item(), (age == epoch + 1).float().mean().item()
+        print(f"epoch {epoch}: {stale:.1%} two or more epochs old, {label:.1%} the one-hot label")
+        if epoch >= 1:
+            assert stale == pytest.approx(0.5, abs=0.1)  # CutMix-ed in epoch e-1: no prediction from it
+            assert label == pytest.approx(0.5 ** epoch, abs=0.1)
 
 
 # -- registry, validation, describe -----------------------------------------------------------

@@ -1,10 +1,11 @@
 """Every metric against hand-computed cases (SPEC section 4)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pretrain.metrics import aurc_eaurc, ece, per_sample_stats, plot_reliability_diagram, summarize
+from pretrain.metrics import aurc_eaurc, ece, optimal_aurc, per_sample_stats, plot_reliability_diagram, summarize
 
 CONF = torch.tensor([0.85, 0.75, 0.6, 0.55], dtype=torch.float64)
 CORRECT = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
@@ -22,11 +23,12 @@ def test_ece_bins_are_left_open_right_closed():
 
 
 def test_aurc_and_eaurc_hand_computed():
-    # sorted errors 0,1,0,1 -> risks 0, 1/2, 1/3, 1/2; optimum for r=1/2: r + (1-r) ln(1-r)
+    # sorted errors 0,1,0,1 -> risks 0, 1/2, 1/3, 1/2; optimum for r = 2 errors of n = 4 (the
+    # authors' discrete sum): (1/4) * (1/3 + 2/4)
     aurc, eaurc = aurc_eaurc(CONF, CORRECT)
     expected = (0 + 0.5 + 1 / 3 + 0.5) / 4
     assert aurc == pytest.approx(1000 * expected)
-    assert eaurc == pytest.approx(1000 * (expected - (0.5 + 0.5 * math.log(0.5))))
+    assert eaurc == pytest.approx(1000 * (expected - (1 / 3 + 2 / 4) / 4))
 
 
 def test_perfect_ranking_has_zero_eaurc():
@@ -34,8 +36,43 @@ def test_perfect_ranking_has_zero_eaurc():
     correct = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
     aurc, eaurc = aurc_eaurc(conf, correct)
     assert aurc == pytest.approx(1000 * 0.25 / 4)
-    # the continuous optimum r + (1-r)ln(1-r) is below the discrete one: E-AURC small, >= 0
-    assert 0 <= eaurc < aurc
+    assert eaurc == pytest.approx(0.0, abs=1e-12)  # the discrete optimum is reached exactly
+
+
+def test_optimal_aurc_is_the_discrete_sum_not_the_closed_form():
+    assert optimal_aurc(0, 10) == 0.0
+    assert optimal_aurc(10, 10) == pytest.approx(1.0)
+    assert optimal_aurc(1, 4) == pytest.approx(1 / 4 / 4)
+    # The closed form rho + (1 - rho) ln(1 - rho) is its large-n limit, about rho / (2n) lower.
+    for n, gap in ((100, 1.0e-3), (10_000, 1.0e-5)):
+        closed = 0.2 + 0.8 * math.log(0.8)
+        assert optimal_aurc(n // 5, n) - closed == pytest.approx(gap, rel=0.01)
+
+
+def reference_aurc(conf, correct):
+    """The authors' calc_aurc (PS-KD utils/metric.py) in numpy, with a stable argsort."""
+    order = np.argsort(conf, kind="stable")[::-1]
+    wrong = 1 - correct[order]
+    n, r = len(wrong), int(wrong.sum())
+    aurc = np.mean(np.cumsum(wrong) / np.arange(1, n + 1))
+    opt = (1.0 / n) * np.sum(np.arange(1, r + 1) / (n - r + np.arange(1, r + 1)))
+    return 1000 * aurc, 1000 * (aurc - opt)
+
+
+def test_ties_are_ordered_as_an_ascending_argsort_reversed():
+    # Three samples at confidence 1.0, ranked 2, 1, 0. Only sample 1 wrong: risks 0, 1/2, 1/3.
+    conf = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    aurc, _ = aurc_eaurc(conf, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    assert aurc == pytest.approx(1000 * (0 + 1 / 2 + 1 / 3) / 3)
+    # Only sample 2 wrong: it ranks first (a descending stable sort would rank it last: 0, 0, 1/3).
+    aurc, _ = aurc_eaurc(conf, torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64))
+    assert aurc == pytest.approx(1000 * (1 + 1 / 2 + 1 / 3) / 3)
+    # Many saturated confidences, against the reference formula.
+    gen = np.random.default_rng(0)
+    conf = np.where(gen.random(2000) < 0.4, 1.0, gen.random(2000))
+    correct = (gen.random(2000) < 0.8).astype(np.float64)
+    ours = aurc_eaurc(torch.from_numpy(conf), torch.from_numpy(correct))
+    assert ours == pytest.approx(reference_aurc(conf, correct), rel=1e-12)
 
 
 def test_per_sample_stats_and_summary_from_logits():

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from detection.convert import convert
-from detection.report import PAPER_TABLE5, label_from_dirname, read_run, record_backbone
+from detection.report import PAPER_TABLE5, label_from_dirname, read_run, record_backbone, to_markdown
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
 from tools.report import main as report_main
@@ -50,7 +50,8 @@ def make_detection_run(root, name, weights, ap50=None):
     # The shape of Detectron2's dump: nested upper-case keys, lists for tuples.
     cfg = {
         "MODEL": {"WEIGHTS": str(weights), "RESNETS": {"DEPTH": 18}},
-        "SOLVER": {"MAX_ITER": 300, "IMS_PER_BATCH": 4},
+        "SOLVER": {"MAX_ITER": 300, "IMS_PER_BATCH": 4, "BASE_LR": 0.01, "STEPS": [240], "GAMMA": 0.1},
+        "INPUT": {"MIN_SIZE_TRAIN": [96, 112, 128], "MIN_SIZE_TEST": 128},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     if ap50 is not None:
@@ -98,6 +99,24 @@ def test_rows_follow_the_links(runs):
 
     unknown = read_run(str(runs["unfinished"]))
     assert unknown["method"] is None and unknown["AP50"] is None and unknown["paper_AP50"] is None
+
+
+def test_rows_show_the_fine_tuning_protocol(runs, tmp_path):
+    expected = "batch 4, lr 0.01, 300 it (x0.1 at 240), train 96-128 / test 128 px"
+    assert read_run(str(runs["mix"]))["protocol"] == expected
+    # A run of the paper's protocol, as Detectron2 dumps it, next to the others.
+    paper = make_detection_run(tmp_path, "det_paper", tmp_path / "gone.pkl", 79.0)
+    cfg = yaml.safe_load((paper / "config.yaml").read_text())
+    cfg["SOLVER"] = {"MAX_ITER": 331020, "IMS_PER_BATCH": 1, "BASE_LR": 0.001, "STEPS": [165510], "GAMMA": 0.1}
+    cfg["INPUT"] = {"MIN_SIZE_TRAIN": [600], "MIN_SIZE_TEST": 600}
+    (paper / "config.yaml").write_text(yaml.safe_dump(cfg))
+    row = read_run(str(paper))
+    assert row["protocol"] == "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"
+    md = to_markdown([row, read_run(str(runs["mix"]))])
+    assert "| batch 1, lr 0.001, 331,020 it" in md and "| batch 4, lr 0.01, 300 it" in md
+    assert "different protocols" in md
+    assert "different protocols" not in to_markdown([read_run(str(runs["mix"])), read_run(str(runs["base"]))])
+    assert read_run(str(runs["mix"]).replace("det_b", "pre_mix"))["protocol"] is None  # a pretraining run
 
 
 def test_backbone_json_keeps_the_link_after_eval_only(runs, tmp_path):

@@ -22,7 +22,8 @@ class CrossEntropy(Method):
 class LabelSmoothing(Method):
     """Label smoothing in torch's convention: target (1 - eps) on the label plus eps / K on every
     class (so the label gets 1 - eps + eps / K). TF-KD's code instead puts eps / (K - 1) on the
-    non-target classes only; with eps = 0.1 and K = 1000 the two differ by 1e-7 per class.
+    non-target classes only and 1 - eps on the label; with eps = 0.1 and K = 1000 the label
+    entries differ by 1e-4 (eps / K) and the others by 1e-7.
     With CutMix the mixed target is smoothed (the same as mixing the smoothed targets)."""
 
     name = "ls"

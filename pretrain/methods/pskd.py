@@ -8,7 +8,13 @@ Two sources of past predictions (PSKD.SOURCE), both described in the paper (sec.
 * ``previous_model``: a frozen copy of the model as it was at the end of the previous epoch is
   run on the current batch (what the paper says it did on ImageNet): one extra forward per step
   and a second model in memory, but no table.
+
+With CutMix only the ``previous_model`` source keeps the paper's rule (the prediction of epoch
+t-1) for every PS-KD sample: the table holds no prediction from an epoch in which the sample was
+CutMix-ed, so it hands out an older one. That combination is allowed, with a warning.
 """
+import logging
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -17,6 +23,9 @@ from ..cutmix import CutMix
 from ..distributed import get_world_size
 from ..pskd import PredictionTable, alpha_at, soft_targets
 from .base import Method, build_frozen_model, soft_cross_entropy
+
+logger = logging.getLogger(__name__)
+BN_MODES = ("eval", "train")
 
 
 class TableSource:
@@ -48,15 +57,29 @@ class TableSource:
 
 
 class PreviousModelSource:
-    """Past predictions from the previous epoch's model, frozen, in eval mode (BatchNorm running
-    statistics, as a teacher is used). It does not change during an epoch. In epoch 0 there is no
-    previous model: the past prediction is the one-hot label, as the table's initial rows."""
+    """Past predictions from the previous epoch's model, frozen. It does not change during an
+    epoch. In epoch 0 there is no previous model: the past prediction is the one-hot label, as the
+    table's initial rows.
 
-    description = "past predictions from the previous epoch's model (frozen copy, eval mode, extra forward)"
+    PSKD.PREVIOUS_MODEL_BN "eval" (default) normalises with the copy's running statistics, as a
+    teacher is used; "train" with the statistics of the batch the copy sees (the PS-KD samples of
+    the step), as the training forward that fills the table, without updating the copy's
+    running statistics (so what a checkpoint holds is the copy as it was taken)."""
 
     def __init__(self, ctx):
         self.num_classes = ctx.num_classes
+        self.bn_mode = ctx.cfg.PSKD.PREVIOUS_MODEL_BN
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"PSKD.PREVIOUS_MODEL_BN must be one of {BN_MODES}, got {self.bn_mode!r}")
         self.model = build_frozen_model(ctx.cfg, ctx.device)
+        if self.bn_mode == "train":
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    # Training mode without running statistics: batch statistics, buffers untouched.
+                    module.train()
+                    module.track_running_stats = False
+        self.description = (f"past predictions from the previous epoch's model (frozen copy, BatchNorm "
+                            f"{self.bn_mode} mode, extra forward)")
         self.ready = False  # False in epoch 0
 
     @torch.no_grad()
@@ -113,6 +136,17 @@ class ProgressiveSelfKD(Method):
         if cfg.PSKD.SOURCE not in SOURCES:
             raise ValueError(f"PSKD.SOURCE must be one of {sorted(SOURCES)}, got {cfg.PSKD.SOURCE!r}")
         self.source = SOURCES[cfg.PSKD.SOURCE](ctx)
+        if self.cutmix and isinstance(self.source, TableSource):
+            logger.warning("%s", self.stale_table_warning())
+
+    def stale_table_warning(self):
+        """What the table source does to the paper's rule with CutMix (see the module doc)."""
+        p = self.cutmix.prob  # the chance that a sample is CutMix-ed in an epoch, either rule
+        return (f"PS-KD with CutMix and PSKD.SOURCE table: a sample CutMix-ed in epoch t-1 has no "
+                f"prediction from epoch t-1, so its PS-KD target uses an older one. Expected in epoch "
+                f"t >= 1: {p:.0%} of PS-KD targets from a prediction two or more epochs old, {p:g}^t "
+                f"of them still the one-hot label. PSKD.SOURCE previous_model keeps the paper's rule "
+                f"(always the model of epoch t-1).")
 
     def settings(self):
         out = [f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs})",
@@ -120,6 +154,8 @@ class ProgressiveSelfKD(Method):
         if self.cutmix:
             out.append("CutMix-ed samples get plain CutMix targets, never PS-KD ones, and their "
                        "predictions are never stored")
+            if isinstance(self.source, TableSource):
+                out.append("stale past predictions for samples CutMix-ed in the previous epoch")
         return out
 
     def alpha(self):
