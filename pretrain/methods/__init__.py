@@ -5,9 +5,12 @@ from .cskd import ClassWiseSelfKD
 from .pskd import ProgressiveSelfKD
 from .tfkd import TeacherFreeKD
 from .uskd import UniversalSelfKD
+from .lsskd import LayeredSelfSupervisedKD
 
 METHODS = {cls.name: cls for cls in (CrossEntropy, LabelSmoothing, ProgressiveSelfKD, ClassWiseSelfKD,
-                                     TeacherFreeKD, UniversalSelfKD)}
+                                     TeacherFreeKD, UniversalSelfKD,
+                                     LayeredSelfSupervisedKD,
+                                     )}
 
 
 def build_method(ctx: MethodContext) -> Method:
