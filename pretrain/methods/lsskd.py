@@ -180,14 +180,17 @@ class LayeredSelfSupervisedKD(Method):
     def training_step(self, model, images, labels, indices):
         images, targets, mix = self.mix_batch(images, labels)
         rotated = rotate_batch(images)
-        sad_targets = [joint_targets(targets)] * len(self.net.branches)
+        past = None
         if mix is None and self.previous is not None:
             with torch.no_grad():
                 past_logits, past_sad, _, _ = self.previous(rotated)
-            alpha = self.alpha()
-            targets = (1 - alpha) * targets + alpha * past_logits[::ROTATIONS].float().softmax(dim=1)
-            sad_targets = [(1 - alpha) * t + alpha * s.float().softmax(dim=1) for t, s in zip(sad_targets, past_sad)]
+            past = past_logits[::ROTATIONS], past_sad
         logits, sad_logits, branch_features, final_feature = model(rotated)
+        sad_targets = [joint_targets(targets)] * len(sad_logits)
+        if past is not None:
+            alpha = self.alpha()
+            targets = (1 - alpha) * targets + alpha * past[0].float().softmax(dim=1)
+            sad_targets = [(1 - alpha) * t + alpha * s.float().softmax(dim=1) for t, s in zip(sad_targets, past[1])]
         loss = soft_cross_entropy(logits[::ROTATIONS], targets)
         loss = loss + sum(soft_cross_entropy(s, t) for s, t in zip(sad_logits, sad_targets))
         if self.kd_weight:
