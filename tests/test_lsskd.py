@@ -5,11 +5,17 @@ import math
 import pytest
 import torch
 import torchvision
-
-from pretrain.methods.lsskd import (ROTATIONS, ResNetWithBranches, deep_to_shallow_kl, feature_alignment,
-                                    joint_targets, rotate_batch)
-from pretrain.models import build_resnet
 from test_methods import make_method
+
+from pretrain.methods.lsskd import (
+    ROTATIONS,
+    ResNetWithBranches,
+    deep_to_shallow_kl,
+    feature_alignment,
+    joint_targets,
+    rotate_batch,
+)
+from pretrain.models import build_resnet
 
 LN = math.log
 
@@ -88,10 +94,11 @@ class Fixed(torch.nn.Module):
     """Returns fixed (logits, sad_logits, features, final feature) for the 4 rotated rows of
     one image: the arithmetic of training_step on known numbers."""
 
-    def __init__(self, logits, sad, features=(torch.zeros(ROTATIONS, 2),)):
+    def __init__(self, logits, sad, features=None):
         super().__init__()
         sad = sad if isinstance(sad, list) else [sad]
-        self.out = logits, sad, list(features), torch.zeros(ROTATIONS, 2)
+        features = [torch.zeros(ROTATIONS, 2)] if features is None else features
+        self.out = logits, sad, features, torch.zeros(ROTATIONS, 2)
 
     def forward(self, x):
         assert x.shape[0] == ROTATIONS  # the step feeds the rotated batch
@@ -116,7 +123,7 @@ def step(m, net=None):
 def lsskd(**overrides):
     """A one-image method with the KL and feature terms off unless ``overrides`` set them."""
     return make_method("lsskd", labels=[1], num_classes=2, batch=1, epochs=2,
-                       **dict(dict(LSSKD__KD_WEIGHT=0.0, LSSKD__FEAT_WEIGHT=0.0), **overrides))
+                       **{"LSSKD__KD_WEIGHT": 0.0, "LSSKD__FEAT_WEIGHT": 0.0, **overrides})
 
 
 def test_first_epoch_trains_on_hard_labels_and_joint_labels():
@@ -163,7 +170,7 @@ def test_branches_leave_the_logits_alone_and_the_export_is_a_plain_resnet():
     model = build_resnet("resnet18", 5, cifar_stem=True).eval()
     net = ResNetWithBranches(model, 5).eval()
     x = torch.randn(2, 3, 16, 16)
-    logits, sad, feats, final = net(x)
+    logits, sad, feats, _ = net(x)
     assert torch.allclose(logits, model(x))
     assert [s.shape for s in sad] == [(2, 20)] * 4 and [f.shape for f in feats] == [(2, 512)] * 4
     plain = build_resnet("resnet18", 5, cifar_stem=True).state_dict()

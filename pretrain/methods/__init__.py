@@ -2,10 +2,10 @@
 from .base import Method, MethodContext, soft_cross_entropy
 from .cross_entropy import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD
+from .lsskd import LayeredSelfSupervisedKD
 from .pskd import ProgressiveSelfKD
 from .tfkd import TeacherFreeKD
 from .uskd import UniversalSelfKD
-from .lsskd import LayeredSelfSupervisedKD
 
 METHODS = {cls.name: cls for cls in (CrossEntropy, LabelSmoothing, ProgressiveSelfKD, ClassWiseSelfKD,
                                      TeacherFreeKD, UniversalSelfKD,

@@ -9,11 +9,12 @@ The branches are removed at export: ``model_final.pth`` is the plain torchvision
 docs/methods.md lists what the paper says and what we chose where it is silent.
 """
 import copy
+from itertools import pairwise
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..distributed import get_world_size
 from ..pskd import alpha_at
@@ -53,7 +54,7 @@ def deep_to_shallow_kl(sad_logits, temperature):
     neighbouring stages."""
     n = sad_logits[0].shape[0]
     return sum(distillation_kl(shallow, deep, temperature)
-               for shallow, deep in zip(sad_logits[:-1], sad_logits[1:])) / n
+               for shallow, deep in pairwise(sad_logits)) / n
 
 
 def feature_alignment(branch_features, final_feature):
@@ -144,10 +145,10 @@ class LayeredSelfSupervisedKD(Method):
 
     def settings(self):
         return [f"{ROTATIONS} rotations, joint labels c * {ROTATIONS} + j; branches on layer1-4, trained, not exported",
-                f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past predictions "
-                "from the previous epoch's network (frozen copy, eval mode, extra forward)",
-                f"deep-to-shallow KL weight {self.kd_weight:g} at T {self.temperature:g}, "
-                f"feature alignment weight {self.feat_weight:g}",
+                (f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past predictions "
+                 "from the previous epoch's network (frozen copy, eval mode, extra forward)"),
+                (f"deep-to-shallow KL weight {self.kd_weight:g} at T {self.temperature:g}, "
+                 f"feature alignment weight {self.feat_weight:g}"),
                 "a CutMix-ed batch trains on unsoftened mixed targets"]
 
     def wrap_model(self, model):
