@@ -64,7 +64,7 @@ _C.AUG.CUTMIX.PSKD_MODE = "half"
 
 # ---------------------------------------------------------------------------------------------
 _C.METHOD = CN()
-# baseline | ls | pskd | cskd | tfkd | uskd (docs/methods.md)
+# baseline | ls | pskd | cskd | tfkd | uskd | lsskd (docs/methods.md)
 _C.METHOD.NAME = "baseline"
 
 # Label smoothing: (1 - EPSILON) * onehot + EPSILON / K on every class (torch's convention).
@@ -115,6 +115,16 @@ _C.USKD = CN()
 _C.USKD.ALPHA = 1.0
 _C.USKD.BETA = 0.1
 _C.USKD.MU = 0.005
+
+# LSSKD: CE(y_S) + sum_l CE(branch l, y_S,l) + KD_WEIGHT * deep-to-shallow KL at TEMPERATURE
+# + FEAT_WEIGHT * branch-to-backbone feature MSE, on the batch rotated by 0/90/180/270 degrees;
+# targets softened with the previous epoch's predictions, alpha_e = ALPHA_T * (e + 1) / EPOCHS.
+# The paper gives no values: PS-KD's alpha_T, HSAKD's temperature, unit weights (docs/methods.md).
+_C.LSSKD = CN()
+_C.LSSKD.ALPHA_T = 0.8
+_C.LSSKD.TEMPERATURE = 3.0
+_C.LSSKD.KD_WEIGHT = 1.0
+_C.LSSKD.FEAT_WEIGHT = 1.0
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()

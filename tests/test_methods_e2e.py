@@ -32,8 +32,10 @@ RUNS = {
     "cskd": ("cpu_synthetic_R_18_cskd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
     "tfkd": ("cpu_synthetic_R_18_tfkd.yaml", []),
     "uskd": ("cpu_synthetic_R_18_uskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
+    "lsskd": ("cpu_synthetic_R_18_lsskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
 }
 STATEFUL = ["pskd_previous_model", "cskd", "uskd"]  # method state or sampler of their own
+STATEFUL += ["lsskd"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def run_args(name, data_root, teacher, output_dir):
 def check_outputs(output_dir, method):
     state = torch.load(os.path.join(output_dir, "model_final.pth"), weights_only=True)
     assert list(state) == ["model"]
-    # A plain torchvision ResNet-18: no USKD head, no wrapper prefixes.
+    # A plain torchvision ResNet-18: no USKD head or LSSKD branches, no wrapper prefixes.
     torchvision.models.resnet18(num_classes=4).load_state_dict(state["model"])
     final = json.load(open(os.path.join(output_dir, "eval_final.json")))
     assert final["method"] == method and final["epochs"] == 2

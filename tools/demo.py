@@ -40,6 +40,7 @@ METHODS = {
     "pskd": ("PS-KD", "cpu_synthetic_R_18.yaml"),
     "pskd_cutmix": ("PS-KD + CutMix", "cpu_synthetic_R_18_pskd_cutmix.yaml"),
     "uskd": ("USKD", "cpu_synthetic_R_18_uskd.yaml"),
+    "lsskd": ("LSSKD", "cpu_synthetic_R_18_lsskd.yaml"),
 }
 DEFAULT_METHODS = "baseline,pskd,pskd_cutmix"
 

@@ -2,12 +2,15 @@
 from .base import Method, MethodContext, soft_cross_entropy
 from .cross_entropy import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD
+from .lsskd import LayeredSelfSupervisedKD
 from .pskd import ProgressiveSelfKD
 from .tfkd import TeacherFreeKD
 from .uskd import UniversalSelfKD
 
 METHODS = {cls.name: cls for cls in (CrossEntropy, LabelSmoothing, ProgressiveSelfKD, ClassWiseSelfKD,
-                                     TeacherFreeKD, UniversalSelfKD)}
+                                     TeacherFreeKD, UniversalSelfKD,
+                                     LayeredSelfSupervisedKD,
+                                     )}
 
 
 def build_method(ctx: MethodContext) -> Method:
