@@ -38,6 +38,7 @@ METHOD_LABELS = {
     "tfkd": "TF-KD",
     "pskd": "PS-KD",
     "uskd": "USKD",
+    "nkd": "NKD",
 }
 LINK_FILE = "backbone.json"
 PRETRAIN_METRICS = ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc")

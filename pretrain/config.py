@@ -64,7 +64,7 @@ _C.AUG.CUTMIX.PSKD_MODE = "half"
 
 # ---------------------------------------------------------------------------------------------
 _C.METHOD = CN()
-# baseline | ls | pskd | cskd | tfkd | uskd (docs/methods.md)
+# baseline | ls | pskd | cskd | tfkd | uskd | nkd (docs/methods.md)
 _C.METHOD.NAME = "baseline"
 
 # Label smoothing: (1 - EPSILON) * onehot + EPSILON / K on every class (torch's convention).
@@ -89,7 +89,7 @@ _C.CSKD = CN()
 _C.CSKD.TEMPERATURE = 4.0
 _C.CSKD.LAMBDA = 1.0
 
-# A trained model of MODEL.ARCH that teaches (TF-KD): our model_final.pth / checkpoint or a
+# A trained model of MODEL.ARCH that teaches (TF-KD, NKD): our model_final.pth / checkpoint or a
 # torchvision state dict.
 _C.TEACHER = CN()
 _C.TEACHER.WEIGHTS = ""
@@ -109,6 +109,12 @@ _C.USKD = CN()
 _C.USKD.ALPHA = 1.0
 _C.USKD.BETA = 0.1
 _C.USKD.MU = 0.005
+
+# NKD: CE + L_target + GAMMA * TEMPERATURE^2 * L_non (non-target probabilities renormalised).
+# Defaults: the authors' ImageNet values for ResNet students (yzd-v/cls_KD configs).
+_C.NKD = CN()
+_C.NKD.TEMPERATURE = 1.0
+_C.NKD.GAMMA = 1.5
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()

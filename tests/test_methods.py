@@ -373,7 +373,7 @@ def test_pskd_previous_model_source():
 
 # -- registry, validation, describe -----------------------------------------------------------
 def test_every_method_is_registered():
-    assert set(METHODS) == {"baseline", "ls", "pskd", "cskd", "tfkd", "uskd"}
+    assert set(METHODS) == {"baseline", "ls", "pskd", "cskd", "tfkd", "uskd", "nkd"}
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -32,8 +32,10 @@ RUNS = {
     "cskd": ("cpu_synthetic_R_18_cskd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
     "tfkd": ("cpu_synthetic_R_18_tfkd.yaml", []),
     "uskd": ("cpu_synthetic_R_18_uskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
+    "nkd": ("cpu_synthetic_R_18_nkd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
 }
-STATEFUL = ["pskd_previous_model", "cskd", "uskd"]  # method state or sampler of their own
+# Method state or a sampler of their own, or a teacher reloaded from its file.
+STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd"]
 
 
 @pytest.fixture(scope="module")
