@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from test_methods import make_method
 
 from pretrain.cutmix import Mix
 from pretrain.methods.nkd import nkd_loss
-from test_methods import make_method
 
 LN = math.log
 
@@ -144,7 +144,7 @@ def test_nkd_step_with_cutmix_teacher_frozen_and_fed_the_mixed_images(teacher_fi
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
 
     torch.manual_seed(15)  # a draw that mixes every sample, each less than half its own
-    mixed, targets, mix = m.mix_batch(images, labels)
+    mixed, targets, _ = m.mix_batch(images, labels)
     assert not torch.equal(mixed, images) and (targets.argmax(dim=1) != labels).all()
     torch.manual_seed(15)  # the step draws the same box
     loss, logits = m.training_step(student, images, labels, torch.arange(4))

@@ -2,7 +2,13 @@
 of the same architecture teaches the student."""
 import torch
 
-from .base import Method, build_teacher, describe_teacher, distillation_kl, soft_cross_entropy
+from .base import (
+    Method,
+    build_teacher,
+    describe_teacher,
+    distillation_kl,
+    soft_cross_entropy,
+)
 
 REDUCTIONS = ("mean", "batchmean")
 
