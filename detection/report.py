@@ -39,6 +39,7 @@ METHOD_LABELS = {
     "pskd": "PS-KD",
     "uskd": "USKD",
     "lsskd": "LSSKD",
+    "nkd": "NKD",
 }
 LINK_FILE = "backbone.json"
 PRETRAIN_METRICS = ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc")

@@ -32,7 +32,7 @@ import torch
 
 from .config import get_cfg
 from .engine import AMP_DTYPES, train_step
-from .methods import MethodContext, build_method
+from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet
 from .pskd import table_bytes
 
@@ -189,7 +189,7 @@ class MethodRun:
         name, opts = parse_method(spec)
         cfg = cfg.clone()
         cfg.merge_from_list(opts)
-        if name == "tfkd" and not cfg.TEACHER.WEIGHTS:
+        if name in METHODS and METHODS[name].needs_teacher and not cfg.TEACHER.WEIGHTS:
             cfg.TEACHER.WEIGHTS = teacher_path  # a random teacher costs what a trained one does
         self.spec, self.cfg, self.device = spec, cfg, device
         torch.manual_seed(0)

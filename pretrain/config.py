@@ -64,7 +64,7 @@ _C.AUG.CUTMIX.PSKD_MODE = "half"
 
 # ---------------------------------------------------------------------------------------------
 _C.METHOD = CN()
-# baseline | ls | pskd | cskd | tfkd | uskd | lsskd (docs/methods.md)
+# baseline | ls | pskd | cskd | tfkd | uskd | nkd | lsskd (docs/methods.md)
 _C.METHOD.NAME = "baseline"
 
 # Label smoothing: (1 - EPSILON) * onehot + EPSILON / K on every class (torch's convention).
@@ -94,7 +94,7 @@ _C.CSKD = CN()
 _C.CSKD.TEMPERATURE = 4.0
 _C.CSKD.LAMBDA = 1.0
 
-# A trained model of MODEL.ARCH that teaches (TF-KD): our model_final.pth / checkpoint or a
+# A trained model of MODEL.ARCH that teaches (TF-KD, NKD): our model_final.pth / checkpoint or a
 # torchvision state dict.
 _C.TEACHER = CN()
 _C.TEACHER.WEIGHTS = ""
@@ -125,6 +125,12 @@ _C.LSSKD.ALPHA_T = 0.8
 _C.LSSKD.TEMPERATURE = 3.0
 _C.LSSKD.KD_WEIGHT = 1.0
 _C.LSSKD.FEAT_WEIGHT = 1.0
+
+# NKD: CE + L_target + GAMMA * TEMPERATURE^2 * L_non (non-target probabilities renormalised).
+# Defaults: the authors' ImageNet values for ResNet students (yzd-v/cls_KD configs).
+_C.NKD = CN()
+_C.NKD.TEMPERATURE = 1.0
+_C.NKD.GAMMA = 1.5
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()

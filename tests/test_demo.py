@@ -1,6 +1,7 @@
 """tools/demo.py end to end at its smallest size, the way a newcomer meets it: first without
 Detectron2 (every step that does not need it, then the install instructions), then, where
 Detectron2 is installed, the remaining steps with --from detection on the same output folder."""
+import argparse
 import importlib.util
 import json
 import os
@@ -8,6 +9,7 @@ import os
 import pytest
 
 from conftest import require_detectron2
+from pretrain.methods import METHODS as METHODS_OF_THE_TOOLKIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["baseline", "pskd"]  # two backbones keep the test short; `make demo` runs three
@@ -119,3 +121,17 @@ def test_demo_from_a_later_stage_needs_the_earlier_outputs(tmp_path):
     demo = load_demo()
     with pytest.raises(SystemExit, match="--from convert reuses earlier steps' outputs"):
         demo.main(["--out", str(tmp_path / "empty"), "--from", "convert", "--skip-detection"])
+
+
+@pytest.mark.parametrize("taught", ["tfkd", "nkd"])
+def test_demo_methods_taught_by_the_baseline_need_it_first(taught):
+    demo = load_demo()
+    assert demo.parse_methods(f"baseline,{taught}") == ["baseline", taught]
+    for methods in (taught, f"{taught},baseline"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{taught}'s teacher is the baseline"):
+            demo.parse_methods(methods)
+
+
+def test_demo_offers_every_method():
+    # pskd_cutmix is PS-KD with a config of its own.
+    assert set(load_demo().METHODS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)

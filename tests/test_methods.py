@@ -478,7 +478,7 @@ def test_pskd_cutmix_table_staleness_on_a_toy_run():
 
 # -- registry, validation, describe -----------------------------------------------------------
 def test_every_method_is_registered():
-    assert set(METHODS) == {"baseline", "ls", "pskd", "cskd", "tfkd", "uskd", "lsskd"}
+    assert set(METHODS) == {"baseline", "ls", "pskd", "cskd", "tfkd", "uskd", "nkd", "lsskd"}
 
 
 @pytest.mark.parametrize("overrides, match", [

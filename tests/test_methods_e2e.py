@@ -33,9 +33,10 @@ RUNS = {
     "tfkd": ("cpu_synthetic_R_18_tfkd.yaml", []),
     "uskd": ("cpu_synthetic_R_18_uskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
     "lsskd": ("cpu_synthetic_R_18_lsskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
+    "nkd": ("cpu_synthetic_R_18_nkd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
 }
-STATEFUL = ["pskd_previous_model", "cskd", "uskd"]  # method state or sampler of their own
-STATEFUL += ["lsskd"]
+# Method state or a sampler of their own, or a teacher reloaded from its file.
+STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd", "lsskd"]
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,7 @@ def test_backbone_json_keeps_the_link_after_eval_only(runs, tmp_path):
         ("class_results", None),  # "ls" inside a word is no method
         ("uskd-run", "USKD"),
         ("lsskd-run", "LSSKD"),
+        ("r152_nkd_seed1", "NKD"),
     ],
 )
 def test_label_from_dirname(name, label):

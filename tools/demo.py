@@ -36,12 +36,15 @@ METHODS = {
     "baseline": ("Baseline", "cpu_synthetic_R_18_baseline.yaml"),
     "ls": ("LS", "cpu_synthetic_R_18_ls.yaml"),
     "cskd": ("CS-KD", "cpu_synthetic_R_18_cskd.yaml"),
-    "tfkd": ("TF-KD", "cpu_synthetic_R_18_tfkd.yaml"),  # its teacher: this demo's baseline
+    "tfkd": ("TF-KD", "cpu_synthetic_R_18_tfkd.yaml"),
     "pskd": ("PS-KD", "cpu_synthetic_R_18.yaml"),
     "pskd_cutmix": ("PS-KD + CutMix", "cpu_synthetic_R_18_pskd_cutmix.yaml"),
     "uskd": ("USKD", "cpu_synthetic_R_18_uskd.yaml"),
     "lsskd": ("LSSKD", "cpu_synthetic_R_18_lsskd.yaml"),
+    "nkd": ("NKD", "cpu_synthetic_R_18_nkd.yaml"),
 }
+# Methods taught by a trained model: in the demo, its baseline.
+TAUGHT_BY_BASELINE = ("tfkd", "nkd")
 DEFAULT_METHODS = "baseline,pskd,pskd_cutmix"
 
 # small: `make demo` (<= 10 min on 2 CPU cores); tiny: the test (about a minute).
@@ -232,7 +235,7 @@ class Demo:
             # Evaluate once, at the end; checkpoints only at epoch ends, the newest one kept.
             "TEST.EVAL_PERIOD", s["epochs"], "SOLVER.CHECKPOINT_PERIOD", 1_000_000, "SOLVER.MAX_TO_KEEP", 1,
         ]
-        if m == "tfkd":
+        if m in TAUGHT_BY_BASELINE:
             opts += ["TEACHER.WEIGHTS", os.path.join(self.pre_dir("baseline"), "model_final.pth")]
         self.tool(step, "pretrain.py", ["--config-file", config] + opts)
 
@@ -434,8 +437,9 @@ def parse_methods(text):
         raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
         raise argparse.ArgumentTypeError("a method is listed twice")
-    if "tfkd" in methods and ("baseline" not in methods or methods.index("baseline") > methods.index("tfkd")):
-        raise argparse.ArgumentTypeError("tfkd's teacher is the baseline: list baseline before tfkd")
+    for m in TAUGHT_BY_BASELINE:
+        if m in methods and ("baseline" not in methods or methods.index("baseline") > methods.index(m)):
+            raise argparse.ArgumentTypeError(f"{m}'s teacher is the baseline: list baseline before {m}")
     return methods
 
 

@@ -3,14 +3,14 @@ from .base import Method, MethodContext, soft_cross_entropy
 from .cross_entropy import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD
 from .lsskd import LayeredSelfSupervisedKD
+from .nkd import NormalizedKD
 from .pskd import ProgressiveSelfKD
 from .tfkd import TeacherFreeKD
 from .uskd import UniversalSelfKD
 
 METHODS = {cls.name: cls for cls in (CrossEntropy, LabelSmoothing, ProgressiveSelfKD, ClassWiseSelfKD,
-                                     TeacherFreeKD, UniversalSelfKD,
-                                     LayeredSelfSupervisedKD,
-                                     )}
+                                     TeacherFreeKD, UniversalSelfKD, NormalizedKD,
+                                     LayeredSelfSupervisedKD)}
 
 
 def build_method(ctx: MethodContext) -> Method:

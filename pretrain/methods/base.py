@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import load_weights
 from ..cutmix import CutMix
 from ..data import ShardedSampler
 from ..models import build_resnet
@@ -35,6 +36,8 @@ class Method:
     """
 
     name = ""
+    # True for methods taught by a trained model (TEACHER.WEIGHTS, see ``build_teacher``).
+    needs_teacher = False
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -98,6 +101,23 @@ def build_frozen_model(cfg, device):
         model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
     memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
     return model.to(device, memory_format=memory_format).eval().requires_grad_(False)
+
+
+def build_teacher(cfg, device):
+    """The teacher of METHOD.NAME: a frozen model (``build_frozen_model``) holding
+    TEACHER.WEIGHTS, our model_final.pth / checkpoint or a torchvision state dict. It is no part
+    of a checkpoint: a resumed run reloads it from the same file."""
+    if not cfg.TEACHER.WEIGHTS:
+        raise ValueError(f"METHOD.NAME {cfg.METHOD.NAME} needs TEACHER.WEIGHTS: a trained model of MODEL.ARCH "
+                         "(our model_final.pth or a torchvision state dict)")
+    teacher = build_frozen_model(cfg, device)
+    load_weights(teacher, cfg.TEACHER.WEIGHTS)
+    return teacher
+
+
+def describe_teacher(cfg):
+    """The teacher's phrase for ``Method.settings``."""
+    return f"teacher {cfg.TEACHER.WEIGHTS} ({cfg.MODEL.ARCH}, eval mode, no grad)"
 
 
 def distillation_kl(logits, target_logits, temperature):

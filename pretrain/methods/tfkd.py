@@ -2,8 +2,13 @@
 of the same architecture teaches the student."""
 import torch
 
-from ..checkpoint import load_weights
-from .base import Method, build_frozen_model, distillation_kl, soft_cross_entropy
+from .base import (
+    Method,
+    build_teacher,
+    describe_teacher,
+    distillation_kl,
+    soft_cross_entropy,
+)
 
 REDUCTIONS = ("mean", "batchmean")
 
@@ -29,6 +34,7 @@ class TeacherFreeKD(Method):
     """
 
     name = "tfkd"
+    needs_teacher = True
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -37,15 +43,10 @@ class TeacherFreeKD(Method):
         self.reduction = cfg.TFKD.KL_REDUCTION
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"TFKD.KL_REDUCTION must be one of {REDUCTIONS}, got {self.reduction!r}")
-        self.weights = cfg.TEACHER.WEIGHTS
-        if not self.weights:
-            raise ValueError("METHOD.NAME tfkd needs TEACHER.WEIGHTS: a trained model of MODEL.ARCH "
-                             "(our model_final.pth or a torchvision state dict)")
-        self.teacher = build_frozen_model(cfg, ctx.device)
-        load_weights(self.teacher, self.weights)
+        self.teacher = build_teacher(cfg, ctx.device)
 
     def settings(self):
-        return [f"teacher {self.weights} ({self.ctx.cfg.MODEL.ARCH}, eval mode, no grad)",
+        return [describe_teacher(self.ctx.cfg),
                 f"alpha {self.alpha:g}, T {self.temperature:g}, KL reduction {self.reduction}"
                 + (" (divides by B*K, as the reference CIFAR code)" if self.reduction == "mean"
                    else " (divides by B: the per-sample KL)")]
