@@ -32,7 +32,7 @@ import time
 import torch
 
 from .config import get_cfg
-from .engine import AMP_DTYPES, train_step
+from .engine import AMP_DTYPES, configure_cudnn, train_step
 from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet
@@ -410,8 +410,8 @@ def main(argv=None, doc=None):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_cudnn()  # the engine's setting: the figures are training's
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.set_device(device)
     if args.table_only:
         results = []
