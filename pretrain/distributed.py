@@ -89,7 +89,7 @@ def on_every_rank(fn, what):
     in a collective for one that stopped."""
     try:
         result, error = fn(), None
-    except Exception as exc:  # every failure must reach the other ranks
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
         result, error = None, f"{type(exc).__name__}: {exc}"
     failures = [(rank, host, err) for rank, (host, err) in enumerate(all_gather_object((socket.gethostname(), error)))
                 if err is not None]

@@ -19,6 +19,7 @@ the call returns the tensor itself), and a blocking host-to-device copy does not
 ``F.one_hot`` checks its labels' range with ``item`` on the CPU only (CUDA relies on the scatter's
 device-side assert); its internal reads are not counted.
 """
+import traceback
 import weakref
 from contextlib import ExitStack
 
@@ -76,8 +77,6 @@ class HostSyncCheck:
             self._host.pop(key, None)
 
     def record(self, name):
-        import traceback
-
         frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and f.filename != __file__]
         where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
         self.syncs.append(f"{name} (at {where})")

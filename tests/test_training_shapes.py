@@ -52,8 +52,8 @@ def test_compiled_training_keeps_one_graph_across_epochs(synthetic_root, tmp_pat
         trainer.train()
     finally:
         torch._dynamo.reset()
-    assert trainer.iteration == 8  # 2 epochs of 4 steps
     assert counter.frame_count == 1
+    assert trainer.iteration == 8  # 2 epochs of 4 steps
 
 
 def test_a_training_set_smaller_than_a_batch_is_refused(synthetic_root, tmp_path, restore_logging):
