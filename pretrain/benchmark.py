@@ -20,6 +20,7 @@ per round through /proc/self/clear_refs), a lower bound since the allocator reus
 by the previous round. Units are decimal: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,7 +32,8 @@ import time
 import torch
 
 from .config import get_cfg
-from .engine import AMP_DTYPES, train_step
+from .engine import AMP_DTYPES, configure_cudnn, train_step
+from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet
 from .pskd import table_bytes
@@ -171,6 +173,14 @@ def parse_method(spec):
     return name, opts
 
 
+def method_specs(args):
+    """The --methods specs; "all" (the default with --check-syncs) is every registered method."""
+    methods = args.methods or ("all" if args.check_syncs else "baseline,pskd")
+    if methods == "all":
+        return ["baseline"] + sorted(name for name in METHODS if name != "baseline")
+    return methods.split(",")
+
+
 def base_config(args, device):
     cfg = get_cfg()
     cfg.merge_from_list([
@@ -241,9 +251,29 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def sync_check(device, enabled):
+    """Yields a list that holds, after the block, what synchronised the host in it. On CUDA the
+    first synchronising call raises instead (``set_sync_debug_mode("error")``); elsewhere
+    ``host_syncs.HostSyncCheck`` records what would synchronise on CUDA."""
+    found = []
+    if not enabled:
+        yield found
+    elif device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    else:
+        with HostSyncCheck() as check:
+            yield found
+        found += check.syncs
+
+
 def benchmark_training(args, device):
     cfg = base_config(args, device)
-    specs = args.methods.split(",")
+    specs = method_specs(args)
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(cfg.MODEL.NUM_CLASSES, (args.num_samples,), generator=gen).tolist()
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,13 +289,11 @@ def benchmark_training(args, device):
         for run in runs[r % len(runs):] + runs[: r % len(runs)]:
             probe.start()
             t0, c0 = time.perf_counter(), time.process_time()
-            if args.check_syncs:
-                torch.cuda.set_sync_debug_mode("error")
-            try:
+            with sync_check(device, args.check_syncs) as found:
                 run.run(args.iters)
-            finally:
-                if args.check_syncs:
-                    torch.cuda.set_sync_debug_mode("default")
+            if found:
+                raise RuntimeError(f"--check-syncs: {run.spec} synchronises the host in a training step: "
+                                   + ", ".join(sorted(set(found))))
             _sync(device)
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
             run.growth.append(probe.growth_mb())
@@ -339,9 +367,10 @@ def build_parser(doc):
     p.add_argument("--arch", default="resnet152")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=128, help="images per step (one process)")
-    p.add_argument("--methods", default="baseline,pskd",
+    p.add_argument("--methods", default=None,
                    help="comma-separated METHOD.NAMEs, each optionally with config overrides: "
-                        "pskd:PSKD.TOPK=10:PSKD.TABLE_DTYPE=float32; ratios are to 'baseline' (else the first)")
+                        "pskd:PSKD.TOPK=10:PSKD.TABLE_DTYPE=float32, or 'all'; ratios are to 'baseline' (else "
+                        "the first). Default: baseline,pskd; with --check-syncs, all")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--iters", type=int, default=10, help="timed steps (or batches) per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per method before the rounds")
@@ -353,7 +382,8 @@ def build_parser(doc):
     p.add_argument("--amp", default="off", choices=["off"] + sorted(AMP_DTYPES))
     p.add_argument("--compile", action="store_true", help="torch.compile the training module")
     p.add_argument("--check-syncs", action="store_true",
-                   help="CUDA: fail on any host synchronisation inside the timed steps (set_sync_debug_mode)")
+                   help="fail on any host synchronisation inside the timed steps: on CUDA through "
+                        "set_sync_debug_mode, elsewhere on what would synchronise on CUDA (pretrain/host_syncs.py)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--table-n", type=int, default=1_281_167, help="samples N for the table-memory figures")
     p.add_argument("--table-k", type=int, default=1000, help="classes K for the table-memory figures")
@@ -378,12 +408,10 @@ def build_parser(doc):
 def main(argv=None, doc=None):
     args = build_parser(doc).parse_args(argv)
     device = torch.device(args.device)
-    if args.check_syncs and device.type != "cuda":
-        raise SystemExit("--check-syncs needs a CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    configure_cudnn()  # the engine's setting: the figures are training's
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.set_device(device)
     if args.table_only:
         results = []

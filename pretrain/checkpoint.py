@@ -1,5 +1,6 @@
-"""Checkpoint files: written atomically, read with ``weights_only=True``, and on resume the
-newest readable one is used (a truncated or corrupt file is reported by name and skipped)."""
+"""Checkpoint files: written atomically, read with ``weights_only=True`` and memory-mapped, and
+on resume the newest readable one is used (a truncated or corrupt file is reported by name and
+skipped); under several processes rank 0 picks it and every rank reads that one."""
 import glob
 import logging
 import os
@@ -7,6 +8,7 @@ import re
 
 import torch
 
+from . import distributed as du
 from .fileio import atomic_torch_save, atomic_write_text
 from .models import strip_wrapper_prefixes
 
@@ -44,11 +46,15 @@ class UnreadableCheckpoint(ValueError):
 
 
 def load_file(path):
-    """Read a checkpoint (or any torch-saved weights) on the CPU, safely and with a clear error."""
+    """Read a checkpoint (or any torch-saved weights) on the CPU, safely and with a clear error.
+
+    The file is memory-mapped: its tensors are read from the page cache as they are used, which
+    the processes of a node share, instead of each process copying the whole file (a PS-KD
+    checkpoint holds the prediction table: 2.6 GB for ImageNet-1k in bfloat16)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
         raise UnreadableCheckpoint(f"checkpoint {path!r} is unreadable (truncated, corrupt, or not a "
                            f"weights-only torch file): {type(exc).__name__}: {exc}") from exc
@@ -72,6 +78,25 @@ def load_latest(output_dir):
         except (UnreadableCheckpoint, FileNotFoundError) as exc:
             logger.warning("cannot resume from %s, trying an older checkpoint: %s", path, exc)
     return None, None
+
+
+def load_resume_checkpoint(output_dir):
+    """Collective. The checkpoint a job resumes from, as (path, state), or (None, None).
+
+    Rank 0 picks it (``load_latest``) and sends its name; every other rank reads that name in its
+    own OUTPUT_DIR, never a checkpoint of its own choosing: with node-local output folders, or a
+    network file system that shows a stale ``last_checkpoint`` after a restart, ranks would
+    otherwise resume from different weights and iterations until a collective hangs. If any rank
+    cannot read the file, every rank stops with an error naming the file and the host.
+    """
+    path, state = load_latest(output_dir) if du.get_rank() == 0 else (None, None)
+    name = du.broadcast_object(os.path.basename(path) if path else None)
+    if name is None:
+        return None, None
+    path = os.path.join(output_dir, name)
+    state = du.on_every_rank(lambda: state if du.get_rank() == 0 else load_file(path),
+                             f"reading the checkpoint {name} that rank 0 resumes from")
+    return path, state
 
 
 # Keys under which a training checkpoint keeps the network's state dict.

@@ -175,10 +175,10 @@ def build_dataset(cfg, split, train):
     return data
 
 
-def build_loader(dataset, sampler, batch_size, num_workers, pin_memory):
+def build_loader(dataset, sampler, batch_size, num_workers, pin_memory, drop_last=False):
     # A generator of its own: otherwise every iter(loader) draws a worker seed from the global
     # RNG, which CutMix uses and checkpoints, and a resumed run would draw once more or less.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator(),
-                      collate_fn=getattr(dataset, "collate", collate), pin_memory=pin_memory, drop_last=False,
+                      collate_fn=getattr(dataset, "collate", collate), pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=num_workers > 0)

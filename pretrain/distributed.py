@@ -1,6 +1,7 @@
 """Process-group set-up from the torchrun environment, and the few collectives we need."""
 import datetime
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -71,6 +72,38 @@ def all_gather_object(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj, src=0):
+    """Rank ``src``'s picklable ``obj`` on every rank."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def on_every_rank(fn, what):
+    """Collective: ``fn()`` on every rank. If it raises on any rank, every rank raises a
+    ValueError naming each failing rank, its host and its error, so that no rank is left waiting
+    in a collective for one that stopped."""
+    try:
+        result, error = fn(), None
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
+        result, error = None, f"{type(exc).__name__}: {exc}"
+    failures = [(rank, host, err) for rank, (host, err) in enumerate(all_gather_object((socket.gethostname(), error)))
+                if err is not None]
+    if failures:
+        raise ValueError(f"{what} failed on " + "; ".join(f"rank {r} (host {h}): {e}" for r, h, e in failures))
+    return result
+
+
+def check_same_on_every_rank(value, what):
+    """Collective: a ValueError on every rank unless all ranks hold the same ``value``."""
+    values = all_gather_object((socket.gethostname(), value))
+    if any(v != values[0][1] for _, v in values):
+        raise ValueError(f"{what} differs between ranks: "
+                         + ", ".join(f"rank {r} (host {h}): {v}" for r, (h, v) in enumerate(values)))
 
 
 def all_reduce_sum(tensor):

@@ -9,7 +9,6 @@ TensorBoard events, ``model_<iter>.pth`` checkpoints with ``last_checkpoint``, a
 import datetime
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -20,7 +19,7 @@ from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamS
                                            MultiStepParamScheduler)
 
 from . import distributed as du
-from .checkpoint import load_latest, load_weights, save_checkpoint
+from .checkpoint import load_resume_checkpoint, load_weights, save_checkpoint
 from .data import ShardedSampler, build_dataset, build_loader
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .methods import MethodContext, build_method
@@ -64,6 +63,25 @@ def build_lr_schedule(cfg, iters_per_epoch):
     return CompositeParamScheduler(
         [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), schedule],
         lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "fixed"])
+
+
+def configure_cudnn():
+    """cuDNN's autotuner, for training and tools/benchmark.py alike: the first forward and
+    backward of each input shape time the candidate convolution algorithms and keep the fastest.
+    The choice can differ from run to run (timings vary), so on a GPU two runs with the same
+    seed are not bit-identical; they are not anyway (atomic adds in some backward kernels, the
+    order of NCCL's sums). CPU runs do not use cuDNN."""
+    torch.backends.cudnn.benchmark = True
+
+
+def full_batches_per_epoch(samples_per_rank, batch, dataset_size):
+    """Training steps per epoch: the loader drops each epoch's last, partial batch (at most
+    ``batch - 1`` samples per process, other ones every epoch since the order is reshuffled), so
+    every step has the same shape, which keeps a compiled model on one graph."""
+    if samples_per_rank < batch:
+        raise ValueError(f"the training set has {dataset_size} samples, {samples_per_rank} per process: fewer "
+                         f"than one batch of {batch} per process (lower SOLVER.IMS_PER_BATCH)")
+    return samples_per_rank // batch
 
 
 def train_step(method, module, optimizer, scaler, images, labels, indices, amp_dtype=None):
@@ -126,6 +144,7 @@ class Trainer:
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = du.init_distributed(cfg.MODEL.DEVICE, cfg.DIST.TIMEOUT_S)
+        configure_cudnn()
         self.rank, self.world = du.get_rank(), du.get_world_size()
         setup_logging(cfg.OUTPUT_DIR, self.rank)
         if cfg.SOLVER.IMS_PER_BATCH % self.world or cfg.TEST.IMS_PER_BATCH % self.world:
@@ -153,7 +172,7 @@ class Trainer:
             device=self.device, per_rank_batch=self.batch, epochs=cfg.SOLVER.EPOCHS))
         self.sampler = self.method.build_train_sampler(len(self.train_set), self.rank, self.world, cfg.SEED)
         self.loader_batch = self.method.loader_batch_size(self.batch)
-        self.iters_per_epoch = math.ceil(len(self.sampler) / self.loader_batch)
+        self.iters_per_epoch = full_batches_per_epoch(len(self.sampler), self.loader_batch, len(self.train_set))
         self.total_iters = cfg.SOLVER.EPOCHS * self.iters_per_epoch
         module = self.method.wrap_model(self.model)
         self.optimizer = torch.optim.SGD(
@@ -165,13 +184,16 @@ class Trainer:
             module = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.MODEL.COMPILE:
-            module = torch.compile(module)
+            # Every training batch has the same shape (see full_batches_per_epoch): one graph with
+            # static shapes, compiled once, instead of a recompile for a short last batch and
+            # dynamic-shape kernels from then on.
+            module = torch.compile(module, dynamic=False)
         self.train_module = module
         self.schedule = build_lr_schedule(cfg, self.iters_per_epoch)
 
         pin = self.device.type == "cuda"
         self.train_loader = build_loader(self.train_set, self.sampler, self.loader_batch,
-                                         cfg.DATALOADER.NUM_WORKERS, pin)
+                                         cfg.DATALOADER.NUM_WORKERS, pin, drop_last=True)
         self.val_loader = build_loader(
             self.val_set, ShardedSampler(len(self.val_set), self.rank, self.world, shuffle=False, pad=False),
             cfg.TEST.IMS_PER_BATCH // self.world, cfg.DATALOADER.NUM_WORKERS, pin)
@@ -191,11 +213,12 @@ class Trainer:
             if self.rank == 0:  # nothing writes yet: any temporary file is a killed write's
                 for stale in remove_stale_temporaries(cfg.OUTPUT_DIR):
                     logger.info("removed %s, left by an interrupted write", stale)
-            path, state = load_latest(cfg.OUTPUT_DIR)
+            path, state = load_resume_checkpoint(cfg.OUTPUT_DIR)
             if state is None:
                 logger.info("no readable checkpoint in %s: starting from scratch", cfg.OUTPUT_DIR)
             else:
-                start_epoch, start_step = self.load_state(state)
+                start_epoch, start_step = du.on_every_rank(lambda: self.load_state(state), f"resuming from {path}")
+                du.check_same_on_every_rank(self.iteration, f"the iteration resumed from {path}")
                 logger.info("resumed from %s: epoch %d, step %d of %d, iteration %d",
                             path, start_epoch, start_step, self.iters_per_epoch, self.iteration)
         if self.rank == 0:

@@ -166,6 +166,37 @@ class EncodedJpegDataset(IndexedDataset):
         return (batch, torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long), skipped)
 
 
+_DECODE_STREAMS = {}
+
+
+def decode_jpegs(encoded, device):
+    """``decode_jpeg(encoded, device=device)`` (RGB), made safe to use on the caller's stream.
+
+    On CUDA, torchvision allocates the outputs while the caller's stream is current, but nvjpeg
+    writes them on a stream of its own that does not wait for the caller's. The caching allocator
+    hands out a block as soon as it is freed on its stream, since later use on that stream is
+    ordered after earlier use; so with the previous step's kernels still queued, nvjpeg could be
+    given memory those kernels have yet to read or write, and overwrite it (wrong pixels,
+    activations or gradients, silently). Hence the decode runs with a dedicated side stream
+    current: its outputs come from that stream's pool, whose blocks were only ever used by earlier
+    decodes and by the consumer, which ``record_stream`` covers (a freed block returns to the pool
+    only after the consumer's work queued before the free has run). The consumer stream then
+    waits for the side stream, which torchvision makes wait for nvjpeg's.
+    """
+    if device.type != "cuda":
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    consumer = torch.cuda.current_stream(device)
+    side = _DECODE_STREAMS.get(device)
+    if side is None:
+        side = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    consumer.wait_stream(side)
+    for image in decoded:
+        image.record_stream(consumer)
+    return decoded
+
+
 class EncodedBatch:
     """A batch still encoded. ``to(device, ...)`` (the call the engine makes on the image batch)
     decodes it on ``device`` and returns the augmented, normalised image tensor."""
@@ -187,8 +218,10 @@ class EncodedBatch:
         """The batch's uint8 (3, H, W) images on ``device``, in batch order."""
         jpeg = [i for i, e in enumerate(self.encoded) if e.dim() == 1]
         images = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in self.encoded]
+        if not jpeg:  # every file was decoded by PIL in the worker (decode_jpeg refuses an empty list)
+            return images
         try:
-            decoded = decode_jpeg([self.encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+            decoded = decode_jpegs([self.encoded[i] for i in jpeg], device)
         except RuntimeError:  # one bad file fails the whole batched call: find it
             decoded = [self._decode_one(i, device) for i in jpeg]
         for i, image in zip(jpeg, decoded):
@@ -197,7 +230,7 @@ class EncodedBatch:
 
     def _decode_one(self, i, device):
         try:
-            return decode_jpeg(self.encoded[i], mode=ImageReadMode.RGB, device=device)
+            return decode_jpegs([self.encoded[i]], device)[0]
         except RuntimeError as nv_exc:
             try:
                 image = Image.open(io.BytesIO(self.encoded[i].numpy().tobytes()))

@@ -162,22 +162,33 @@ class PredictionTable:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _full(self, local):
-        """The whole table (global row order) on rank 0's CPU; None on other ranks."""
+        """The whole table (global row order) in rank 0's host memory; None on other ranks.
+
+        The shards travel one at a time, each straight into its rows of the host buffer: the
+        device holds one received shard at a time (1 / world of the table), not the whole table
+        gathered and then stacked again (twice the table, kept afterwards by the caching allocator)."""
         local = local[: self.trash]
         if self.world == 1:
             return local.cpu()
         stored = local.dtype
-        if stored == torch.int16:  # top-k ids: NCCL and gloo carry no int16
-            local = local.int()
-        shards = [torch.empty_like(local) for _ in range(self.world)] if self.rank == 0 else None
-        dist.gather(local, shards, dst=0)
+        wire = local.int() if stored == torch.int16 else local  # top-k ids: NCCL and gloo carry no int16
         if self.rank != 0:
+            dist.send(wire.contiguous(), dst=0)
             return None
-        full = torch.stack(shards, dim=1).reshape((-1,) + tuple(local.shape[1:]))
-        return full[: self.num_samples].to("cpu", stored)
+        full = torch.empty((self.num_samples,) + tuple(local.shape[1:]), dtype=stored)
+        received = torch.empty_like(wire)
+        for src in range(self.world):
+            rows = full[src:: self.world]  # global row i lives on rank i % world, local row i // world
+            if src == 0:
+                rows.copy_(local[: len(rows)])
+            else:
+                dist.recv(received, src=src)
+                rows.copy_(received[: len(rows)])
+        return full
 
     def state_dict(self):
-        """Collective. The whole table, once, on rank 0 (None elsewhere): checkpoints hold it once."""
+        """Collective. The whole table, once, in rank 0's host memory (None elsewhere): checkpoints
+        hold it once."""
         values = self._full(self.values)
         ids = self._full(self.ids) if self.topk else None
         if self.rank != 0:

@@ -49,3 +49,29 @@ def test_method_spec_syntax():
 
 def test_command_line_help():
     assert "--input-pipeline" in run_tool(["tools/benchmark.py", "--help"]).stdout
+
+
+TINY = ["--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--iters", "1",
+        "--warmup", "1", "--rounds", "1", "--num-classes", "10", "--num-samples", "64", "--threads", "1"]
+
+
+def test_check_syncs_runs_every_method(tmp_path):
+    from pretrain.methods import METHODS
+
+    report = main(TINY + ["--check-syncs"])
+    assert sorted(r["method"] for r in report["results"]) == sorted(METHODS)
+
+
+def test_check_syncs_names_a_synchronising_step(monkeypatch):
+    from pretrain.methods.cross_entropy import CrossEntropy
+
+    step = CrossEntropy.training_step
+
+    def syncing_step(self, model, images, labels, indices):
+        loss, logits = step(self, model, images, labels, indices)
+        loss.item()
+        return loss, logits
+
+    monkeypatch.setattr(CrossEntropy, "training_step", syncing_step)
+    with pytest.raises(RuntimeError, match=r"baseline synchronises.*item \(at test_benchmark.py"):
+        main(TINY + ["--check-syncs", "--methods", "baseline"])

@@ -86,3 +86,19 @@ def test_truncated_jpeg_is_named(tmp_path, synthetic_root):
 def test_decode_key_is_checked(synthetic_root):
     with pytest.raises(ValueError, match="DATALOADER.DECODE"):
         build_dataset(_cfg(synthetic_root, "DATALOADER.DECODE", "gpu"), "train", train=True)
+
+
+def test_batch_of_files_all_decoded_by_pil(tmp_path, synthetic_root):
+    # Every file of a batch decoded in the workers (PNG, CMYK): no nvjpeg call is left to make.
+    root = tmp_path / "pil_only"
+    shutil.copytree(synthetic_root, root)
+    for i, path in enumerate(sorted((root / "train").glob("*/*.jpg"))):
+        image = Image.open(path)
+        if i % 2:
+            image.save(path, format="PNG")
+        else:
+            image.convert("CMYK").save(path, format="JPEG")
+    cpu = _first_batch(_cfg(str(root)), train=True, batch=8)
+    dev = _first_batch(_cfg(str(root), "DATALOADER.DECODE", "device"), train=True, batch=8)
+    assert torch.equal(cpu[2], dev[2]) and dev[0].shape == (8, 3, 56, 56)
+    assert (dev[0] - cpu[0]).abs().mean() < 0.06

@@ -278,6 +278,32 @@ def test_uskd_non_target_term_uses_zipf_over_the_rank():
     assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 1.0, 0.0).item() == pytest.approx((row0 + row1) / 2)
 
 
+def _uskd_non_target_by_indexing(logits, weak_logits, label):
+    """L_non written with boolean-mask indexing, as the reference code does (one label a row)."""
+    log_s, q = F.log_softmax(logits, 1), F.softmax(weak_logits, 1)
+    log_s_t = log_s.gather(1, label)
+    score = q / (1 - q.gather(1, label) + 1e-6) + log_s / (1 - log_s_t + 1e-6)
+    zipf = 1.0 / (score.argsort(1, descending=True).argsort(1) + 1).float()
+    keep = torch.ones_like(logits, dtype=torch.bool).scatter_(1, label, False)
+    n = logits.shape[0]
+    z = zipf[keep].view(n, -1)
+    z = z / z.sum(1, keepdim=True)
+    return -(z * F.log_softmax(logits[keep].view(n, -1), 1)).sum(1).mean()
+
+
+def test_uskd_non_target_term_and_its_gradient_match_the_indexing_form():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 7, generator=gen, requires_grad=True)
+    weak = torch.randn(6, 7, generator=gen)
+    labels = torch.randint(7, (6,), generator=gen)
+    ours = uskd_loss(logits, weak, labels, 0.0, 1.0, 0.0)
+    (grad,) = torch.autograd.grad(ours, logits)
+    reference = _uskd_non_target_by_indexing(logits, weak, labels.view(-1, 1))
+    (ref_grad,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad, ref_grad)  # finite, and zero where no softmax term depends on it
+
+
 def test_uskd_mixed_labels_use_the_two_largest_with_their_weights():
     gt = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.6, 0.4]])
     # s_t: row 0 (labels 0, 1) [1/2, 1/4]; row 1 (labels 1, 2) [1/4, 1/2];

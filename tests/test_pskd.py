@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from pretrain.pskd import PredictionTable, alpha_at, soft_targets, table_bytes
 
@@ -166,6 +168,53 @@ def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
     single = PredictionTable(labels, 4, torch.device("cpu"), dtype="float32", topk=topk)
     single.load_state_dict(r0["state"])
     torch.testing.assert_close(single.read(torch.arange(7), 7), expected)
+
+
+class _AllocatedBytes(TorchDispatchMode):
+    """Sums the bytes of every new storage an operation returns (views and in-place results aside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        seen = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.total += t.untyped_storage().nbytes()
+                seen.add(t.untyped_storage().data_ptr())
+        return out
+
+
+def _checkpoint_memory_worker(rank, world, port, result_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        num, classes = 1000, 500
+        labels = torch.arange(num) % classes
+        table = PredictionTable(labels.tolist(), classes, torch.device("cpu"), dtype="float32")
+        table.write(torch.arange(rank, num, world), torch.full((num // world, classes), float(rank + 1)), num // world)
+        with _AllocatedBytes() as allocated:
+            state = table.state_dict()
+        torch.save({"allocated": allocated.total, "state": state}, f"{result_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
+    world = 2
+    mp.start_processes(_checkpoint_memory_worker, args=(world, free_port(), str(tmp_path / "r")),
+                       nprocs=world, start_method="spawn")
+    r0 = torch.load(tmp_path / "r.0")
+    values = r0["state"]["values"]
+    table, shard = 1000 * 500 * 4, 500 * 500 * 4
+    assert values.shape == (1000, 500) and values.untyped_storage().nbytes() == table
+    torch.testing.assert_close(values[0::2], torch.ones(500, 500))  # rank 0's rows
+    torch.testing.assert_close(values[1::2], torch.full((500, 500), 2.0))  # rank 1's rows
+    # Rank 0 allocates the host table and one received shard (plus its spare row); gathering every
+    # shard and stacking them would take twice the table.
+    assert r0["allocated"] <= table + shard + 2 * 500 * 4
 
 
 def test_topk_table_starts_one_hot_for_class_zero():

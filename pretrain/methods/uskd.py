@@ -75,10 +75,14 @@ def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
         # rank_of[i, c]: c's place (0 = first) in row i sorted by descending score.
         rank_of = score.argsort(dim=1, descending=True).argsort(dim=1)
         zipf = 1.0 / (rank_of + 1).float()
-        non_target = torch.ones_like(logits, dtype=torch.bool).scatter_(1, label, False)
-        z = zipf[non_target].view(n, -1)
+        # The labels are masked out rather than indexed away: boolean-mask indexing calls
+        # nonzero, which makes the host wait for the device every step.
+        is_target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, label, True)
+        z = zipf.masked_fill(is_target, 0)
         z = z / z.sum(dim=1, keepdim=True)
-    log_ns = F.log_softmax(logits[non_target].view(n, -1), dim=1)
+    # -inf drops the labels from the softmax; their log-probabilities (weight z = 0) are then
+    # zeroed, since 0 * -inf would be NaN.
+    log_ns = F.log_softmax(logits.masked_fill(is_target, float("-inf")), dim=1).masked_fill(is_target, 0)
     loss_non = -(z * log_ns).sum(dim=1).mean()
 
     return alpha * loss_target + beta * loss_non + loss_weak
