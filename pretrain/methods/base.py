@@ -35,6 +35,9 @@ class Method:
     """
 
     name = ""
+    # True for methods that distil from a trained model given by TEACHER.WEIGHTS (a study runs
+    # such a method after its teacher's pretraining).
+    needs_teacher = False
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx

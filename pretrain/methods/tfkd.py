@@ -28,6 +28,7 @@ class TeacherFreeKD(Method):
     """
 
     name = "tfkd"
+    needs_teacher = True
 
     def __init__(self, ctx):
         super().__init__(ctx)
