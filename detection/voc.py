@@ -287,7 +287,8 @@ def write_detections(path, class_names, image_ids, objects, predictions):
             image_ids=np.array(image_ids), class_names=np.array(class_names),
             det_image=np.array(det_image, dtype=np.int64), det_class=np.array(det_class, dtype=np.int64),
             det_score=np.array(det_score, dtype=np.float64), det_box=np.array(det_box, dtype=np.float64).reshape(-1, 4),
-            gt_image=np.array([g[0] for g in gt], dtype=np.int64), gt_class=np.array([g[1] for g in gt], dtype=np.int64),
+            gt_image=np.array([g[0] for g in gt], dtype=np.int64),
+            gt_class=np.array([g[1] for g in gt], dtype=np.int64),
             gt_box=np.array([g[2] for g in gt], dtype=np.float64).reshape(-1, 4),
             gt_difficult=np.array([bool(g[3]) for g in gt], dtype=bool),
         )

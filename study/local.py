@@ -14,7 +14,8 @@ import sys
 import time
 
 from .plan import RUN_KINDS
-from .state import all_states, log_path, study_lock, write_record
+from .state import all_states, log_path, study_lock
+from .state import write_record as _write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,14 +29,17 @@ def _last_error(log):
     return lines[-1] if lines else None
 
 
-def run_stage(plan, stage, resume, executor="local", job_id=None):
-    """Run one stage's command to its end (also what a Slurm job calls on its node); return
-    ``(ok, message)``. ``resume`` continues a started run stage from its newest checkpoint."""
+def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, record=True):
+    """Run one stage's command to its end (also what a Slurm job calls on each of its nodes);
+    return ``(ok, message)``. ``resume`` continues a started run stage from its newest
+    checkpoint; ``node`` places a multi-node stage (Plan.command); ``record``: this process
+    keeps the stage's record (one per stage: the first node's)."""
+    write_record = _write_record if record else _no_record
     log = log_path(plan, stage)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     if stage.kind == "data" and os.path.isdir(stage.out):
         shutil.rmtree(stage.out)  # generated data, never finished (else not run): write it anew
-    cmd = plan.command(stage, resume=resume)
+    cmd = plan.command(stage, resume=resume, node=node)
     write_record(plan, stage, command=plan.command(stage), status="running", executor=executor, pid=os.getpid(),
                  job_id=job_id, log=log, started=time.strftime("%Y-%m-%d %H:%M:%S"), rc=None, error=None)
     with open(log, "a") as f:
@@ -64,6 +68,10 @@ def run_stage(plan, stage, resume, executor="local", job_id=None):
     return True, ""
 
 
+def _no_record(*args, **kwargs):
+    pass
+
+
 def run_local(plan, resume=False, out=print):
     """Run every stage that is not done; return 0 when all are done at the end, else 1."""
     with study_lock(plan):
@@ -84,6 +92,8 @@ def run_local(plan, resume=False, out=print):
                 problems[stage.id] = f"not run: {', '.join(blocked)} did not finish"
             elif state == "changed":
                 problems[stage.id] = f"its outputs were made by another command ({detail}); use another output_root"
+            elif stage.resources["nodes"] > 1:
+                problems[stage.id] = f"{stage.resources['nodes']} nodes: run this study with --executor slurm"
             elif state in ("running", "queued"):
                 problems[stage.id] = f"already {state} ({detail})"
             elif stage.kind in RUN_KINDS and plan.started(stage) and not resume:

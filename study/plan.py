@@ -102,8 +102,11 @@ class Plan:
     def command(self, stage, resume=False, node=None):
         """The argv of ``stage`` (run from the project root). ``resume`` continues a started run
         from its newest checkpoint. ``node`` = (num_nodes, node_rank, master_addr, port, run_id)
-        for a multi-node stage (the Slurm executor fills it on every node)."""
+        places a multi-node stage (the Slurm executor fills it in on every node; without it the
+        command shows placeholders)."""
         res = stage.resources
+        if node is None:
+            node = (res["nodes"], "$NODE_RANK", "$MASTER_ADDR", 29500, "$SLURM_JOB_ID")
         if stage.kind == "data":
             sizes = self.study.data["synthetic"][stage.part]
             args = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
@@ -121,8 +124,6 @@ class Plan:
         if stage.kind == "detect":
             launch = ["--num-gpus", str(res["processes_per_node"])]
             if res["nodes"] > 1:
-                if node is None:
-                    raise ValueError(f"{stage.id}: {res['nodes']} nodes need the Slurm executor")
                 nodes, rank, master, port, _ = node
                 launch += ["--num-machines", str(nodes), "--machine-rank", str(rank), "--dist-url",
                            f"tcp://{master}:{port}"]
@@ -147,8 +148,6 @@ class Plan:
         run = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
         if nodes == 1:
             return run + ["--standalone"]
-        if node is None:
-            raise ValueError(f"{nodes} nodes need the Slurm executor")
         num_nodes, rank, master, port, run_id = node
         return run + ["--nnodes", str(num_nodes), "--node_rank", str(rank), "--rdzv_backend", "c10d",
                       "--rdzv_endpoint", f"{master}:{port}", "--rdzv_id", str(run_id)]

@@ -137,10 +137,8 @@ def print_plan(plan, out=print):
         if stage.deps:
             out(f"    after: {', '.join(stage.deps)}")
         out(f"    output: {stage.out}")
-        try:
-            out("    $ " + shlex.join(plan.command(stage)))
-        except ValueError as exc:  # multi-node: the Slurm executor fills in the node's rank
-            out(f"    $ (per node, under Slurm) {exc}")
+        prefix = "    $ " if res["nodes"] == 1 else "    $ (on every node, under Slurm) "
+        out(prefix + shlex.join(plan.command(stage)))
     return states
 
 

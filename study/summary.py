@@ -200,8 +200,9 @@ def write_chart(summary, path):
 
     rows = [s for s in summary if s["method"] != BASELINE]
     fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(rows) + 3.0), 4.2))
-    for ax, key, paper_key, title in ((axes[0], "dAP50", "paper_dAP50", "Δ VOC07 AP50 vs Baseline (points)"),
-                                      (axes[1], "dtop1_err", "paper_dtop1_err", "Δ ImageNet top-1 err vs Baseline (%)")):
+    panels = ((axes[0], "dAP50", "paper_dAP50", "Δ VOC07 AP50 vs Baseline (points)"),
+              (axes[1], "dtop1_err", "paper_dtop1_err", "Δ ImageNet top-1 err vs Baseline (%)"))
+    for ax, key, paper_key, title in panels:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         for i, s in enumerate(rows):
             if s[key] is not None:
