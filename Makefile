@@ -34,6 +34,7 @@ test-fast: venv
 
 demo: venv
 	$(PY) tools/demo.py $(DEMO_ARGS)
+	$(PY) tools/study.py --config-file configs/study/tiny_cpu.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_output

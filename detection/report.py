@@ -293,7 +293,7 @@ def write_chart(rows, path):
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) + 2.0), 4.5))
     bars_ours = ax.bar([i - 0.2 for i in x], ours, width=0.4, label="ours")
     bars_paper = ax.bar([i + 0.2 for i in x], paper, width=0.4, label="paper (Table 5, R-152)")
-    ax.bar_label(bars_ours, labels=[_fmt(r["AP50"], 1) or "n/a" for r in rows], fontsize=8)
+    ax.bar_label(bars_ours, labels=[_fmt(r["AP50"]) or "n/a" for r in rows], fontsize=8)
     ax.bar_label(bars_paper, labels=[_fmt(r["paper_AP50"], 2) for r in rows], fontsize=8)
     ax.set_xticks(list(x))
     ax.set_xticklabels(names, fontsize=8)

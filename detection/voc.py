@@ -22,7 +22,7 @@ from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from pretrain.fileio import atomic_write_json
+from pretrain.fileio import atomic_open, atomic_write_json
 
 # The VOC splits Detectron2 registers (detectron2/data/datasets/builtin.py): name, folder, split.
 VOC_SPLITS = (
@@ -185,13 +185,14 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         self._dirname, self._split = meta.dirname, meta.split
 
-    def _check_annotations(self):
-        # voc_eval parses every listed file with bare ElementTree calls; check them first so a
-        # bad file is named instead of failing inside the 20 classes x 10 thresholds loop.
+    def _read_annotations(self):
+        """``(image ids, [objects of each image])``. voc_eval parses every listed file with bare
+        ElementTree calls; reading them first names a bad file instead of failing inside the
+        20 classes x 10 thresholds loop."""
         ids = _image_ids(self._dirname, self._split)
-        for image_id in ids:
-            read_annotation(self._anno_file_template.format(image_id), self._class_names, eval_fields=True)
-        return len(ids)
+        objects = [read_annotation(self._anno_file_template.format(i), self._class_names, eval_fields=True)[2]
+                   for i in ids]
+        return ids, objects
 
     def evaluate(self):
         all_predictions = comm.gather(self._predictions, dst=0)
@@ -201,7 +202,8 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         for per_rank in all_predictions:
             for cls_id, lines in per_rank.items():
                 predictions[cls_id].extend(lines)
-        num_images = self._check_annotations()
+        image_ids, objects = self._read_annotations()
+        num_images = len(image_ids)
 
         thresholds = range(50, 100, 5)
         aps = np.zeros((len(self._class_names), len(thresholds)))  # percent, class x IoU threshold
@@ -227,6 +229,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             bbox[f"AP50-{cls_name}"] = float(aps[c, 0])
         results = OrderedDict(bbox=bbox)
         if self._output_file:
+            write_detections(detections_path(self._output_file), self._class_names, image_ids, objects, predictions)
             atomic_write_json(self._output_file, self.summary(bbox, num_images))
         return results
 
@@ -251,3 +254,41 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             "num_images": num_images,
             "weights": self._weights,
         }
+
+
+def detections_path(eval_json):
+    """The raw detections beside an evaluation summary: voc_eval[_<set>].json -> voc_detections[_<set>].npz."""
+    folder, name = os.path.split(eval_json)
+    return os.path.join(folder, name.replace("voc_eval", "voc_detections", 1)[: -len(".json")] + ".npz")
+
+
+def write_detections(path, class_names, image_ids, objects, predictions):
+    """Save the evaluated detections and the ground truth they were scored against, in the values
+    voc_eval reads (VOC 1-based pixel boxes, scores as written with 3 decimals, detections of a
+    class in voc_eval's input order), so that the AP can be recomputed on any subset of images
+    (``study.statistics``) without the dataset.
+
+    Arrays: image_ids, class_names; det_image (index into image_ids), det_class, det_score,
+    det_box (N, 4); gt_image, gt_class, gt_box (M, 4), gt_difficult."""
+    index = {image_id: k for k, image_id in enumerate(image_ids)}
+    det_image, det_class, det_score, det_box = [], [], [], []
+    for c in range(len(class_names)):
+        for line in predictions.get(c, []):
+            image_id, score, *box = line.split()
+            det_image.append(index[image_id])
+            det_class.append(c)
+            det_score.append(float(score))
+            det_box.append([float(v) for v in box])
+    gt = [(k, class_names.index(name), box, difficult)
+          for k, objs in enumerate(objects) for name, box, difficult in objs]
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(
+            f,
+            image_ids=np.array(image_ids), class_names=np.array(class_names),
+            det_image=np.array(det_image, dtype=np.int64), det_class=np.array(det_class, dtype=np.int64),
+            det_score=np.array(det_score, dtype=np.float64), det_box=np.array(det_box, dtype=np.float64).reshape(-1, 4),
+            gt_image=np.array([g[0] for g in gt], dtype=np.int64),
+            gt_class=np.array([g[1] for g in gt], dtype=np.int64),
+            gt_box=np.array([g[2] for g in gt], dtype=np.float64).reshape(-1, 4),
+            gt_difficult=np.array([bool(g[3]) for g in gt], dtype=bool),
+        )

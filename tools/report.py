@@ -4,9 +4,11 @@
     python tools/report.py output/det_baseline output/det_pskd ... --out output/table5 \\
         [--label output/det_pskd="PS-KD"]
 
-Writes table5.md, table5.csv and table5.png into --out. The method comes from --label, else
-from the pretraining run the backbone was converted from, else from the run folder's name.
-Needs no Detectron2.
+Writes table5.md, table5.csv and table5.png (one row per run) into --out. The method comes from
+--label, else from the pretraining run the backbone was converted from, else from the run folder's
+name. Also writes table5_summary.md / .csv and table5_diff.png: per method the mean and std over
+seeds (the runs' SEED), and the difference to the Baseline with a 95% interval (seeds and a
+paired bootstrap over test images; docs/study.md). Needs no Detectron2.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.report import write_report  # noqa: E402
+from study.summary import write_summary  # noqa: E402
 
 
 def main(argv=None):
@@ -23,7 +26,11 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="OUTPUT_DIRs of tools/train_net.py (or of tools/pretrain.py: a row without AP)")
     parser.add_argument("--out", required=True, help="folder for table5.md / .csv / .png")
     parser.add_argument("--label", action="append", default=[], metavar="RUN_DIR=NAME", help="method name of a run")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="test-image resamples for the intervals of table5_summary.md (default 1000)")
     args = parser.parse_args(argv)
+    if args.bootstrap < 10:
+        parser.error(f"--bootstrap {args.bootstrap}: at least 10 resamples")
     runs = {os.path.normpath(r) for r in args.runs}
     labels = {}
     for item in args.label:
@@ -33,12 +40,14 @@ def main(argv=None):
         labels[os.path.normpath(run)] = name
     try:
         rows = write_report(args.runs, args.out, labels)
-    except FileNotFoundError as e:
+        write_summary(args.runs, args.out, labels, args.bootstrap)
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
-    print(f"wrote table5.md, table5.csv, table5.png to {args.out}")
+    print(f"wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, table5_diff.png "
+          f"to {args.out}")
 
 
 if __name__ == "__main__":

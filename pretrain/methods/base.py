@@ -36,7 +36,8 @@ class Method:
     """
 
     name = ""
-    # True for methods taught by a trained model (TEACHER.WEIGHTS, see ``build_teacher``).
+    # True for methods taught by a trained model given by TEACHER.WEIGHTS (see ``build_teacher``;
+    # a study runs such a method after its teacher's pretraining).
     needs_teacher = False
 
     def __init__(self, ctx: MethodContext):

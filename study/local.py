@@ -1,0 +1,121 @@
+"""The local executor: the stages that are not done, one after another, on this machine.
+
+A stage runs its command (``Plan.command``) as a subprocess from the project root, its output
+appended to ``OUTPUT_ROOT/logs/<stage>.log``. A failed stage is reported with that log and its
+last ``error:`` line; the stages that do not depend on it still run. A run stage (pretraining,
+detection) that has written anything is only continued with ``--resume`` (the tools then load
+the newest checkpoint), never restarted over its own outputs.
+"""
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from .plan import RUN_KINDS
+from .state import all_states, log_path, study_lock
+from .state import write_record as _write_record
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _last_error(log):
+    try:
+        with open(log) as f:
+            lines = [line.strip() for line in f if line.startswith("error:")]
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
+def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, record=True):
+    """Run one stage's command to its end (also what a Slurm job calls on each of its nodes);
+    return ``(ok, message)``. ``resume`` continues a started run stage from its newest
+    checkpoint; ``node`` places a multi-node stage (Plan.command); ``record``: this process
+    keeps the stage's record (one per stage: the first node's)."""
+    write_record = _write_record if record else _no_record
+    log = log_path(plan, stage)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    if stage.kind == "data" and os.path.isdir(stage.out):
+        shutil.rmtree(stage.out)  # generated data, never finished (else not run): write it anew
+    cmd = plan.command(stage, resume=resume, node=node)
+    write_record(plan, stage, command=plan.command(stage), status="running", executor=executor, pid=os.getpid(),
+                 job_id=job_id, log=log, started=time.strftime("%Y-%m-%d %H:%M:%S"), rc=None, error=None)
+    with open(log, "a") as f:
+        f.write(f"\n$ {shlex.join(cmd)}\n")
+        f.flush()
+        # The child's pid goes into the record so that --status can tell running from killed.
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        write_record(plan, stage, pid=proc.pid)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    if rc != 0:
+        error = _last_error(log) or f"exit code {rc}"
+        write_record(plan, stage, status="failed", rc=rc, error=error)
+        return False, error
+    done, why_not = plan.check(stage)
+    if not done:
+        error = f"the command succeeded but its outputs are not valid: {why_not}"
+        write_record(plan, stage, status="failed", rc=rc, error=error)
+        return False, error
+    write_record(plan, stage, status="finished", rc=0)
+    return True, ""
+
+
+def _no_record(*args, **kwargs):
+    pass
+
+
+def run_local(plan, resume=False, out=print):
+    """Run every stage that is not done; return 0 when all are done at the end, else 1."""
+    with study_lock(plan):
+        states = all_states(plan)
+        todo = [s for s in plan.stages if states[s.id][0] != "done"]
+        if not todo:
+            out(f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done "
+                f"(report: {os.path.join(plan.report.out, 'table5_summary.md')})")
+            return 0
+        out(f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages done, "
+            f"{len(todo)} to run (output root {plan.root})")
+        problems = {}  # stage id -> why it did not finish in this run
+        for n, stage in enumerate(todo, 1):
+            state, detail = states[stage.id]
+            blocked = [d for d in stage.deps if d in problems]
+            prefix = f"[{n}/{len(todo)}] {stage.id}"
+            if blocked:
+                problems[stage.id] = f"not run: {', '.join(blocked)} did not finish"
+            elif state == "changed":
+                problems[stage.id] = f"its outputs were made by another command ({detail}); use another output_root"
+            elif stage.resources["nodes"] > 1:
+                problems[stage.id] = f"{stage.resources['nodes']} nodes: run this study with --executor slurm"
+            elif state in ("running", "queued"):
+                problems[stage.id] = f"already {state} ({detail})"
+            elif stage.kind in RUN_KINDS and plan.started(stage) and not resume:
+                problems[stage.id] = (f"interrupted earlier ({state}); rerun with --resume to continue it from "
+                                      f"its last checkpoint (log {log_path(plan, stage)})")
+            if stage.id in problems:
+                out(f"{prefix}: {problems[stage.id]}")
+                continue
+            continuing = resume and stage.kind in RUN_KINDS and plan.started(stage)
+            out(f"{prefix}: {'resuming' if continuing else 'running'} (log {log_path(plan, stage)})")
+            sys.stdout.flush()
+            t0 = time.time()
+            ok, error = run_stage(plan, stage, resume=continuing)
+            if ok:
+                out(f"{prefix}: done in {time.time() - t0:.1f} s")
+            else:
+                problems[stage.id] = error
+                out(f"{prefix}: FAILED: {error}\n    log: {log_path(plan, stage)}")
+        if problems:
+            out(f"{len(problems)} stage(s) did not finish:")
+            for sid, why in problems.items():
+                out(f"  {sid}: {why}")
+            return 1
+        out(f"study {plan.study.name} finished; report: {os.path.join(plan.report.out, 'table5_summary.md')}")
+        return 0

@@ -1,0 +1,154 @@
+"""Where each stage of a study stands, from its outputs first and its run record second.
+
+Every stage an executor starts gets a record, ``OUTPUT_ROOT/.study/<stage>.json``: the command
+it was planned with, the executor, the process id or Slurm job id, its log and how it ended.
+Completion is never read from the record: a stage is ``done`` when ``Plan.check`` finds its
+outputs valid. The record only tells the other states apart (running, failed, interrupted) and
+catches a study file edited after a stage started (``changed``).
+"""
+import fcntl
+import json
+import os
+import shlex
+import subprocess
+import time
+from contextlib import contextmanager
+
+from pretrain.fileio import atomic_write_json
+
+from .plan import RUN_KINDS
+
+# State -> what it means, for --status.
+STATES = {
+    "done": "outputs present and valid",
+    "running": "a process or Slurm job is running it",
+    "queued": "a Slurm job waits for its dependencies or resources",
+    "failed": "its command failed; see the log",
+    "interrupted": "started but not finished; rerun with --resume to continue it",
+    "changed": "started with another command (the study file changed); use another output_root",
+    "ready": "its inputs are done; the next run starts it",
+    "waiting": "waits for the stages it depends on",
+}
+
+
+def record_path(plan, stage):
+    return os.path.join(plan.root, ".study", stage.slug + ".json")
+
+
+def log_path(plan, stage):
+    return os.path.join(plan.root, "logs", stage.slug + ".log")
+
+
+def read_record(plan, stage):
+    try:
+        with open(record_path(plan, stage)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(plan, stage, **fields):
+    record = read_record(plan, stage) or {}
+    record.update(fields, id=stage.id, updated=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write_json(record_path(plan, stage), record)
+    return record
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def slurm_job_state(job_id):
+    """The job's state as squeue shows it (PENDING, RUNNING, ...), or None once it left the queue."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def stage_state(plan, stage, states):
+    """``(state, detail)`` of ``stage``; ``states`` holds the states of the stages before it."""
+    done, why_not = plan.check(stage)
+    record = read_record(plan, stage)
+    started = stage.kind in RUN_KINDS and plan.started(stage)
+    if record and record.get("command") != plan.command(stage) and (done or started):
+        return "changed", "recorded: " + shlex.join(record.get("command") or [])
+    if done:
+        return "done", ""
+    if record and record.get("status") in ("running", "submitted"):
+        if record.get("executor") == "slurm":
+            job_state = slurm_job_state(record["job_id"])
+            if job_state:
+                return ("running" if job_state in ("RUNNING", "COMPLETING") else "queued"), \
+                    f"Slurm job {record['job_id']} {job_state}; log {record['log']}"
+        elif _pid_alive(record.get("pid", -1)):
+            return "running", f"pid {record['pid']}; log {record['log']}"
+    if record and record.get("status") == "failed":
+        return "failed", f"{record.get('error') or 'exit code ' + str(record.get('rc'))}; log {record['log']}"
+    if started:
+        return "interrupted", why_not
+    deps = [states[d][0] for d in stage.deps]
+    if all(d == "done" for d in deps):
+        return "ready", ""
+    return "waiting", ", ".join(d for d, s in zip(stage.deps, deps) if s != "done")
+
+
+def all_states(plan):
+    states = {}
+    for stage in plan.stages:
+        states[stage.id] = stage_state(plan, stage, states)
+    return states
+
+
+def print_status(plan, out=print):
+    states = all_states(plan)
+    width = max(len(s.id) for s in plan.stages)
+    out(f"study {plan.study.name}: {plan.root}")
+    for stage in plan.stages:
+        state, detail = states[stage.id]
+        out(f"  {stage.id:<{width}}  {state:<11} {detail}".rstrip())
+    counts = {}
+    for state, _ in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    out("  " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(plan.stages)} stages)")
+    return states
+
+
+def print_plan(plan, out=print):
+    """The stages, their dependencies and exact commands, as --dry-run prints them."""
+    states = all_states(plan)
+    out(f"study {plan.study.name}: {len(plan.stages)} stages, output root {plan.root}")
+    out(f"(commands run from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}; "
+        "an interrupted run stage is continued by the same command with --resume)")
+    for n, stage in enumerate(plan.stages, 1):
+        state, _ = states[stage.id]
+        res = stage.resources
+        out(f"\n[{n}] {stage.id}  ({state})  nodes {res['nodes']}, GPUs/node {res['gpus_per_node']}, "
+            f"processes/node {res['processes_per_node']}, {res['timeout_min']} min")
+        if stage.deps:
+            out(f"    after: {', '.join(stage.deps)}")
+        out(f"    output: {stage.out}")
+        prefix = "    $ " if res["nodes"] == 1 else "    $ (on every node, under Slurm) "
+        out(prefix + shlex.join(plan.command(stage)))
+    return states
+
+
+@contextmanager
+def study_lock(plan):
+    """One tools/study.py at a time per output root (two would start the same stages)."""
+    os.makedirs(os.path.join(plan.root, ".study"), exist_ok=True)
+    with open(os.path.join(plan.root, ".study", "lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another tools/study.py is running on {plan.root}") from None
+        yield

@@ -1,0 +1,121 @@
+"""The study file, its checks, the stage graph and the commands (no stage is run here)."""
+import os
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pretrain.methods import METHODS
+from study.plan import Plan
+from study.spec import StudyError, load_study
+from study.state import all_states
+from tools.study import main as study_main
+
+TABLE5 = os.path.join(ROOT, "configs", "study", "table5_R_152.yaml")
+TINY = os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def _table5(tmp_path):
+    with open(TABLE5) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    return data
+
+
+def test_table5_study_graph(tmp_path):
+    plan = Plan(load_study(_write(tmp_path, _table5(tmp_path))))
+    study = plan.study
+    assert [b.name for b in study.backbones] == ["baseline", "ls", "cskd", "tfkd", "pskd", "pskd_cutmix"]
+    assert {b.method for b in study.backbones} <= set(METHODS) and study.seeds == [0, 1, 2]
+    assert [b.name for b in study.backbones if b.teacher] == ["tfkd"]
+    assert len(plan.stages) == 6 * 3 * 3 + 1
+    order = [s.id for s in plan.stages]
+    for seed in study.seeds:
+        tfkd = plan.pretrain["tfkd", seed]
+        teacher = plan.pretrain["baseline", seed]
+        assert tfkd.deps == [teacher.id] and order.index(teacher.id) < order.index(tfkd.id)
+        cmd = plan.command(tfkd)
+        assert cmd[cmd.index("TEACHER.WEIGHTS") + 1] == os.path.join(teacher.out, "model_final.pth")
+        assert cmd[cmd.index("SEED") + 1] == str(seed)
+        assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nproc_per_node") + 1] == "8"
+        det = plan.command(plan.detect["pskd", seed])
+        assert det[det.index("MODEL.WEIGHTS") + 1] == plan.convert["pskd", seed].out
+        assert det[det.index("SEED") + 1] == str(seed) and det[det.index("--num-gpus") + 1] == "8"
+        assert det[det.index("DATASETS.VOC_ROOT") + 1] == "/data"
+    for stage in plan.stages:
+        assert all(order.index(d) < order.index(stage.id) for d in stage.deps)
+    assert sorted(plan.report.deps) == sorted(s.id for s in plan.detect.values())
+    resumed = plan.command(plan.pretrain["pskd", 1], resume=True)
+    assert [a for a in resumed if a != "--resume"] == plan.command(plan.pretrain["pskd", 1])
+    assert resumed.index("--resume") < resumed.index("DATA.ROOT")  # before the KEY VALUE overrides
+    states = all_states(plan)
+    assert states["pretrain/baseline/seed0"][0] == "ready"
+    assert states["pretrain/tfkd/seed0"] == ("waiting", "pretrain/baseline/seed0")
+
+
+def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
+    path = _write(tmp_path, _table5(tmp_path))
+    assert study_main(["--config-file", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = Plan(load_study(path))
+    assert all(f"] {s.id}  (" in out for s in plan.stages)
+    assert "TEACHER.WEIGHTS " + os.path.join(plan.pretrain["baseline", 2].out, "model_final.pth") in out
+    assert not os.path.exists(tmp_path / "out")  # nothing written
+    assert study_main(["--config-file", path, "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "15 ready, 40 waiting (of 55 stages)" in out
+
+
+@pytest.mark.parametrize("mutate, key, message", [
+    (lambda d: d.update(seed=[0]), "seed", "unknown key"),
+    (lambda d: d.pop("seeds"), "seeds", "missing"),
+    (lambda d: d.update(seeds=[0, 0]), "seeds", "listed twice"),
+    (lambda d: d.update(seeds="0"), "seeds", "list of non-negative integers"),
+    (lambda d: d["backbones"]["ls"].update(config="configs/pretrain/nope.yaml"), "backbones.ls.config", "not found"),
+    (lambda d: d["backbones"]["ls"].update(opts={"SOLVER.NOPE": 1}), "backbones.ls", "SOLVER.NOPE"),
+    (lambda d: d["backbones"]["tfkd"].update(teacher="teacher"), "backbones.tfkd.teacher", "not a backbone"),
+    (lambda d: d["backbones"].pop("baseline"), "backbones.tfkd.teacher", "'baseline' is not a backbone"),
+    (lambda d: d["backbones"]["ls"].update(teacher="baseline"), "backbones.ls.teacher", "takes no teacher"),
+    (lambda d: d["backbones"]["ls"].update(opts={"METHOD.NAME": "nope"}), "backbones.ls.config",
+     "not a method of this project"),
+    (lambda d: d["resources"]["pretrain"].update(gpus_per_node=-1), "resources.pretrain.gpus_per_node",
+     "non-negative"),
+    (lambda d: d["resources"]["detect"].update(gpu=8), "resources.detect.gpu", "unknown key"),
+    (lambda d: d["data"].pop("voc"), "data.voc", "missing"),
+    (lambda d: d["detection"].update(config="x.yaml"), "detection.config", "not found"),
+    (lambda d: d.update(report={"bootstrap": 5}), "report.bootstrap", ">= 10"),
+])
+def test_bad_study_file_names_the_key(tmp_path, capsys, mutate, key, message):
+    data = _table5(tmp_path)
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(StudyError, match=message) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: {key}: ")
+    with pytest.raises(SystemExit) as exit_info:
+        study_main(["--config-file", path, "--status"])
+    assert str(exit_info.value.code).startswith(f"error: {path}: {key}: ")
+
+
+def test_teacher_methods_come_from_the_registry():
+    """A backbone's teacher dependency is the method class's needs_teacher, for every method."""
+    assert [name for name, cls in METHODS.items() if cls.needs_teacher] == ["tfkd"]
+
+
+def test_tiny_study_generates_its_data(tmp_path):
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path)
+    plan = Plan(load_study(_write(tmp_path, data)))
+    assert [s.id for s in plan.stages[:2]] == ["data/classification", "data/voc"]
+    assert plan.pretrain["baseline", 0].deps == ["data/classification"]
+    assert "data/voc" in plan.detect["tfkd", 1].deps
+    cmd = plan.command(plan.pretrain["baseline", 1])
+    assert cmd[cmd.index("DATA.ROOT") + 1] == str(tmp_path / "data" / "classification")
+    assert cmd[:2] == [cmd[0], "tools/pretrain.py"]  # one process: no torchrun

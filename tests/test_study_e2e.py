@@ -1,0 +1,120 @@
+"""The tiny CPU study end to end through tools/study.py: killed mid-stage, the independent stages
+go on, --resume finishes it with the numbers of an uninterrupted run, a rerun does nothing; a
+failing stage is reported with its log while the stages that do not depend on it run."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, require_detectron2, run_tool
+from study.plan import Plan
+from study.spec import load_study
+
+require_detectron2()
+
+pytestmark = pytest.mark.slow
+TINY = os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")
+
+
+def _study(tmp_path, **changes):
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    data.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path), data
+
+
+def _study_cmd(path, *args):
+    return [sys.executable, "tools/study.py", "--config-file", path, *args]
+
+
+def _run(path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(_study_cmd(path, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_study_killed_resumed_and_rerun(tmp_path):
+    path, data = _study(tmp_path)
+    # Five epochs, so that the kill after the first epoch's checkpoint lands inside the stage.
+    data["pretrain"]["opts"].update({"SOLVER.EPOCHS": 5, "SOLVER.STEPS": [3], "TEST.EVAL_PERIOD": 5})
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    plan = Plan(load_study(path))
+    victim = plan.pretrain["tfkd", 0]
+    proc = subprocess.Popen(_study_cmd(path), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 600
+    while not os.path.exists(os.path.join(victim.out, "last_checkpoint")):
+        assert proc.poll() is None and time.time() < deadline, "the study ended before the stage to kill began"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and the stage's process, as a node failure would
+    proc.wait()
+    assert not os.path.exists(os.path.join(victim.out, "model_final.pth"))
+
+    status = _run(path, "--status").stdout
+    assert re.search(r"pretrain/baseline/seed0 +done", status)
+    assert re.search(r"pretrain/tfkd/seed0 +interrupted", status)
+
+    # Without --resume the started stage is left alone; what does not depend on it runs.
+    second = _run(path)
+    assert second.returncode == 1
+    assert "pretrain/tfkd/seed0: interrupted earlier" in second.stdout and "--resume" in second.stdout
+    assert "convert/tfkd/seed0: not run: pretrain/tfkd/seed0 did not finish" in second.stdout
+    for stage in ("pretrain/tfkd/seed1", "detect/baseline/seed0", "detect/tfkd/seed1"):
+        assert f"{stage}: done in" in second.stdout, second.stdout
+    assert "report: not run" in second.stdout
+
+    third = _run(path, "--resume")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "pretrain/tfkd/seed0: resuming" in third.stdout
+    assert "pretrain/baseline" not in third.stdout  # nothing done is run again
+    with open(os.path.join(victim.out, "log.txt")) as f:
+        assert "resumed from" in f.read()
+
+    fourth = _run(path)
+    assert fourth.returncode == 0 and "nothing to do: all 15 stages" in fourth.stdout
+    assert "15 done (of 15 stages)" in _run(path, "--status").stdout
+
+    # The same numbers as the same stage run without interruption.
+    cmd = plan.command(victim)
+    cmd[cmd.index("OUTPUT_DIR") + 1] = str(tmp_path / "reference")
+    run_tool(cmd[1:], timeout=600)
+    for name in ("eval_final.json",):
+        with open(os.path.join(victim.out, name)) as a, open(tmp_path / "reference" / name) as b:
+            assert json.load(a) == json.load(b)
+    resumed = torch.load(os.path.join(victim.out, "model_final.pth"), weights_only=True)["model"]
+    reference = torch.load(tmp_path / "reference" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+    summary = (tmp_path / "out" / "report" / "table5_summary.md").read_text()
+    assert "| TF-KD | resnet18 | Detectron2: 4 it, batch 4, lr 0.01 | 0, 1 |" in summary
+    assert "**Warning:** backbone resnet18" in summary
+    for det in plan.detect.values():
+        assert os.path.isfile(os.path.join(det.out, "voc_detections.npz"))
+
+
+def test_failed_stage_reported_and_independent_stages_go_on(tmp_path):
+    path, data = _study(tmp_path, seeds=[0])
+    # A pretraining that stops before its first step: 3 classes configured, 4 class folders.
+    data["backbones"] = {"broken": {"config": data["backbones"]["baseline"]["config"],
+                                    "opts": {"MODEL.NUM_CLASSES": 3}},
+                         "baseline": data["backbones"]["baseline"]}
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    result = _run(path)
+    assert result.returncode == 1
+    log = os.path.join(str(tmp_path / "out"), "logs", "pretrain__broken__seed0.log")
+    assert "pretrain/broken/seed0: FAILED: error:" in result.stdout and f"log: {log}" in result.stdout
+    assert "detect/baseline/seed0: done in" in result.stdout
+    assert "detect/broken/seed0: not run: convert/broken/seed0 did not finish" in result.stdout
+    status = _run(path, "--status").stdout
+    assert re.search(r"pretrain/broken/seed0 +failed +error:", status) and log in status

@@ -1,0 +1,79 @@
+"""The Slurm executor against a real slurmctld/slurmd on localhost (tests/slurm_cluster.py):
+one job per stage with afterok dependencies, and a job signalled as on preemption is requeued
+and its stage resumes from its last checkpoint. Skipped where Slurm or MUNGE is not installed."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, require_detectron2
+from slurm_cluster import SlurmCluster, unavailable_reason
+from study.plan import Plan
+from study.spec import load_study
+from study.state import read_record
+
+pytestmark = pytest.mark.slow
+if unavailable_reason():
+    pytest.skip(unavailable_reason(), allow_module_level=True)
+require_detectron2()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = SlurmCluster().start()
+    yield c
+    c.stop()
+
+
+def _study_file(tmp_path):
+    with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
+        data = yaml.safe_load(f)
+    data.update(output_root=str(tmp_path / "out"), seeds=[0])
+    # Long enough to signal the job between the first epoch's checkpoint and the end.
+    data["pretrain"]["opts"].update({"SOLVER.EPOCHS": 5, "SOLVER.STEPS": [3], "TEST.EVAL_PERIOD": 5})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def _study(cluster, path, *args):
+    return subprocess.run([sys.executable, "tools/study.py", "--config-file", path, *args], cwd=ROOT,
+                          env=dict(cluster.env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
+    path = _study_file(tmp_path)
+    plan = Plan(load_study(path))
+    submitted = _study(cluster, path, "--executor", "slurm")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = {sid: job for sid, job in re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M)}
+    assert set(jobs) == {s.id for s in plan.stages}
+    # Dependencies are Slurm's: TF-KD's pretraining waits for the baseline's job.
+    after = re.search(r"^pretrain/tfkd/seed0: Slurm job \d+ \(afterok:([\d:]+)\)", submitted.stdout, re.M)
+    assert after and jobs["pretrain/baseline/seed0"] in after.group(1).split(":")
+    again = _study(cluster, path, "--executor", "slurm")
+    assert not re.search(r"^\S+: Slurm job", again.stdout, re.M) and "already queued" in again.stdout  # none twice
+
+    # Preempt the TF-KD pretraining once it has a checkpoint: submitit's signal, then requeue.
+    victim = plan.pretrain["tfkd", 0]
+    deadline = time.time() + 900
+    while not os.path.exists(os.path.join(victim.out, "last_checkpoint")):
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR2", jobs[victim.id]], env=cluster.env, check=True)
+
+    while cluster.squeue():
+        assert time.time() < deadline, f"jobs left: {cluster.squeue()}\n{cluster.logs()}"
+        time.sleep(1)
+    status = _study(cluster, path, "--status").stdout
+    assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, status
+    with open(os.path.join(victim.out, "log.txt")) as f:
+        assert "resumed from" in f.read()  # continued from its checkpoint, not restarted
+    assert read_record(plan, victim)["job_id"] == jobs[victim.id]  # the same job, requeued
+    done = _study(cluster, path, "--executor", "slurm")
+    assert done.returncode == 0 and "nothing to do" in done.stdout

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Run a study: every backbone x seed from pretraining to Table 5, resumable, locally or on Slurm.
+
+    python tools/study.py --config-file configs/study/table5_R_152.yaml [--executor local|slurm]
+                          [--dry-run] [--status] [--resume]
+
+The study file (docs/study.md) names the backbones, seeds, data, detection config, resources and
+output root. Stages: pretrain(backbone, seed) -> convert -> detect -> report, each one of the
+project's tools run as a subprocess; a teacher-based method (TF-KD) pretrains after its
+teacher of the same seed. Running the same command again runs only what is not done (checked by
+the outputs); --resume continues interrupted stages from their last checkpoint.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from study.local import run_local  # noqa: E402
+from study.plan import Plan  # noqa: E402
+from study.spec import StudyError, load_study  # noqa: E402
+from study.state import print_plan, print_status  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="study file (configs/study/*.yaml)")
+    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="local: stages one after another here; slurm: one job per stage (submitit)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands; run nothing")
+    parser.add_argument("--status", action="store_true", help="print every stage's state; run nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted pretraining/detection stages from their last checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        plan = Plan(load_study(args.config_file))
+    except StudyError as exc:
+        sys.exit(f"error: {exc}")
+    if args.dry_run:
+        print_plan(plan)
+        return 0
+    if args.status:
+        print_status(plan)
+        return 0
+    try:
+        if args.executor == "slurm":
+            from study.slurm import submit_slurm
+
+            return submit_slurm(plan, resume=args.resume)
+        return run_local(plan, resume=args.resume)
+    except RuntimeError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
