@@ -44,7 +44,7 @@ def _step_syncs(name, cutmix, teacher, **opts):
     cfg.merge_from_list(["METHOD.NAME", name, "MODEL.ARCH", "resnet18", "MODEL.NUM_CLASSES", "5",
                          "MODEL.DEVICE", "cpu", "AUG.CUTMIX.ENABLED", str(cutmix), "AUG.CUTMIX.PROB", "1.0"]
                         + [str(v) for kv in opts.items() for v in kv])
-    if name == "tfkd":
+    if METHODS[name].needs_teacher:
         cfg.TEACHER.WEIGHTS = teacher
     labels = [i % 5 for i in range(20)]
     model = build_resnet("resnet18", 5, cfg.MODEL.CIFAR_STEM)

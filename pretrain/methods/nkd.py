@@ -28,9 +28,13 @@ def nkd_loss(logits, teacher_logits, targets, temperature, gamma):
     p_t = F.softmax(teacher_logits, dim=1).gather(1, target)
     loss_target = -(p_t * log_s_t).mean()
 
-    non_target = torch.ones_like(logits, dtype=torch.bool).scatter_(1, target, False)
-    log_n_s = F.log_softmax(logits[non_target].view(n, k - 1) / temperature, dim=1)
-    n_p = F.softmax(teacher_logits[non_target].view(n, k - 1) / temperature, dim=1)
+    # The K - 1 non-target columns in order, gathered by a computed index: boolean indexing would
+    # give the same values but has a data-dependent shape (forward) and index_put (backward),
+    # each a host synchronisation per step.
+    columns = torch.arange(k - 1, device=logits.device).expand(n, k - 1)
+    non_target = columns + (columns >= target).long()
+    log_n_s = F.log_softmax(logits.gather(1, non_target) / temperature, dim=1)
+    n_p = F.softmax(teacher_logits.gather(1, non_target) / temperature, dim=1)
     loss_non = -(n_p * log_n_s).sum(dim=1).mean()
     return loss_target + gamma * temperature ** 2 * loss_non
 
