@@ -93,9 +93,8 @@ def validate_config(cfg):
     number of classes)."""
     problems = [f"{key} is {_get(cfg, key)}, must be {RANGES[key]}"
                 for key in RANGES if _get(cfg, key) not in RANGES[key]]
-    if not problems:
-        if cfg.PSKD.TOPK > cfg.MODEL.NUM_CLASSES:
-            problems.append(f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
-                            f"({cfg.MODEL.NUM_CLASSES})")
+    if not problems and cfg.PSKD.TOPK > cfg.MODEL.NUM_CLASSES:
+        problems.append(f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
+                        f"({cfg.MODEL.NUM_CLASSES})")
     if problems:
         raise ValueError("config value out of range: " + "; ".join(problems))

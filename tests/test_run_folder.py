@@ -109,7 +109,7 @@ def test_resume_refuses_other_training_files(finished_run, synthetic_root, tmp_p
     root = str(tmp_path / "data")
     shutil.copytree(synthetic_root, root)
     folder = os.path.join(root, "train", "class_000")
-    os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))
+    os.remove(os.path.join(folder, min(os.listdir(folder))))
     out = checkpoint_folder(finished_run, tmp_path)
     before = digest(out)
     message = run_in_process(train_args(root, out, "--resume"))
@@ -242,7 +242,7 @@ def test_unwritable_output_dir_is_named(synthetic_root, tmp_path):
 
 def test_full_disk_names_the_file_and_the_disk(synthetic_root, tmp_path, monkeypatch):
     """The system's own ENOSPC (/dev/full) when checkpoint 4 is written."""
-    import pretrain.fileio as fileio
+    from pretrain import fileio
 
     real_mkstemp = fileio.tempfile.mkstemp
 
@@ -297,7 +297,7 @@ def test_device_decode_failure_is_an_error_line(synthetic_root, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(synthetic_root, root)
     folder = os.path.join(root, "train", "class_001")
-    bad = os.path.join(folder, sorted(os.listdir(folder))[0])
+    bad = os.path.join(folder, min(os.listdir(folder)))
     with open(bad, "r+b") as f:  # the header reads, the data does not decode
         f.truncate(os.path.getsize(bad) // 2)
     message = run_in_process(train_args(root, str(tmp_path / "out"), "DATALOADER.DECODE", "device") + ONE_EPOCH)
@@ -318,7 +318,7 @@ def test_skipped_file_with_a_non_utf8_name_is_logged(synthetic_root, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(synthetic_root, root)
     folder = os.path.join(root, "train", "class_001")
-    os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))  # replaced: full batches stay full
+    os.remove(os.path.join(folder, min(os.listdir(folder))))  # replaced: full batches stay full
     with open(os.path.join(folder.encode(), b"caf\xe9.jpg"), "w") as f:  # Latin-1 name, not an image
         f.write("text\n")
     out = str(tmp_path / "out")
