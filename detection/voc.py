@@ -166,6 +166,18 @@ def register_voc(root):
         )
 
 
+def check_test_split(dataset_name):
+    """Load a registered VOC split and check every annotation as the evaluator reads it (the
+    per-object fields it requires); returns the number of images."""
+    meta = MetadataCatalog.get(dataset_name)
+    DatasetCatalog.get(dataset_name)
+    ids = _image_ids(meta.dirname, meta.split)
+    anno_template = os.path.join(meta.dirname, "Annotations", "{}.xml")
+    for image_id in ids:
+        read_annotation(anno_template.format(image_id), meta.thing_classes, eval_fields=True)
+    return len(ids)
+
+
 def eval_json_path(cfg, dataset_name):
     """OUTPUT_DIR/voc_eval.json; with several test sets, one file per set."""
     tests = tuple(cfg.DATASETS.TEST)
@@ -176,22 +188,15 @@ def eval_json_path(cfg, dataset_name):
 class VOCEvaluator(PascalVOCDetectionEvaluator):
     """PascalVOCDetectionEvaluator that also returns per-class AP50 (as ``AP50-<class>``, the
     convention Detectron2's COCO evaluator uses for per-category keys) and, when given
-    ``output_file``, writes the summary JSON there (main process only)."""
+    ``output_file``, writes the summary JSON there (main process only). ``weights`` is
+    MODEL.WEIGHTS; ``evaluated`` returns ``(iteration, checkpoint file)`` of the model being
+    evaluated (either may be None), asked at evaluation time."""
 
-    def __init__(self, dataset_name, output_file=None, weights=""):
+    def __init__(self, dataset_name, output_file=None, weights="", evaluated=lambda: (None, None)):
         super().__init__(dataset_name)
         self._output_file = output_file
         self._weights = os.path.abspath(weights) if weights and "://" not in weights else weights
-        meta = MetadataCatalog.get(dataset_name)
-        self._dirname, self._split = meta.dirname, meta.split
-
-    def _check_annotations(self):
-        # voc_eval parses every listed file with bare ElementTree calls; check them first so a
-        # bad file is named instead of failing inside the 20 classes x 10 thresholds loop.
-        ids = _image_ids(self._dirname, self._split)
-        for image_id in ids:
-            read_annotation(self._anno_file_template.format(image_id), self._class_names, eval_fields=True)
-        return len(ids)
+        self._evaluated = evaluated
 
     def evaluate(self):
         all_predictions = comm.gather(self._predictions, dst=0)
@@ -201,7 +206,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         for per_rank in all_predictions:
             for cls_id, lines in per_rank.items():
                 predictions[cls_id].extend(lines)
-        num_images = self._check_annotations()
+        # voc_eval parses every listed file with bare ElementTree calls; check them first so a
+        # bad file is named instead of failing inside the 20 classes x 10 thresholds loop.
+        num_images = check_test_split(self._dataset_name)
 
         thresholds = range(50, 100, 5)
         aps = np.zeros((len(self._class_names), len(thresholds)))  # percent, class x IoU threshold
@@ -231,7 +238,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         return results
 
     def summary(self, bbox, num_images):
-        """The voc_eval.json record of one evaluation."""
+        """The voc_eval.json record of one evaluation: the APs, and which model they are of
+        (the iteration it was trained to and its checkpoint file)."""
+        iteration, checkpoint = self._evaluated()
         if self._is_2007:
             metric = "PASCAL VOC2007 11-point interpolated AP"
         else:
@@ -250,4 +259,6 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             "dataset": self._dataset_name,
             "num_images": num_images,
             "weights": self._weights,
+            "iteration": iteration,
+            "checkpoint": checkpoint,
         }
