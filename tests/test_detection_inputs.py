@@ -179,8 +179,9 @@ def test_undecodable_training_image_is_named(voc, tmp_path):
 def test_evaluation_during_training_names_iteration_and_checkpoint(tmp_path):
     trained_model = train_net_tool().trained_model
     cfg = load_cfg(TINY, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path))
-    with EventStorage(29):
-        assert trained_model(cfg) == (30, str(tmp_path / "model_final.pth"))
+    for storage_iter in (29, 30):  # the last after_step hook, and the after_train one
+        with EventStorage(storage_iter):
+            assert trained_model(cfg) == (30, str(tmp_path / "model_final.pth"))
     with EventStorage(19):
         assert trained_model(cfg) == (20, str(tmp_path / "model_0000019.pth"))
     with EventStorage(14):

@@ -37,7 +37,9 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, OutputWriteError)
 def trained_model(cfg):
     """(iteration, checkpoint file) of the model an evaluation during training sees: the
     iterations done, and the file PeriodicCheckpointer wrote for them (None if none)."""
-    done = get_event_storage().iter + 1
+    # storage.iter is the 0-based iteration in after_step hooks, but already max_iter in the
+    # after_train one (the final evaluation): at most MAX_ITER iterations are ever done.
+    done = min(get_event_storage().iter + 1, cfg.SOLVER.MAX_ITER)
     if done >= cfg.SOLVER.MAX_ITER:
         name = "model_final.pth"
     elif done % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
