@@ -12,5 +12,17 @@ def add_pskd_detection_config(cfg):
 
 
 def voc_root(cfg):
-    """The folder the VOC splits are read from, as ``DATASETS.VOC_ROOT`` resolves."""
-    return cfg.DATASETS.VOC_ROOT or os.getenv("DETECTRON2_DATASETS", "datasets")
+    """The folder the VOC splits are read from, as ``DATASETS.VOC_ROOT`` resolves (``~`` expanded,
+    which a shell leaves alone in ``DETECTRON2_DATASETS=~/voc``)."""
+    return os.path.expanduser(cfg.DATASETS.VOC_ROOT or os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def finalize_detection_config(cfg):
+    """Resolve and remove the project's keys, so that the config.yaml a run saves is read by plain
+    Detectron2; refuse settings the project would silently ignore. Returns the VOC root."""
+    if cfg.TEST.AUG.ENABLED:
+        raise ValueError("TEST.AUG.ENABLED: test-time augmentation is not supported by tools/train_net.py "
+                         "(the AP would be reported without it); set it to False")
+    root = voc_root(cfg)
+    del cfg.DATASETS["VOC_ROOT"]
+    return root

@@ -141,11 +141,13 @@ def d2_name(key):
     return key
 
 
-def to_d2(state_dict, source=None):
+def to_d2(state_dict, source=None, arch=None):
     """The Detectron2 pickle payload for a checked torchvision ResNet state dict (``fc`` dropped).
 
     ``source`` (the input checkpoint's absolute path) is stored as ``"__source__"``: Detectron2's
-    checkpointer ignores it, and tools/report.py follows it back to the pretraining run.
+    checkpointer ignores it, and tools/report.py follows it back to the pretraining run. ``arch``
+    (e.g. ``"resnet152"``) is stored as ``"arch"``: tools/train_net.py names it when the file does
+    not fit the config's depth.
     """
     model = {}
     for key, value in state_dict.items():
@@ -159,6 +161,8 @@ def to_d2(state_dict, source=None):
     payload = {"model": model, "__author__": AUTHOR, "matching_heuristics": True}
     if source is not None:
         payload["__source__"] = source
+    if arch is not None:
+        payload["arch"] = arch
     return payload
 
 
@@ -166,7 +170,7 @@ def convert(in_path, out_path):
     """Convert checkpoint ``in_path`` to Detectron2 pickle ``out_path``; return the arch name."""
     state_dict = load_checkpoint(in_path)
     arch = identify_resnet(state_dict, in_path)
-    payload = to_d2(state_dict, source=os.path.abspath(in_path))
+    payload = to_d2(state_dict, source=os.path.abspath(in_path), arch=arch)
     with atomic_open(out_path, "wb") as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     return arch

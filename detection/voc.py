@@ -166,6 +166,24 @@ def register_voc(root):
         )
 
 
+def read_test_annotations(dataset_name):
+    """``(image ids, [objects of each image])`` of a registered VOC split, every annotation read
+    with the per-object fields the evaluator requires. voc_eval parses every listed file with bare
+    ElementTree calls; reading them first names a bad file instead of failing inside its 20
+    classes x 10 thresholds loop."""
+    meta = MetadataCatalog.get(dataset_name)
+    ids = _image_ids(meta.dirname, meta.split)
+    anno_template = os.path.join(meta.dirname, "Annotations", "{}.xml")
+    return ids, [read_annotation(anno_template.format(i), meta.thing_classes, eval_fields=True)[2] for i in ids]
+
+
+def check_test_split(dataset_name):
+    """Load a registered VOC split as training would and read it as the evaluator will (before
+    the first iteration, so a bad file stops the run then, not after training)."""
+    DatasetCatalog.get(dataset_name)
+    read_test_annotations(dataset_name)
+
+
 def eval_json_path(cfg, dataset_name):
     """OUTPUT_DIR/voc_eval.json; with several test sets, one file per set."""
     tests = tuple(cfg.DATASETS.TEST)
@@ -176,23 +194,15 @@ def eval_json_path(cfg, dataset_name):
 class VOCEvaluator(PascalVOCDetectionEvaluator):
     """PascalVOCDetectionEvaluator that also returns per-class AP50 (as ``AP50-<class>``, the
     convention Detectron2's COCO evaluator uses for per-category keys) and, when given
-    ``output_file``, writes the summary JSON there (main process only)."""
+    ``output_file``, writes the summary JSON there (main process only). ``weights`` is
+    MODEL.WEIGHTS; ``evaluated`` returns ``(iteration, checkpoint file)`` of the model being
+    evaluated (either may be None), asked at evaluation time."""
 
-    def __init__(self, dataset_name, output_file=None, weights=""):
+    def __init__(self, dataset_name, output_file=None, weights="", evaluated=lambda: (None, None)):
         super().__init__(dataset_name)
         self._output_file = output_file
         self._weights = os.path.abspath(weights) if weights and "://" not in weights else weights
-        meta = MetadataCatalog.get(dataset_name)
-        self._dirname, self._split = meta.dirname, meta.split
-
-    def _read_annotations(self):
-        """``(image ids, [objects of each image])``. voc_eval parses every listed file with bare
-        ElementTree calls; reading them first names a bad file instead of failing inside the
-        20 classes x 10 thresholds loop."""
-        ids = _image_ids(self._dirname, self._split)
-        objects = [read_annotation(self._anno_file_template.format(i), self._class_names, eval_fields=True)[2]
-                   for i in ids]
-        return ids, objects
+        self._evaluated = evaluated
 
     def evaluate(self):
         all_predictions = comm.gather(self._predictions, dst=0)
@@ -202,7 +212,7 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         for per_rank in all_predictions:
             for cls_id, lines in per_rank.items():
                 predictions[cls_id].extend(lines)
-        image_ids, objects = self._read_annotations()
+        image_ids, objects = read_test_annotations(self._dataset_name)
         num_images = len(image_ids)
 
         thresholds = range(50, 100, 5)
@@ -234,7 +244,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
         return results
 
     def summary(self, bbox, num_images):
-        """The voc_eval.json record of one evaluation."""
+        """The voc_eval.json record of one evaluation: the APs, and which model they are of
+        (the iteration it was trained to and its checkpoint file)."""
+        iteration, checkpoint = self._evaluated()
         if self._is_2007:
             metric = "PASCAL VOC2007 11-point interpolated AP"
         else:
@@ -253,6 +265,8 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             "dataset": self._dataset_name,
             "num_images": num_images,
             "weights": self._weights,
+            "iteration": iteration,
+            "checkpoint": checkpoint,
         }
 
 

@@ -24,21 +24,28 @@ def checkpoint_name(iteration):
 
 def save_checkpoint(output_dir, iteration, state, max_to_keep=0):
     """Write ``model_<iteration>.pth`` then point ``last_checkpoint`` at it (both atomically);
-    keep only the ``max_to_keep`` newest periodic checkpoints when it is > 0."""
+    keep only the ``max_to_keep`` newest periodic checkpoints up to this one when it is > 0.
+    Checkpoints of later iterations (unreadable ones a resume skipped) are never pruned in their
+    favour: only older checkpoints of the run are deleted."""
     name = checkpoint_name(iteration)
     atomic_torch_save(state, os.path.join(output_dir, name))
     atomic_write_text(os.path.join(output_dir, LAST_CHECKPOINT), name)
     logger.info("saved checkpoint %s", os.path.join(output_dir, name))
     if max_to_keep > 0:
-        for old in periodic_checkpoints(output_dir)[max_to_keep:]:
+        older = [p for p in periodic_checkpoints(output_dir) if checkpoint_iteration(p) <= iteration]
+        for old in older[max_to_keep:]:
             os.remove(old)
     return name
+
+
+def checkpoint_iteration(path):
+    return int(_PERIODIC.search(path).group(1))
 
 
 def periodic_checkpoints(output_dir):
     """Periodic checkpoint paths, newest (highest iteration) first."""
     paths = [p for p in glob.glob(os.path.join(output_dir, "model_*.pth")) if _PERIODIC.search(p)]
-    return sorted(paths, key=lambda p: int(_PERIODIC.search(p).group(1)), reverse=True)
+    return sorted(paths, key=checkpoint_iteration, reverse=True)
 
 
 class UnreadableCheckpoint(ValueError):

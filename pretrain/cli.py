@@ -1,7 +1,10 @@
 """Command-line set-up shared by the tools: argument parser and config assembly."""
 import argparse
 
+import yaml
+
 from .config import get_cfg
+from .config_check import validate_config
 
 
 def default_argument_parser(description):
@@ -18,12 +21,19 @@ def default_argument_parser(description):
 
 def setup_cfg(config_file, opts=()):
     """Defaults <- YAML file (with _BASE_) <- KEY VALUE overrides; an unknown key or a value of
-    the wrong type is reported with where it came from."""
+    the wrong type or out of range is reported with where it came from."""
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:
+        raise ValueError(f"{flags[0]} came after the KEY VALUE overrides: flags (--resume, --eval-only) "
+                         f"come first, e.g. --config-file F --resume SOLVER.EPOCHS 10")
     cfg = get_cfg()
     try:
         cfg.merge_from_file(config_file)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"config file {config_file!r} not found") from exc
+        missing = f" ({exc.filename!r}, named by _BASE_)" if exc.filename and exc.filename != config_file else ""
+        raise FileNotFoundError(f"config file {config_file!r}: not found{missing}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {config_file!r} is not valid YAML: {' '.join(str(exc).split())}") from exc
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ValueError(f"config file {config_file!r}: {_message(exc)}") from exc
     if len(opts) % 2:
@@ -32,9 +42,20 @@ def setup_cfg(config_file, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ValueError(f"command-line override: {_message(exc)}") from exc
+    validate_config(cfg)
     cfg.freeze()
     return cfg
 
 
 def _message(exc):
     return exc.args[0] if exc.args else str(exc)
+
+
+def error_message(exc):
+    """The one-line cause of an expected error. An error raised in a data loader worker arrives
+    re-raised with the worker's traceback in its message; only its last line is the cause."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "Original Traceback" in text:
+        text = text.rstrip().splitlines()[-1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return text

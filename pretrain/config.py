@@ -3,7 +3,43 @@
 YAML files in ``configs/pretrain/`` override these defaults (``_BASE_`` chains them), and
 ``KEY VALUE`` pairs on the command line override the files, as in Detectron2.
 """
-from fvcore.common.config import CfgNode as CN
+from fvcore.common.config import CfgNode
+
+
+class CN(CfgNode):
+    """fvcore's CfgNode that also takes an integer where the default is a float: YAML and the
+    command line write ``0`` for ``0.0``, and yacs would refuse it as a type mismatch."""
+
+    def merge_from_other_cfg(self, cfg_other):
+        _ints_to_floats(cfg_other, self)
+        return super().merge_from_other_cfg(cfg_other)
+
+    def merge_from_list(self, cfg_list):
+        cfg_list = list(cfg_list)
+        for i in range(0, len(cfg_list) - 1, 2):
+            default = _lookup(self, cfg_list[i])
+            value = CfgNode._decode_cfg_value(cfg_list[i + 1])
+            if isinstance(default, float) and type(value) is int:
+                cfg_list[i + 1] = float(value)
+        return super().merge_from_list(cfg_list)
+
+
+def _lookup(node, dotted):
+    for part in dotted.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _ints_to_floats(other, defaults):
+    for key, value in other.items():
+        default = defaults.get(key) if isinstance(defaults, CfgNode) else None
+        if isinstance(value, CfgNode):
+            _ints_to_floats(value, default)
+        elif isinstance(default, float) and type(value) is int:
+            other[key] = float(value)
+
 
 _C = CN()
 

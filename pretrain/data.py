@@ -7,6 +7,7 @@ loader workers or on where a resumed run restarted.
 """
 import logging
 import os
+import warnings
 
 import torch
 import torchvision
@@ -17,8 +18,24 @@ from .transforms import build_eval_transform, build_train_transform
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "this file is not a readable image" (PIL raises OSError for truncated files).
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# Errors that mean "this file is not a readable image" (PIL raises OSError for truncated files,
+# DecompressionBombError for images of more than twice Image.MAX_IMAGE_PIXELS).
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded under DATA.ON_BAD_IMAGE error; the message names it."""
+
+
+def open_image(fp):
+    """``Image.open`` that also refuses images above Image.MAX_IMAGE_PIXELS, which PIL only warns
+    about: a decompression bomb is a bad image, not tens of GB of pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except Image.DecompressionBombWarning as exc:
+            raise Image.DecompressionBombError(str(exc)) from None
 
 
 class IndexedDataset(Dataset):
@@ -45,7 +62,7 @@ class IndexedDataset(Dataset):
         except _DECODE_ERRORS as exc:
             message = f"cannot read training image {self.samples[index]!r} (sample {index}): {exc}"
             if self.on_bad_image == "error":
-                raise ValueError(message + " (set DATA.ON_BAD_IMAGE skip to skip such files)") from exc
+                raise UnreadableImage(message + " (set DATA.ON_BAD_IMAGE skip to skip such files)") from exc
             return BadSample(str(self.samples[index]), str(exc))
         # fork_rng keeps the caller's CPU RNG untouched when loading in the main process.
         with torch.random.fork_rng(devices=[]):
@@ -63,7 +80,7 @@ def _load_rgb(item):
     if isinstance(item, Image.Image):
         return item.convert("RGB")
     with open(item, "rb") as f:
-        image = Image.open(f)
+        image = open_image(f)
         image.load()  # decode now, so a truncated file fails here and not inside a transform
         return image.convert("RGB")
 

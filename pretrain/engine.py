@@ -4,7 +4,8 @@ evaluate, and write the final outputs.
 Outputs in OUTPUT_DIR: ``config.yaml``, ``log.txt``, ``metrics.json`` (one JSON object a line),
 TensorBoard events, ``model_<iter>.pth`` checkpoints with ``last_checkpoint``, and at the end
 ``model_final.pth`` (``{"model": torchvision state dict}``), ``eval_final.json`` and
-``reliability_final.png``.
+``reliability_final.png``. ``--eval-only`` writes ``eval_only_<weights name>.json``,
+``..._reliability.png`` and ``..._config.yaml`` instead (pretrain/run_folder.py).
 """
 import datetime
 import json
@@ -25,10 +26,27 @@ from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, rem
 from .methods import MethodContext, build_method
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_resnet
+from .run_folder import check_same_run, check_unfinished, dataset_fingerprint, eval_only_outputs
 
 logger = logging.getLogger("pretrain")
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Escapes what UTF-8 cannot encode (a file name that is not UTF-8 arrives as lone
+    surrogates), so that such a line is logged instead of failing in the handler."""
+
+    def format(self, record):
+        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _LogFile(logging.FileHandler):
+    """log.txt; a failed write (a full disk) is not reported again by a traceback on stderr: the
+    error itself stops the run with its own message."""
+
+    def handleError(self, record):
+        pass
 
 
 def setup_logging(output_dir, rank):
@@ -36,13 +54,13 @@ def setup_logging(output_dir, rank):
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter(f"[%(asctime)s r{rank}] %(message)s", datefmt="%m/%d %H:%M:%S")
+    fmt = _PrintableFormatter(f"[%(asctime)s r{rank}] %(message)s", datefmt="%m/%d %H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
     root.addHandler(stream)
     if rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        file = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        file = _LogFile(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file.setFormatter(fmt)
         root.addHandler(file)
 
@@ -161,6 +179,7 @@ class Trainer:
         if self.train_set.classes != self.val_set.classes:
             raise ValueError(f"the class folders of {cfg.DATA.TRAIN_SPLIT!r} and {cfg.DATA.VAL_SPLIT!r} "
                              f"under DATA.ROOT {cfg.DATA.ROOT!r} differ")
+        self.data_fingerprint = dataset_fingerprint(self.train_set, cfg.DATA.ROOT)
 
         torch.manual_seed(cfg.SEED)  # the same initial weights on every rank
         self.model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM).to(self.device)
@@ -210,18 +229,25 @@ class Trainer:
         cfg = self.cfg
         start_epoch, start_step = 0, 0
         if resume:
-            if self.rank == 0:  # nothing writes yet: any temporary file is a killed write's
-                for stale in remove_stale_temporaries(cfg.OUTPUT_DIR):
-                    logger.info("removed %s, left by an interrupted write", stale)
+            check_unfinished(cfg.OUTPUT_DIR)
             path, state = load_resume_checkpoint(cfg.OUTPUT_DIR)
             if state is None:
                 logger.info("no readable checkpoint in %s: starting from scratch", cfg.OUTPUT_DIR)
             else:
+                check_same_run(path, state, cfg, self.data_fingerprint)
+            du.barrier()  # every rank has checked before rank 0 removes or writes anything
+            if self.rank == 0:  # nothing writes yet: any temporary file is a killed write's
+                for stale in remove_stale_temporaries(cfg.OUTPUT_DIR):
+                    logger.info("removed %s, left by an interrupted write", stale)
+            if state is not None:
                 start_epoch, start_step = du.on_every_rank(lambda: self.load_state(state), f"resuming from {path}")
                 du.check_same_on_every_rank(self.iteration, f"the iteration resumed from {path}")
                 logger.info("resumed from %s: epoch %d, step %d of %d, iteration %d",
                             path, start_epoch, start_step, self.iters_per_epoch, self.iteration)
         if self.rank == 0:
+            config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+            if not os.path.isfile(config_path):  # a resumed run keeps the config it started with
+                atomic_write_text(config_path, cfg.dump())
             self.writer = MetricsWriter(cfg.OUTPUT_DIR, self.iteration if resume else None)
         self.log_start()
         for epoch in range(start_epoch, cfg.SOLVER.EPOCHS):
@@ -325,7 +351,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "method": method_state,
                 "trainer": {"epoch": epoch, "steps_in_epoch": steps_done, "iteration": self.iteration,
-                            "iters_per_epoch": self.iters_per_epoch, "world_size": self.world, "rng": rng},
+                            "iters_per_epoch": self.iters_per_epoch, "world_size": self.world, "rng": rng,
+                            "data": self.data_fingerprint},
                 "config": self.cfg.dump(),
             }
             if self.scaler is not None:
@@ -387,20 +414,24 @@ class Trainer:
         return summarize(stats), stats
 
     def evaluate_weights(self, path):
-        """--eval-only: evaluate ``path`` and write eval_final.json and the reliability diagram."""
+        """--eval-only: evaluate ``path``; write its metrics, reliability diagram and config under
+        names of their own (``eval_only_outputs``), never over a training run's outputs."""
+        outputs = eval_only_outputs(self.cfg.OUTPUT_DIR, path)
         load_weights(self.model, path, f"MODEL.ARCH {self.cfg.MODEL.ARCH} with MODEL.NUM_CLASSES {self.cfg.MODEL.NUM_CLASSES}")
         logger.info("evaluating %s on %d validation images", path, len(self.val_set))
         metrics, stats = self.evaluate()
         metrics["weights"] = os.path.abspath(path)
         if self.rank == 0:
-            self.write_eval(metrics, stats)
+            self.write_eval(metrics, stats, outputs["metrics"], outputs["reliability"])
+            atomic_write_text(outputs["config"], self.cfg.dump())
+            logger.info("wrote %s", ", ".join(outputs.values()))
         logger.info("eval: %s", _format_metrics(metrics))
         return metrics
 
     # -- outputs ----------------------------------------------------------------------------
-    def write_eval(self, metrics, stats):
-        atomic_write_json(os.path.join(self.cfg.OUTPUT_DIR, "eval_final.json"), metrics)
-        plot_reliability_diagram(stats, os.path.join(self.cfg.OUTPUT_DIR, "reliability_final.png"),
+    def write_eval(self, metrics, stats, metrics_path, reliability_path):
+        atomic_write_json(metrics_path, metrics)
+        plot_reliability_diagram(stats, reliability_path,
                                  title=self.cfg.METHOD.NAME + (" + CutMix" if self.cfg.AUG.CUTMIX.ENABLED else ""))
 
     def write_final(self, metrics, stats):
@@ -409,7 +440,8 @@ class Trainer:
             atomic_torch_save({"model": self.model.state_dict()}, path)
             metrics = dict(metrics, epochs=self.cfg.SOLVER.EPOCHS, method=self.cfg.METHOD.NAME,
                            arch=self.cfg.MODEL.ARCH)
-            self.write_eval(metrics, stats)
+            self.write_eval(metrics, stats, os.path.join(self.cfg.OUTPUT_DIR, "eval_final.json"),
+                            os.path.join(self.cfg.OUTPUT_DIR, "reliability_final.png"))
             logger.info("wrote %s and eval_final.json", path)
         du.barrier()
 

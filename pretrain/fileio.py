@@ -1,6 +1,12 @@
 """Atomic file writes: every output is written to a temporary file beside it, flushed to disk
-and renamed over the target, so a kill mid-write never leaves a truncated file behind."""
+and renamed over the target, so a kill mid-write never leaves a truncated file behind.
+
+The temporary file is created mode 0600 (mkstemp); before the rename it gets the mode any other
+new file would get (0666 less the umask). A write that the system refuses (a full disk, no
+permission, a read-only file system) raises ``OutputWriteError`` naming the file and its disk.
+"""
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -9,23 +15,61 @@ import tempfile
 import torch
 
 
+class OutputWriteError(OSError):
+    """The system refused to write an output file; the message names the file and the disk."""
+
+
+def mount_point(path):
+    """The mount point of the file system holding ``path`` (or its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def describe_write_error(path, exc):
+    """``cannot write <path>: <reason>``, with the disk and its free space when it is full."""
+    message = f"cannot write {path!r}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        disk = mount_point(path)
+        with contextlib.suppress(OSError):
+            free = os.statvfs(disk)
+            message += f" (the disk mounted at {disk!r} has {free.f_bavail * free.f_frsize / 2**20:.0f} MiB free)"
+    return message
+
+
+def new_file_mode():
+    """The mode ``open()`` gives a new file under the current umask (0666 & ~umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="wb"):
     """Open a temporary file in ``path``'s folder; on success rename it to ``path``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open only writes ('w' or 'wb'), got mode {mode!r}")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputWriteError(describe_write_error(path, exc)) from exc
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):
+            raise OutputWriteError(describe_write_error(path, exc)) from exc
         raise
 
 

@@ -35,7 +35,7 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from .data import _DECODE_ERRORS, BadSample, IndexedDataset
+from .data import _DECODE_ERRORS, BadSample, IndexedDataset, UnreadableImage, open_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 
 # Colour modes nvjpeg decodes to RGB itself; anything else is converted by PIL in the worker.
@@ -139,7 +139,7 @@ class EncodedJpegDataset(IndexedDataset):
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            image = Image.open(io.BytesIO(data))  # reads the header only
+            image = open_image(io.BytesIO(data))  # reads the header only
             if image.format == "JPEG" and image.mode in _NVJPEG_MODES:
                 encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
@@ -147,7 +147,7 @@ class EncodedJpegDataset(IndexedDataset):
         except _DECODE_ERRORS as exc:
             message = f"cannot read training image {path!r} (sample {index}): {exc}"
             if self.on_bad_image == "error":
-                raise RuntimeError(message + " (set DATA.ON_BAD_IMAGE skip to skip such files)") from exc
+                raise UnreadableImage(message + " (set DATA.ON_BAD_IMAGE skip to skip such files)") from exc
             return BadSample(str(path), str(exc))
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(sample_seed)
@@ -236,7 +236,7 @@ class EncodedBatch:
                 image = Image.open(io.BytesIO(self.encoded[i].numpy().tobytes()))
                 return TF.pil_to_tensor(image.convert("RGB")).to(device)
             except _DECODE_ERRORS as exc:
-                raise RuntimeError(
+                raise UnreadableImage(
                     f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} (DATALOADER.DECODE device "
                     f"cannot skip files that fail only when decoded: use DATALOADER.DECODE cpu)") from exc
 

@@ -502,6 +502,7 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     assert list(first["per_class_AP50"]) == list(CLASS_NAMES)
     assert np.mean(list(first["per_class_AP50"].values())) == pytest.approx(first["AP50"], abs=1e-9)
     assert first["weights"] == pkl and first["dataset"] == "voc_2007_test"
+    assert first["iteration"] == 30 and first["checkpoint"] == str(out / "model_final.pth")
     assert all(0.0 <= v <= 100.0 for v in first["per_class_AP50"].values())
 
     # --eval-only on the fine-tuned model: Detectron2's own .pth checkpoint loads and the
@@ -514,6 +515,7 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     )  # fmt: skip
     second = json.loads((out / "voc_eval.json").read_text())
     assert second["AP50"] == pytest.approx(first["AP50"], abs=1e-6)
+    assert second["iteration"] == 30 and second["checkpoint"] == str(out / "model_final.pth")
 
     # The eval-only run rewrote config.yaml with the .pth as weights; backbone.json keeps the link.
     row = read_run(str(out))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pretrain.cli import setup_cfg
-from pretrain.data import ShardedSampler, build_dataset, build_loader
+from pretrain.data import ShardedSampler, UnreadableImage, build_dataset, build_loader
 
 from conftest import ROOT
 
@@ -79,7 +79,7 @@ def test_truncated_jpeg_is_named(tmp_path, synthetic_root):
     shutil.copytree(synthetic_root, root)
     path = sorted((root / "train" / "class_001").iterdir())[0]
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(RuntimeError, match=path.name):
+    with pytest.raises(UnreadableImage, match=path.name):
         _first_batch(_cfg(str(root), "DATALOADER.DECODE", "device"), train=True, batch=96)
 
 

@@ -85,7 +85,7 @@ def test_two_processes_train_and_evaluate_like_one(trained_run, synthetic_root, 
         out = str(tmp_path / f"eval{nproc}")
         run_tool(["tools/pretrain.py", "--config-file", CONFIG, "--eval-only", "DATA.ROOT", synthetic_root,
                   "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights], nproc=nproc)
-        results.append(json.load(open(os.path.join(out, "eval_final.json"))))
+        results.append(json.load(open(os.path.join(out, "eval_only_model_final.json"))))
     single, sharded = results
     assert single["num_samples"] == sharded["num_samples"] == 32
     for key in ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc"):

@@ -12,35 +12,41 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pretrain import distributed as du  # noqa: E402
-from pretrain.cli import default_argument_parser, setup_cfg  # noqa: E402
+from pretrain.cli import default_argument_parser, error_message, setup_cfg  # noqa: E402
 from pretrain.engine import Trainer  # noqa: E402
-from pretrain.fileio import atomic_write_text  # noqa: E402
+from pretrain.fileio import OutputWriteError  # noqa: E402
+from pretrain.run_folder import check_fresh, check_writable  # noqa: E402
+
+# Bad input (a config value, an image, a checkpoint, weights, a run folder), a refused write or
+# divergence: the message names the file, key or cause, and no traceback is needed.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, OutputWriteError)
 
 
 def main(argv=None):
     args = default_argument_parser(__doc__).parse_args(argv)
+    trainer = None
     try:
         cfg = setup_cfg(args.config_file, args.opts)
-        trainer = Trainer(cfg)  # validates the config values and the dataset
-    except (ValueError, FileNotFoundError) as exc:
-        du.destroy()
-        sys.exit(f"error: {exc}")
+        if args.eval_only and not cfg.MODEL.WEIGHTS:
+            raise ValueError("--eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)")
+        # Before Trainer: its set-up writes log.txt, and ranks meet first in init_distributed.
+        check_writable(cfg.OUTPUT_DIR)
+        if not (args.resume or args.eval_only):
+            check_fresh(cfg.OUTPUT_DIR)
+    except EXPECTED_ERRORS as exc:
+        sys.exit(f"error: {error_message(exc)}")
     try:
-        if trainer.rank == 0:
-            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        trainer = Trainer(cfg)  # validates the dataset
         if args.eval_only:
-            if not cfg.MODEL.WEIGHTS:
-                sys.exit("error: --eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)")
             trainer.evaluate_weights(cfg.MODEL.WEIGHTS)
         else:
             trainer.train(resume=args.resume)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        # Bad input (an image, a checkpoint, weights) or divergence: the message names the file
-        # or the cause; it also goes to log.txt, which outlives a cluster job's stderr.
-        logging.getLogger("pretrain").error("stopped: %s", exc)
-        sys.exit(f"error: {exc}")
+    except EXPECTED_ERRORS as exc:
+        # Also in log.txt (once set up), which outlives a cluster job's stderr.
+        logging.getLogger("pretrain").error("stopped: %s", error_message(exc))
+        sys.exit(f"error: {error_message(exc)}")
     except Exception as exc:
-        if trainer.world > 1:  # most often a consequence of another rank's failure: say so
+        if trainer is not None and trainer.world > 1:  # most often another rank's failure: say so
             logging.getLogger("pretrain").error(
                 "rank %d of %d stopped: %s: %s. A collective fails when another rank died and waits at most "
                 "DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first rank that failed.",

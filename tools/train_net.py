@@ -6,7 +6,9 @@
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/det_pskd/model_final.pth
 
 VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (folders VOC2007/,
-VOC2012/). Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50).
+VOC2012/). Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50, the
+iteration and checkpoint evaluated). Before the first iteration MODEL.WEIGHTS must initialise
+every backbone tensor and every split the config names must load; errors are one `error:` line.
 """
 
 import logging
@@ -17,18 +19,50 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.events import get_event_storage  # noqa: E402
 
-from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
+from detection.checks import NamedImageMapper, check_backbone_weights, check_datasets  # noqa: E402
+from detection.config import add_pskd_detection_config, finalize_detection_config  # noqa: E402
 from detection.report import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
+from pretrain.cli import error_message  # noqa: E402
+from pretrain.fileio import OutputWriteError  # noqa: E402
+
+# Bad input (weights, VOC files, images, a config value) or a refused write: one error line.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, OutputWriteError)
+
+
+def trained_model(cfg):
+    """(iteration, checkpoint file) of the model an evaluation during training sees: the
+    iterations done, and the file PeriodicCheckpointer wrote for them (None if none)."""
+    # storage.iter is the 0-based iteration in after_step hooks, but already max_iter in the
+    # after_train one (the final evaluation): at most MAX_ITER iterations are ever done.
+    done = min(get_event_storage().iter + 1, cfg.SOLVER.MAX_ITER)
+    if done >= cfg.SOLVER.MAX_ITER:
+        name = "model_final.pth"
+    elif done % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+        name = f"model_{done - 1:07d}.pth"
+    else:
+        return done, None
+    return done, os.path.abspath(os.path.join(cfg.OUTPUT_DIR, name))
 
 
 class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return VOCEvaluator(dataset_name, output_file=eval_json_path(cfg, dataset_name), weights=cfg.MODEL.WEIGHTS)
+        return VOCEvaluator(dataset_name, output_file=eval_json_path(cfg, dataset_name), weights=cfg.MODEL.WEIGHTS,
+                            evaluated=lambda: trained_model(cfg))
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=NamedImageMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=NamedImageMapper(cfg, False))
 
 
 class DropDivergenceTraceback(logging.Filter):
@@ -56,22 +90,38 @@ def setup(args):
     add_pskd_detection_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    voc = finalize_detection_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    return cfg
+    return cfg, voc
 
 
 def main(args):
-    cfg = setup(args)
-    if not cfg.MODEL.WEIGHTS:
-        # Detectron2 would silently start from random weights, which is no transfer experiment.
-        sys.exit("error: set MODEL.WEIGHTS (a .pkl from tools/convert_to_d2.py, or a trained model_final.pth)")
+    try:
+        return run(args)
+    except EXPECTED_ERRORS as exc:
+        sys.exit(f"error: {error_message(exc)}")
+
+
+def run(args):
+    cfg, voc = setup(args)
     # In every worker process: launch() starts them fresh, and the catalog is per process.
-    register_voc(voc_root(cfg))
+    register_voc(voc)
+    # A resumed run continues from its own last checkpoint; MODEL.WEIGHTS is then not loaded.
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if not resuming:
+        check_backbone_weights(cfg, cfg.MODEL.WEIGHTS)
+    check_datasets(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # Detectron2 stores the 0-based index of the last iteration done.
+        done = checkpoint["iteration"] + 1 if "iteration" in checkpoint else None
+        evaluated = (done, os.path.abspath(checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS))
+        evaluators = [VOCEvaluator(name, output_file=eval_json_path(cfg, name), weights=cfg.MODEL.WEIGHTS,
+                                   evaluated=lambda: evaluated) for name in cfg.DATASETS.TEST]
+        return Trainer.test(cfg, model, evaluators)
     if comm.is_main_process():
         record_backbone(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)  # for tools/report.py
     return train(cfg, args.resume)

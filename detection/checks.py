@@ -1,0 +1,118 @@
+"""Checks of a detection run's inputs before its first iteration (needs Detectron2).
+
+Detectron2's checkpointer only logs the weights it could not match and leaves them random, so an
+unconverted checkpoint or a backbone of another depth would fine-tune from mostly random weights
+and report an AP as if it were a result. A malformed test annotation would only surface when the
+evaluation starts, hours later. Both are checked here first.
+"""
+
+import copy
+import os
+import re
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.modeling import build_model
+from PIL import Image, UnidentifiedImageError
+
+from detection.convert import ARCHS, DEPTHS
+from detection.voc import check_test_split
+
+# A ResNet tensor of the model: the stem, res2..res4 (backbone) or res5 (backbone, or the ROI
+# heads of a C4 model), under any prefix (backbone.bottom_up., roi_heads., ...).
+_RESNET_TENSOR = re.compile(r"(^|\.)(stem|res[2-5])\.")
+
+
+class WeightsError(ValueError):
+    """MODEL.WEIGHTS does not initialise the config's backbone; the message names the file."""
+
+
+class ImageReadError(ValueError):
+    """A dataset image that cannot be decoded; the message names the file."""
+
+
+def depth_in_file(checkpoint):
+    """What ResNet a loaded weight file holds, in words: ``R-152`` (from the converter's
+    ``arch`` entry or the block counts), or a description of what it is instead."""
+    arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
+    if arch in DEPTHS:
+        return f"R-{DEPTHS[arch]}"
+    names = list(checkpoint.get("model", {}) if isinstance(checkpoint, dict) else [])
+    torchvision_names = any(n.startswith("layer1.") or ".layer1." in n for n in names)
+    counts = {}
+    for name in names:
+        m = re.search(r"(?:layer([1-4])|res([2-5]))\.(\d+)\.", name)
+        if m:
+            stage = int(m.group(1)) if m.group(1) else int(m.group(2)) - 1
+            counts[stage] = max(counts.get(stage, 0), int(m.group(3)) + 1)
+    blocks = tuple(counts.get(s, 0) for s in (1, 2, 3, 4))
+    bottleneck = any(re.search(r"\.conv3\.", n) for n in names)
+    found = next((a for a, (b, kind) in ARCHS.items() if b == blocks and (kind == "bottleneck") == bottleneck), None)
+    what = f"R-{DEPTHS[found]}" if found else f"no ResNet-18/34/50/101/152 (blocks per stage {blocks})"
+    if torchvision_names:
+        what += " with torchvision key names (not converted: run tools/convert_to_d2.py)"
+    return what
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Loads as training does, and keeps what the file held and what did not load (Detectron2
+    only logs the latter)."""
+
+    file_contents = {}
+
+    def _load_model(self, checkpoint):
+        self.file_contents = dict(checkpoint)  # before "model" is renamed and popped
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def check_backbone_weights(cfg, path):
+    """Refuse ``path`` (MODEL.WEIGHTS) unless every ResNet tensor of the config's model is loaded
+    from it with the right shape. Builds the model on the CPU and loads the file as training does."""
+    if not path:
+        raise WeightsError("set MODEL.WEIGHTS (a .pkl from tools/convert_to_d2.py, or a trained model_final.pth): "
+                           "Detectron2 would otherwise start from random weights")
+    if "://" not in path and not os.path.isfile(path):
+        raise WeightsError(f"MODEL.WEIGHTS {path!r} does not exist")
+    cfg = copy.deepcopy(cfg)
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    checkpointer = _RecordingCheckpointer(model)
+    try:
+        checkpointer.load(path)
+        not_loaded = set(checkpointer.incompatible.missing_keys)
+        wrong_shapes = {name for name, *_ in checkpointer.incompatible.incorrect_shapes}
+    except (RuntimeError, ValueError) as exc:  # name matching can fail outright on a foreign file
+        not_loaded, wrong_shapes = {f"(loading failed: {exc})"}, set()
+    checkpoint = checkpointer.file_contents
+    resnet = [name for name in model.state_dict() if _RESNET_TENSOR.search(name)]
+    bad = [name for name in resnet if name in not_loaded or name in wrong_shapes]
+    if bad or any(n.startswith("(loading failed") for n in not_loaded):
+        raise WeightsError(
+            f"MODEL.WEIGHTS {path!r} does not initialise this config's backbone: it holds "
+            f"{depth_in_file(checkpoint)}, the config expects R-{cfg.MODEL.RESNETS.DEPTH} (MODEL.RESNETS.DEPTH); "
+            f"{len(bad) or 'all'} of {len(resnet)} backbone tensors would keep random values "
+            f"({', '.join(sorted(bad or not_loaded)[:3])} ...)")
+
+
+def check_datasets(cfg):
+    """Load every split the config names (each image listed must exist, each annotation must
+    parse) and check the test splits as the VOC evaluator will read them."""
+    for name in cfg.DATASETS.TRAIN:
+        DatasetCatalog.get(name)
+    for name in cfg.DATASETS.TEST:
+        if MetadataCatalog.get(name).get("evaluator_type") == "pascal_voc":
+            check_test_split(name)
+        else:
+            DatasetCatalog.get(name)
+
+
+class NamedImageMapper(DatasetMapper):
+    """Detectron2's DatasetMapper, but an image that cannot be decoded is named in the error."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise ImageReadError(f"cannot read image {dataset_dict['file_name']!r}: {exc}") from exc

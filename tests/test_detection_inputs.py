@@ -1,0 +1,188 @@
+"""A detection run checks its inputs before the first iteration: MODEL.WEIGHTS must initialise every
+backbone tensor of the config's model, every split must load (test annotations as the evaluator
+reads them), images that cannot be decoded are named; expected errors are one ``error:`` line;
+the saved config.yaml is plain Detectron2's; voc_eval.json says which model it evaluated."""
+
+import importlib.util
+import os
+import pickle
+import re
+import shutil
+
+import pytest
+import torch
+import torchvision
+
+pytest.importorskip("detectron2")
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from detection.checks import ImageReadError, NamedImageMapper, WeightsError, check_backbone_weights  # noqa: E402
+from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
+from detection.convert import convert  # noqa: E402
+from detection.synthetic_voc import write_voc  # noqa: E402
+
+pytestmark = pytest.mark.detectron2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs", "detection")
+TINY = os.path.join(CONFIGS, "faster_rcnn_R_18_FPN_tiny_cpu.yaml")
+
+
+def load_cfg(path, *opts):
+    cfg = get_cfg()
+    add_pskd_detection_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Converted R-18 and R-50 backbones, and an unconverted torchvision R-18 state dict."""
+    folder = tmp_path_factory.mktemp("weights")
+    out = {}
+    for arch in ("resnet18", "resnet50"):
+        pth = str(folder / f"{arch}.pth")
+        torch.save(getattr(torchvision.models, arch)().state_dict(), pth)
+        out[arch] = str(folder / f"{arch}.pkl")
+        convert(pth, out[arch])
+    out["torchvision"] = str(folder / "resnet18.pth")
+    return out
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    return write_voc(str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2)
+
+
+# -- MODEL.WEIGHTS --------------------------------------------------------------------------------
+def test_converter_stores_the_arch(weights):
+    with open(weights["resnet50"], "rb") as f:
+        assert pickle.load(f)["arch"] == "resnet50"
+
+
+def test_matching_backbone_is_accepted(weights):
+    check_backbone_weights(load_cfg(TINY), weights["resnet18"])
+
+
+@pytest.mark.parametrize("config,file,found,expected", [
+    (TINY, "resnet50", "R-50", 18),
+    (TINY, "torchvision", "torchvision key names", 18),
+    (os.path.join(CONFIGS, "faster_rcnn_R_152_C4_voc0712.yaml"), "resnet18", "R-18", 152),
+    (os.path.join(CONFIGS, "Base-RCNN-C4-VOC.yaml"), "resnet18", "R-18", 50),
+])
+def test_backbone_of_another_depth_or_unconverted_is_refused(config, file, found, expected, weights):
+    with pytest.raises(WeightsError) as info:
+        check_backbone_weights(load_cfg(config), weights[file])
+    message = str(info.value)
+    assert weights[file] in message and found in message and f"expects R-{expected}" in message, message
+    assert re.search(r"\d+ of \d+ backbone tensors would keep random values", message), message
+
+
+def test_depth_is_found_without_the_arch_entry(weights, tmp_path):
+    """Files converted before the arch was stored: the depth comes from the block counts."""
+    with open(weights["resnet50"], "rb") as f:
+        data = pickle.load(f)
+    del data["arch"]
+    path = str(tmp_path / "old.pkl")
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    with pytest.raises(WeightsError, match="holds R-50, the config expects R-18"):
+        check_backbone_weights(load_cfg(TINY), path)
+
+
+# -- tools/train_net.py before its first iteration ------------------------------------------------
+def train_net_tool():
+    """tools/train_net.py as a module (by path: Detectron2's wheel may install a ``tools`` package)."""
+    spec = importlib.util.spec_from_file_location("train_net_tool", os.path.join(ROOT, "tools", "train_net.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def train_net(*argv):
+    """tools/train_net.py's worker function in this process; returns its ``error:`` message."""
+    args = default_argument_parser().parse_args(list(argv))
+    with pytest.raises(SystemExit) as info:
+        train_net_tool().main(args)
+    return str(info.value.code)
+
+
+def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
+    root = str(tmp_path / "voc")
+    shutil.copytree(voc, root)
+    folder = os.path.join(root, "VOC2007")
+    with open(os.path.join(folder, "ImageSets", "Main", "test.txt")) as f:
+        bad = os.path.join(folder, "Annotations", f.read().split()[-1] + ".xml")
+    with open(bad) as f:
+        text = f.read()
+    with open(bad, "w") as f:
+        f.write(re.sub(r"<name>\w+</name>", "<name>unicorn</name>", text, count=1))
+    out = tmp_path / "det"
+    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", str(out),
+                        "DATASETS.VOC_ROOT", root)
+    assert message.startswith(f"error: {bad}: object 0 has class 'unicorn'"), message
+    assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def test_wrong_or_missing_weights_are_one_error_line(weights, voc, tmp_path):
+    out = str(tmp_path / "det")
+    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet50"], "OUTPUT_DIR", out,
+                        "DATASETS.VOC_ROOT", voc)
+    assert message.startswith(f"error: MODEL.WEIGHTS {weights['resnet50']!r} does not initialise"), message
+    missing = str(tmp_path / "nowhere.pkl")
+    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", missing, "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc)
+    assert message == f"error: MODEL.WEIGHTS {missing!r} does not exist"
+
+
+def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
+    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "TEST.AUG.ENABLED", "True",
+                        "OUTPUT_DIR", str(tmp_path / "det"), "DATASETS.VOC_ROOT", voc)
+    assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
+
+
+def test_saved_config_is_read_by_plain_detectron2(weights, voc, tmp_path):
+    out = str(tmp_path / "det")
+    args = default_argument_parser().parse_args(
+        ["--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc])
+    _, root = train_net_tool().setup(args)
+    assert root == voc
+    plain = get_cfg()
+    plain.merge_from_file(os.path.join(out, "config.yaml"))  # an extra key would raise KeyError
+    assert plain.MODEL.WEIGHTS == weights["resnet18"]
+
+
+def test_detectron2_datasets_tilde_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DETECTRON2_DATASETS", "~/voc")
+    assert voc_root(load_cfg(TINY)) == str(tmp_path / "voc")
+
+
+# -- images and the evaluation record -------------------------------------------------------------
+def test_undecodable_training_image_is_named(voc, tmp_path):
+    from detection.voc import load_voc_split
+
+    record = load_voc_split(os.path.join(voc, "VOC2007"), "trainval")[0]
+    bad = str(tmp_path / "truncated.jpg")
+    with open(record["file_name"], "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(data[: len(data) // 2])
+    mapper = NamedImageMapper(load_cfg(TINY), True)
+    with pytest.raises(ImageReadError, match=re.escape(f"cannot read image {bad!r}")):
+        mapper(dict(record, file_name=bad))
+
+
+def test_evaluation_during_training_names_iteration_and_checkpoint(tmp_path):
+    trained_model = train_net_tool().trained_model
+    cfg = load_cfg(TINY, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path))
+    for storage_iter in (29, 30):  # the last after_step hook, and the after_train one
+        with EventStorage(storage_iter):
+            assert trained_model(cfg) == (30, str(tmp_path / "model_final.pth"))
+    with EventStorage(19):
+        assert trained_model(cfg) == (20, str(tmp_path / "model_0000019.pth"))
+    with EventStorage(14):
+        assert trained_model(cfg) == (15, None)
