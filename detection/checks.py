@@ -66,6 +66,25 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
+# What a fine-tuning run leaves in its OUTPUT_DIR once it has started (Detectron2's files).
+_RUN_FILES = ("last_checkpoint", "metrics.json", "model_final.pth", "voc_eval.json")
+
+
+def check_output_dir(output_dir, eval_only, resume):
+    """A detection run folder belongs to one run: refuse a fresh training run, or an --eval-only
+    run, in a folder that already holds a run (either would rewrite its config.yaml and
+    voc_eval.json, or mix two runs' checkpoints). Called before Detectron2 writes anything."""
+    found = [f for f in _RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
+    if not found or (resume and not eval_only):
+        return
+    if eval_only:
+        raise ValueError(f"OUTPUT_DIR {output_dir} holds a fine-tuning run ({', '.join(found)}); --eval-only "
+                         "would overwrite its config.yaml and voc_eval.json: give the evaluation its own "
+                         "OUTPUT_DIR")
+    raise ValueError(f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(found)}): add --resume to "
+                     "continue that run, or choose a new OUTPUT_DIR")
+
+
 def check_backbone_weights(cfg, path):
     """Refuse ``path`` (MODEL.WEIGHTS) unless every ResNet tensor of the config's model is loaded
     from it with the right shape. Builds the model on the CPU and loads the file as training does."""

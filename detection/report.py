@@ -5,9 +5,9 @@ and empty detection columns.
 A detection run (tools/train_net.py's OUTPUT_DIR) holds Detectron2's ``config.yaml`` and our
 ``voc_eval.json``. Its MODEL.WEIGHTS names the converted .pkl, whose ``"__source__"`` entry
 (written by tools/convert_to_d2.py) is the pretraining checkpoint; that checkpoint's folder is the
-pretraining OUTPUT_DIR with its own ``config.yaml`` (the method) and ``eval_final.json``. A later
-``--eval-only`` run in the same folder rewrites config.yaml with the fine-tuned model as
-MODEL.WEIGHTS, so training also records the link in ``backbone.json`` (``record_backbone``).
+pretraining OUTPUT_DIR with its own ``config.yaml`` (the method) and ``eval_final.json``.
+Training also records the link in ``backbone.json`` (``record_backbone``), which a report of an
+--eval-only folder (whose MODEL.WEIGHTS is the fine-tuned model) does not have.
 Any broken link leaves blanks, never a failure. No Detectron2 import: reports are made anywhere.
 """
 

@@ -505,20 +505,29 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     assert first["iteration"] == 30 and first["checkpoint"] == str(out / "model_final.pth")
     assert all(0.0 <= v <= 100.0 for v in first["per_class_AP50"].values())
 
-    # --eval-only on the fine-tuned model: Detectron2's own .pth checkpoint loads and the
-    # evaluation is rewritten, identical.
-    os.remove(out / "voc_eval.json")
+    # --eval-only on the fine-tuned model, in its own folder: Detectron2's own .pth checkpoint
+    # loads and the evaluation is identical. Into the training folder it is refused, and so is a
+    # second fresh run there: either would rewrite the finished run's config.yaml and voc_eval.json.
+    config_before = (out / "config.yaml").read_text()
+    for extra in (["--eval-only"], []):
+        refused = _train_net("--config-file", config, *extra, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                             "OUTPUT_DIR", str(out), env={"DETECTRON2_DATASETS": voc}, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"error: OUTPUT_DIR {out} ")
+    assert (out / "config.yaml").read_text() == config_before
+    assert json.loads((out / "voc_eval.json").read_text()) == first
+    evaluation = tmp_path / "det_eval"
     _train_net(
         "--config-file", config, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
-        "OUTPUT_DIR", str(out),
+        "OUTPUT_DIR", str(evaluation),
         env={"DETECTRON2_DATASETS": voc},
     )  # fmt: skip
-    second = json.loads((out / "voc_eval.json").read_text())
+    second = json.loads((evaluation / "voc_eval.json").read_text())
     assert second["AP50"] == pytest.approx(first["AP50"], abs=1e-6)
     assert second["iteration"] == 30 and second["checkpoint"] == str(out / "model_final.pth")
 
-    # The eval-only run rewrote config.yaml with the .pth as weights; backbone.json keeps the link.
+    # The training folder still reads as the run it was, linked back to its backbone.
     row = read_run(str(out))
-    assert row["AP50"] == second["AP50"]
+    assert row["AP50"] == first["AP50"]
     assert row["backbone_checkpoint"] == str(pre / "model_final.pth")
     assert row["method"] == "PS-KD" and row["pretrain_top1_err"] == 30.5

@@ -6,7 +6,8 @@
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/det_pskd/model_final.pth
 
 VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (folders VOC2007/,
-VOC2012/). Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50, the
+VOC2012/). A fresh run (no --resume) or an --eval-only run refuses an OUTPUT_DIR that already
+holds a run. Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50, the
 iteration and checkpoint evaluated). Before the first iteration MODEL.WEIGHTS must initialise
 every backbone tensor and every split the config names must load; errors are one `error:` line.
 """
@@ -24,7 +25,12 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import get_event_storage  # noqa: E402
 
-from detection.checks import NamedImageMapper, check_backbone_weights, check_datasets  # noqa: E402
+from detection.checks import (  # noqa: E402
+    NamedImageMapper,
+    check_backbone_weights,
+    check_datasets,
+    check_output_dir,
+)
 from detection.config import add_pskd_detection_config, finalize_detection_config  # noqa: E402
 from detection.report import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
@@ -92,6 +98,7 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     voc = finalize_detection_config(cfg)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR, args.eval_only, args.resume)  # before default_setup writes into it
     default_setup(cfg, args)
     return cfg, voc
 
