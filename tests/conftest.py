@@ -27,6 +27,19 @@ def require_detectron2():
     pytest.skip(reason, allow_module_level=True)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's in-process work (as OMP_NUM_THREADS=1 gives the tools
+    the tests run): on a shared 2-core machine two threads per tiny convolution are many times
+    slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small generated ImageFolder tree (4 classes, 96 train / 32 val JPEGs)."""

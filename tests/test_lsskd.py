@@ -20,12 +20,7 @@ from pretrain.models import build_resnet
 LN = math.log
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rotate_batch_follows_each_image_by_its_rotations():

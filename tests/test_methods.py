@@ -19,13 +19,7 @@ from pretrain.models import build_resnet
 LN = math.log
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: one intra-op thread is much faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_method(name, labels=(0, 1, 2, 0), num_classes=3, batch=4, epochs=4, **overrides):

@@ -73,16 +73,6 @@ def check_outputs(output_dir, method):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """In-process runs use one intra-op thread, as the torchrun ones (OMP_NUM_THREADS=1): on a
-    shared 2-core machine two threads per tiny conv are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def single_runs(data_root, teacher, tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("single")
     outputs = {}
