@@ -111,7 +111,7 @@ def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
     assert f"Full log of the step: {log}" in err and os.path.isfile(log)
     # The tool's own error line, in the failure message and among the log's last lines.
     missing = os.path.join(ROOT, "configs", "pretrain", "no_such_config.yaml")
-    error = f"error: config file '{missing}' not found"
+    error = f"error: config file '{missing}': not found"
     assert f"pretrain.py exited with code 1\n  {error}" in err
     tail = err.split("Its last lines:\n", 1)[1]
     assert f"    {error}" in tail.splitlines()
