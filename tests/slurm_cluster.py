@@ -35,7 +35,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={d}/munge.sock
+# A requeued job waits cred_expire + 1 s before it may start again (120 s by default).
+AuthInfo=socket={d}/munge.sock,cred_expire=10
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
