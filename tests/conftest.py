@@ -40,6 +40,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def restore_logging():
+    """The root logger's handlers and level as they were before the test: a Trainer replaces
+    them with its own (stdout and the run's log.txt)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:], root.level = handlers, level
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small generated ImageFolder tree (4 classes, 96 train / 32 val JPEGs)."""

@@ -1,7 +1,6 @@
 """Every training step has one shape: the loader drops each epoch's last, partial batch, so a
 compiled model keeps one static-shape graph across epochs (counted with a counting
 torch.compile backend, on CPU); and the cuDNN autotuner setting training and the benchmark share."""
-import logging
 import os
 
 import pytest
@@ -14,17 +13,6 @@ from pretrain.engine import Trainer
 from conftest import ROOT
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def _trainer(root, out, *opts):
