@@ -2,19 +2,24 @@
 with hand-computed values; PS-KD with CutMix and with the previous-epoch model; CS-KD's pair
 sampler; USKD's head; config validation and describe()."""
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from pretrain.cli import setup_cfg
 from pretrain.config import get_cfg
 from pretrain.cutmix import CutMix
+from pretrain.engine import Trainer, train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
 from pretrain.methods.tfkd import tfkd_kl
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
 from pretrain.models import build_resnet
+
+from conftest import ROOT
 
 LN = math.log
 
@@ -329,7 +334,6 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     m = make_method("uskd", labels=[0, 1, 2, 3], num_classes=4)
     model = build_resnet("resnet18", 4)
     module = m.wrap_model(model)
-    assert {id(p) for p in module.parameters()} >= {id(p) for p in module.head.parameters()}
     loss, logits = m.training_step(module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4))
     loss.backward()
     assert module.head.weight.grad.abs().sum() > 0 and logits.shape == (4, 4)
@@ -339,6 +343,23 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     other.load_state_dict(state)
     assert torch.equal(other.net.head.weight, module.head.weight)
     assert "Linear(256 -> 4)" in m.describe()
+
+
+@pytest.mark.parametrize("name", ["uskd", "lsskd"])
+def test_the_trainer_optimizes_the_methods_own_parts(name, synthetic_root, tmp_path, restore_logging):
+    """USKD's head and LSSKD's branches train with the network: the Trainer's optimizer holds
+    every parameter of the module the method wraps, and one training step changes them."""
+    trainer = Trainer(setup_cfg(os.path.join(ROOT, "configs", "pretrain", f"cpu_synthetic_R_18_{name}.yaml"), [
+        "DATA.ROOT", synthetic_root, "OUTPUT_DIR", str(tmp_path), "SOLVER.IMS_PER_BATCH", "2",
+        "INPUT.CROP_SIZE", "16"]))
+    own = trainer.method.net.head if name == "uskd" else trainer.method.net.branches
+    optimized = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in optimized} == {id(p) for p in trainer.method.net.parameters()}
+    assert {id(p) for p in own.parameters()} < {id(p) for p in optimized}
+    before = [p.detach().clone() for p in own.parameters()]
+    images, labels, indices, _ = next(iter(trainer.train_loader))
+    train_step(trainer.method, trainer.train_module, trainer.optimizer, None, images, labels, indices)
+    assert all(not torch.equal(b, p) for b, p in zip(before, own.parameters()))
 
 
 # -- PS-KD with CutMix and with the previous-epoch model ------------------------------------
