@@ -179,8 +179,18 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
 def test_report_refuses_non_run_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a detection or pretraining run folder"):
         report_main([str(tmp_path), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit):
-        report_main([str(tmp_path), "--out", str(tmp_path / "o"), "--label", "elsewhere=LS"])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("label", ["elsewhere=LS", "LS"])
+def test_report_refuses_a_label_for_no_given_run(runs, tmp_path, capsys, label):
+    # The run itself is fine: only the label stops the report, before anything is written.
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(runs["pskd"]), "--out", str(tmp_path / "o"), "--label", label])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --label {label!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_report_never_imports_detectron2(runs, tmp_path):
