@@ -320,7 +320,8 @@ def benchmark_training(args, device):
 def benchmark_input(args, device):
     """img/s of DATALOADER.DECODE cpu and device on the JPEGs under ``args.data`` (generated
     when absent), each batch carried to ``device`` ready for the model."""
-    from .data import ShardedSampler, build_dataset, build_loader
+    from .data import build_dataset, build_loader
+    from .samplers import ShardedSampler
     from .synthetic import write_imagefolder
 
     root = args.data

@@ -21,7 +21,7 @@ from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamS
 
 from . import distributed as du
 from .checkpoint import load_resume_checkpoint, load_weights, save_checkpoint
-from .data import ShardedSampler, build_dataset, build_loader
+from .data import build_dataset, build_train_loader, build_val_loader
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .methods import MethodContext, build_method
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
@@ -210,12 +210,8 @@ class Trainer:
         self.train_module = module
         self.schedule = build_lr_schedule(cfg, self.iters_per_epoch)
 
-        pin = self.device.type == "cuda"
-        self.train_loader = build_loader(self.train_set, self.sampler, self.loader_batch,
-                                         cfg.DATALOADER.NUM_WORKERS, pin, drop_last=True)
-        self.val_loader = build_loader(
-            self.val_set, ShardedSampler(len(self.val_set), self.rank, self.world, shuffle=False, pad=False),
-            cfg.TEST.IMS_PER_BATCH // self.world, cfg.DATALOADER.NUM_WORKERS, pin)
+        self.train_loader = build_train_loader(cfg, self.train_set, self.sampler, self.loader_batch, self.device)
+        self.val_loader = build_val_loader(cfg, self.val_set, self.rank, self.world, self.device)
         # Per-rank RNG streams from here on (e.g. CutMix draws differ between ranks).
         torch.manual_seed(cfg.SEED * 1_000 + 1 + self.rank)
         random.seed(cfg.SEED * 1_000 + 1 + self.rank)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_weights
 from ..cutmix import CutMix
-from ..data import ShardedSampler
+from ..samplers import ShardedSampler
 from ..models import build_resnet
 
 
