@@ -36,7 +36,7 @@ from .engine import AMP_DTYPES, configure_cudnn, train_step
 from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet
-from .pskd import table_bytes
+from .prediction_table import table_bytes
 
 MB = 1e6  # decimal units throughout (the "2.6 GB", "60 MB")
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import get_world_size
-from ..pskd import alpha_at
+from .pskd import alpha_at
 from .base import Method, distillation_kl, soft_cross_entropy
 
 # The self-supervised transformations: rotations by j * 90 degrees, j = 0..M-1 (HSAKD's).
