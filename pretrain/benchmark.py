@@ -32,7 +32,8 @@ import time
 import torch
 
 from .config import get_cfg
-from .engine import AMP_DTYPES, configure_cudnn, train_step
+from .build import AMP_DTYPES, configure_cudnn
+from .engine import train_step
 from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet

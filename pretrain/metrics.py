@@ -9,6 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+# The metrics of ``summarize``, in the order they are reported.
+METRIC_KEYS = ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc")
+
 
 def per_sample_stats(logits, labels):
     """(N, 4) float64: NLL, max softmax probability, top-1 correct, top-5 correct."""

@@ -9,6 +9,18 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
+def memory_format(cfg):
+    """The memory format of the model and its input batches (MODEL.CHANNELS_LAST)."""
+    return torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
+
+
+def build_model(cfg, device):
+    """The network of MODEL.ARCH, MODEL.NUM_CLASSES and MODEL.CIFAR_STEM on ``device``, in
+    ``memory_format(cfg)``, initialised from torch's global generator."""
+    model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
+    return model.to(device, memory_format=memory_format(cfg))
+
+
 def build_resnet(arch, num_classes, cifar_stem=False):
     if arch not in ARCHS:
         raise ValueError(f"MODEL.ARCH: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
@@ -32,14 +44,3 @@ def strip_wrapper_prefixes(state_dict):
             raise ValueError(f"keys {key!r} and another one both become {stripped!r}")
         out[stripped] = value
     return out
-
-
-def unwrap(model):
-    """The plain module under DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..checkpoint import load_weights
 from ..cutmix import CutMix
 from ..samplers import ShardedSampler
-from ..models import build_resnet
+from ..models import build_model
 
 
 @dataclass
@@ -99,9 +99,8 @@ def build_frozen_model(cfg, device):
     gradients. Its random initialisation runs under a forked RNG, so building it leaves the
     global generator (CutMix draws, checkpointed per rank) untouched."""
     with torch.random.fork_rng(devices=[]):
-        model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
-    memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
-    return model.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        model = build_model(cfg, device)
+    return model.eval().requires_grad_(False)
 
 
 def build_teacher(cfg, device):
