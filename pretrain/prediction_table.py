@@ -72,6 +72,10 @@ class PredictionTable:
             self.values[torch.arange(rows + 1, device=device), local_labels.to(device)] = 1
             self.ids = None
 
+    def nbytes(self):
+        """Bytes this rank holds: its shard and the spare row."""
+        return self.values.nbytes + (self.ids.nbytes if self.ids is not None else 0)
+
     # -- per step ---------------------------------------------------------------------------
     def _local_rows(self, indices):
         """Local row of each global index this rank owns; the trash row for the rest."""

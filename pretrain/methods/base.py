@@ -30,7 +30,8 @@ class Method:
     rank 0 gets the whole state) goes into checkpoints and ``load_state_dict`` restores it.
     ``wrap_model`` may return a module holding the model and trainable parts of the method
     (an extra head); that module is what gets optimised and DDP-wrapped, while only the plain
-    torchvision model is exported.
+    torchvision model is exported. ``extra_memory`` names the bytes of what else the method
+    keeps (a teacher, a frozen copy, PS-KD's prediction table).
 
     CutMix (AUG.CUTMIX) is available to every method through ``mix_batch``.
     """
@@ -39,6 +40,7 @@ class Method:
     # True for methods taught by a trained model given by TEACHER.WEIGHTS (see ``build_teacher``;
     # a study runs such a method after its teacher's pretraining).
     needs_teacher = False
+    teacher = None  # the teacher module of a method that needs one
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -79,6 +81,12 @@ class Method:
     def on_epoch_start(self, epoch, model):
         self.epoch = epoch
 
+    def extra_memory(self):
+        """``{what: bytes}`` of the tensors this method keeps on the training device besides the
+        module it trains (``wrap_model``'s) and its optimizer state: tools/benchmark.py's
+        ``state_mb`` adds them up."""
+        return {} if self.teacher is None else {"teacher": module_bytes(self.teacher)}
+
     def training_step(self, model, images, labels, indices):
         raise NotImplementedError
 
@@ -87,6 +95,11 @@ class Method:
 
     def load_state_dict(self, state):
         self.epoch = state["epoch"]
+
+
+def module_bytes(module):
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.nbytes for t in list(module.parameters()) + list(module.buffers()))
 
 
 def soft_cross_entropy(logits, targets):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..cutmix import CutMix
 from ..distributed import get_world_size
 from ..prediction_table import PredictionTable
-from .base import Method, build_frozen_model, soft_cross_entropy
+from .base import Method, build_frozen_model, module_bytes, soft_cross_entropy
 
 logger = logging.getLogger(__name__)
 BN_MODES = ("eval", "train")
@@ -68,6 +68,9 @@ class TableSource:
 
     def write(self, indices, probs):
         self.table.write(indices, probs, self.pad)
+
+    def memory(self):
+        return {"table": self.table.nbytes()}
 
     def state_dict(self):
         return self.table.state_dict()
@@ -122,6 +125,9 @@ class PreviousModelSource:
 
     def write(self, indices, probs):
         pass
+
+    def memory(self):
+        return {"previous_model": module_bytes(self.model)}
 
     def state_dict(self):
         return {"ready": self.ready, "model": self.model.state_dict() if self.ready else None}
@@ -198,6 +204,9 @@ class ProgressiveSelfKD(Method):
         logits = model(images)
         self.source.write(indices[own], logits[own].detach().float().softmax(dim=1))
         return soft_cross_entropy(logits, targets), logits
+
+    def extra_memory(self):
+        return dict(super().extra_memory(), **self.source.memory())
 
     def state_dict(self):
         return dict(super().state_dict(), source=self.source.state_dict())
