@@ -15,9 +15,10 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.modeling import build_model
 
-from detection.convert import ARCHS, DEPTHS
+from detection.convert import DEPTHS
 from detection.voc import check_test_split
 from pretrain.images import DECODE_ERRORS, UnreadableImage
+from pretrain.models import ARCHS
 
 # A ResNet tensor of the model: the stem, res2..res4 (backbone) or res5 (backbone, or the ROI
 # heads of a C4 model), under any prefix (backbone.bottom_up., roi_heads., ...).

@@ -2,7 +2,15 @@
 import torch
 import torchvision
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# The architectures MODEL.ARCH may name: torchvision's ResNets, with their blocks per stage and
+# block type (the converter to Detectron2 checks a checkpoint's keys and shapes against them).
+ARCHS = {
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+    "resnet101": ((3, 4, 23, 3), "bottleneck"),
+    "resnet152": ((3, 8, 36, 3), "bottleneck"),
+}
 
 # Prefixes added by wrappers: DistributedDataParallel ("module."), torch.compile ("_orig_mod."),
 # and modules that hold the network as ``self.model``. They can nest (module._orig_mod.).

@@ -1,5 +1,6 @@
 """The project's module structure: imports between its modules go one way (no cycle, counting
-imports inside functions too), and every module imports."""
+imports inside functions too), every module imports, and no pretraining module outgrows one
+concept (400 lines)."""
 import ast
 import functools
 import importlib
@@ -10,6 +11,7 @@ import pytest
 from conftest import ROOT, require_detectron2
 
 PACKAGES = ("pretrain", "detection", "study", "tools")
+MAX_LINES = 400
 
 
 def project_modules():
@@ -137,3 +139,13 @@ def test_every_module_imports(name):
     if any("detectron2" in packages[module] for module in reachable(graph, name)):
         require_detectron2()
     importlib.import_module(name)
+
+
+def test_pretraining_modules_stay_under_400_lines():
+    long = {}
+    for name, path in project_modules().items():
+        with open(path, encoding="utf-8") as f:
+            lines = len(f.readlines())
+        if name.split(".")[0] == "pretrain" and lines > MAX_LINES:
+            long[name] = lines
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
