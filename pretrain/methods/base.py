@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_weights
 from ..cutmix import CutMix
-from ..samplers import ShardedSampler
 from ..models import build_model
+from ..samplers import ShardedSampler
 
 
 @dataclass
