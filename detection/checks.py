@@ -12,11 +12,13 @@ import re
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.modeling import build_model
-from PIL import Image, UnidentifiedImageError
 
-from detection.convert import ARCHS, DEPTHS
+from detection.convert import DEPTHS
 from detection.voc import check_test_split
+from pretrain.images import DECODE_ERRORS, UnreadableImage
+from pretrain.models import ARCHS
 
 # A ResNet tensor of the model: the stem, res2..res4 (backbone) or res5 (backbone, or the ROI
 # heads of a C4 model), under any prefix (backbone.bottom_up., roi_heads., ...).
@@ -25,10 +27,6 @@ _RESNET_TENSOR = re.compile(r"(^|\.)(stem|res[2-5])\.")
 
 class WeightsError(ValueError):
     """MODEL.WEIGHTS does not initialise the config's backbone; the message names the file."""
-
-
-class ImageReadError(ValueError):
-    """A dataset image that cannot be decoded; the message names the file."""
 
 
 def depth_in_file(checkpoint):
@@ -133,5 +131,7 @@ class NamedImageMapper(DatasetMapper):
     def __call__(self, dataset_dict):
         try:
             return super().__call__(dataset_dict)
-        except (OSError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ImageReadError(f"cannot read image {dataset_dict['file_name']!r}: {exc}") from exc
+        except SizeMismatchError:  # a readable image whose annotated size is wrong: says so itself
+            raise
+        except DECODE_ERRORS as exc:
+            raise UnreadableImage(f"cannot read image {dataset_dict['file_name']!r}: {exc}") from exc

@@ -15,15 +15,8 @@ import re
 
 from pretrain.checkpoint import UnreadableCheckpoint, extract_state_dict, load_file
 from pretrain.fileio import atomic_open
+from pretrain.models import ARCHS
 
-# Blocks per stage and block type of torchvision's ResNets.
-ARCHS = {
-    "resnet18": ((2, 2, 2, 2), "basic"),
-    "resnet34": ((3, 4, 6, 3), "basic"),
-    "resnet50": ((3, 4, 6, 3), "bottleneck"),
-    "resnet101": ((3, 4, 23, 3), "bottleneck"),
-    "resnet152": ((3, 8, 36, 3), "bottleneck"),
-}
 DEPTHS = {name: int(name[len("resnet") :]) for name in ARCHS}
 
 AUTHOR = "pskd-toolkit tools/convert_to_d2.py (torchvision ResNet layout)"

@@ -21,6 +21,7 @@ import yaml
 
 from detection.convert import read_source
 from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
+from pretrain.metrics import METRIC_KEYS
 
 # The PS-KD paper, Table 5: Faster R-CNN R-152 on VOC07 test, mAP (IoU > 0.5).
 PAPER_TABLE5 = {
@@ -42,11 +43,10 @@ METHOD_LABELS = {
     "nkd": "NKD",
 }
 LINK_FILE = "backbone.json"
-PRETRAIN_METRICS = ("top1_err", "top5_err", "nll", "ece", "aurc", "eaurc")
 
 COLUMNS = (
     ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
-    + [f"pretrain_{m}" for m in PRETRAIN_METRICS]
+    + [f"pretrain_{m}" for m in METRIC_KEYS]
     + ["protocol", "max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
 )
 
@@ -144,7 +144,7 @@ def _read_pretraining(row, pre_dir):
     """Fill the pretraining columns from ``pre_dir``; return its config (empty if absent)."""
     if os.path.isfile(os.path.join(pre_dir, "eval_final.json")):
         metrics = _read_json(os.path.join(pre_dir, "eval_final.json"))
-        row.update({f"pretrain_{m}": metrics.get(m) for m in PRETRAIN_METRICS})
+        row.update({f"pretrain_{m}": metrics.get(m) for m in METRIC_KEYS})
     cfg_path = os.path.join(pre_dir, "config.yaml")
     return _read_yaml(cfg_path) if os.path.isfile(cfg_path) else {}
 

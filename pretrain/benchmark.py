@@ -1,8 +1,8 @@
 """Throughput and memory of the training methods side by side, of the prediction table, and of
 the JPEG input paths (tools/benchmark.py is the command line; docs/benchmarks.md the figures).
 
-Training: every method gets its own model, optimizer and method state, built as the engine
-builds them, and runs ``engine.train_step`` (the engine's own step: autocast, channels_last,
+Training: every method gets its own model, optimizer, GradScaler and method state, built by the
+engine's own functions (``models.build_model``, ``build.build_optimizer``, ...), and runs ``engine.train_step`` (the engine's own step: autocast, channels_last,
 optional torch.compile, SGD) on one synthetic in-memory batch; per-step (label, index) batches
 are drawn beforehand so the PS-KD table is read and written at random rows as in an epoch. The
 methods run in rounds, in a rotated order each round, so that drift (other processes, clock
@@ -13,32 +13,31 @@ measure a method's cost far more steadily than wall-clock img/s, which then most
 other jobs.
 
 Memory (``peak_mem_mb``) is what one method would hold alone: its persistent tensors (model,
-gradients, optimizer state, method state such as the table or a teacher; ``state_mb``) plus the
+gradients, optimizer state, and what the method reports through ``Method.extra_memory``, such as
+the table or a teacher; ``state_mb``) plus the
 largest growth within one of its timed rounds. On CUDA the growth is measured with
 ``max_memory_allocated``; on CPU with the process's resident-set high-water mark (VmHWM, reset
 per round through /proc/self/clear_refs), a lower bound since the allocator reuses memory freed
 by the previous round. Units are decimal: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.
 """
-import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
+from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
 from .config import get_cfg
-from .engine import AMP_DTYPES, configure_cudnn, train_step
+from .engine import train_step
 from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
-from .models import build_resnet
-from .pskd import table_bytes
+from .models import build_model, build_resnet, memory_format
+from .prediction_table import table_bytes
 
-MB = 1e6  # decimal units throughout (the issue's "2.6 GB", "60 MB")
+MB = 1e6  # decimal units throughout, as docs/benchmarks.md
 
 
 # -- machine and memory ------------------------------------------------------------------------
@@ -95,7 +94,7 @@ class MemoryProbe:
 
 def tensor_bytes(*roots):
     """Bytes of the distinct tensor storages reachable from ``roots`` (modules with their
-    gradients, optimizers, method objects and their attributes)."""
+    gradients, optimizers with their state)."""
     storages, seen = {}, set()
 
     def visit(obj, depth):
@@ -117,9 +116,6 @@ def tensor_bytes(*roots):
                 visit(v, depth + 1)
         elif isinstance(obj, (list, tuple)):
             for v in obj:
-                visit(v, depth + 1)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, MethodContext)):
-            for v in vars(obj).values():
                 visit(v, depth + 1)
 
     for root in roots:
@@ -173,29 +169,12 @@ def parse_method(spec):
     return name, opts
 
 
-def method_specs(args):
-    """The --methods specs; "all" (the default with --check-syncs) is every registered method."""
-    methods = args.methods or ("all" if args.check_syncs else "baseline,pskd")
-    if methods == "all":
-        return ["baseline"] + sorted(name for name in METHODS if name != "baseline")
-    return methods.split(",")
-
-
-def base_config(args, device):
-    cfg = get_cfg()
-    cfg.merge_from_list([
-        "MODEL.ARCH", args.arch, "MODEL.NUM_CLASSES", str(args.num_classes), "MODEL.DEVICE", device.type,
-        "MODEL.CHANNELS_LAST", str(args.channels_last), "MODEL.COMPILE", str(args.compile),
-        "SOLVER.AMP.ENABLED", str(args.amp != "off"), "SOLVER.AMP.DTYPE", args.amp if args.amp != "off" else "bfloat16",
-        "SOLVER.IMS_PER_BATCH", str(args.batch_size), "INPUT.CROP_SIZE", str(args.image_size),
-    ] + list(args.opts))
-    return cfg
-
-
 class MethodRun:
-    """One method's model, optimizer and state, and its pre-drawn synthetic steps."""
+    """One method's model, optimizer and state, built as the Trainer builds them, and its
+    pre-drawn synthetic steps: ``cfg``'s SOLVER.IMS_PER_BATCH images of INPUT.CROP_SIZE px, with
+    (label, index) batches cycled through ``distinct_steps`` draws from ``labels``."""
 
-    def __init__(self, spec, cfg, device, args, labels, teacher_path):
+    def __init__(self, spec, cfg, device, labels, teacher_path, distinct_steps):
         name, opts = parse_method(spec)
         cfg = cfg.clone()
         cfg.merge_from_list(opts)
@@ -203,30 +182,26 @@ class MethodRun:
             cfg.TEACHER.WEIGHTS = teacher_path  # a random teacher costs what a trained one does
         self.spec, self.cfg, self.device = spec, cfg, device
         torch.manual_seed(0)
-        self.model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM).to(device)
-        memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
-        self.model.to(memory_format=memory_format)
-        batch = args.batch_size
+        self.model = build_model(cfg, device)
+        batch = cfg.SOLVER.IMS_PER_BATCH
         self.method = build_method(MethodContext(cfg=cfg, num_classes=cfg.MODEL.NUM_CLASSES, train_labels=labels,
                                                  device=device, per_rank_batch=batch, epochs=cfg.SOLVER.EPOCHS))
-        module = self.method.wrap_model(self.model)
-        self.optimizer = torch.optim.SGD(module.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                                         nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-        self.amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE] if cfg.SOLVER.AMP.ENABLED else None
-        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
-        self.module = torch.compile(module) if cfg.MODEL.COMPILE else module
-        self.wrapped = module
+        self.wrapped = self.method.wrap_model(self.model)
+        self.optimizer = build_optimizer(cfg, self.wrapped)
+        self.amp_dtype = amp_dtype(cfg)
+        self.scaler = build_grad_scaler(cfg, device)
+        self.module = build_train_module(cfg, self.wrapped, device, world_size=1)
         # PS-KD's alpha is 0 in no epoch, but epoch 0 is the one with plain CE targets: use 1.
         self.method.on_epoch_start(1, self.model)
 
         keys = self.method.loader_batch_size(batch)  # CS-KD: anchors + partners
         gen = torch.Generator().manual_seed(1)
-        self.images = torch.randn(keys, 3, args.image_size, args.image_size, generator=gen).to(
-            device, memory_format=memory_format)
+        size = cfg.INPUT.CROP_SIZE
+        self.images = torch.randn(keys, 3, size, size, generator=gen).to(device, memory_format=memory_format(cfg))
         labels = torch.as_tensor(labels)
         order = torch.randperm(len(labels), generator=gen)
         self.steps = []
-        for s in range(args.distinct_steps):
+        for s in range(distinct_steps):
             idx = order[(s * keys) % len(order):][:keys]
             self.steps.append((labels[idx].to(device), idx.to(device)))
         self.batch, self.step_count = batch, 0
@@ -239,11 +214,14 @@ class MethodRun:
             train_step(self.method, self.module, self.optimizer, self.scaler, self.images, labels, indices,
                        self.amp_dtype)
 
+    def state_mb(self):
+        """The method's persistent tensors: the trained module with its gradients, the optimizer
+        state, and what the method itself reports (``Method.extra_memory``)."""
+        extra = sum(self.method.extra_memory().values())
+        return (tensor_bytes(self.wrapped, self.optimizer) + extra) / MB
+
     def table_mb(self):
-        table = getattr(getattr(self.method, "source", None), "table", None)
-        if table is None:
-            return 0.0
-        return (table.values.nbytes + (table.ids.nbytes if table.ids is not None else 0)) / MB
+        return self.method.extra_memory().get("table", 0) / MB
 
 
 def _sync(device):
@@ -271,39 +249,43 @@ def sync_check(device, enabled):
         found += check.syncs
 
 
-def benchmark_training(args, device):
-    cfg = base_config(args, device)
-    specs = method_specs(args)
+def benchmark_training(cfg, specs, device, num_samples, iters, warmup, rounds, distinct_steps=16,
+                       check_syncs=False):
+    """One result dict per method spec (``parse_method``), each method's run built from ``cfg``
+    with the spec's overrides: ``warmup`` untimed steps, then ``rounds`` rounds of ``iters``
+    timed steps (see the module doc); a random training set of ``num_samples`` labels. With
+    ``check_syncs`` a step that synchronises the host is a RuntimeError naming the method."""
     gen = torch.Generator().manual_seed(0)
-    labels = torch.randint(cfg.MODEL.NUM_CLASSES, (args.num_samples,), generator=gen).tolist()
+    labels = torch.randint(cfg.MODEL.NUM_CLASSES, (num_samples,), generator=gen).tolist()
     with tempfile.TemporaryDirectory() as tmp:
         teacher = os.path.join(tmp, "teacher.pth")
         torch.manual_seed(0)
-        torch.save({"model": build_resnet(args.arch, args.num_classes, cfg.MODEL.CIFAR_STEM).state_dict()}, teacher)
-        runs = [MethodRun(spec, cfg, device, args, labels, teacher) for spec in specs]
+        model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
+        torch.save({"model": model.state_dict()}, teacher)
+        runs = [MethodRun(spec, cfg, device, labels, teacher, distinct_steps) for spec in specs]
     probe = MemoryProbe(device)
     for run in runs:
-        run.run(args.warmup)  # also compiles, and creates gradients and optimizer state
+        run.run(warmup)  # also compiles, and creates gradients and optimizer state
     _sync(device)
-    for r in range(args.rounds):
+    for r in range(rounds):
         for run in runs[r % len(runs):] + runs[: r % len(runs)]:
             probe.start()
             t0, c0 = time.perf_counter(), time.process_time()
-            with sync_check(device, args.check_syncs) as found:
-                run.run(args.iters)
+            with sync_check(device, check_syncs) as found:
+                run.run(iters)
             if found:
                 raise RuntimeError(f"--check-syncs: {run.spec} synchronises the host in a training step: "
                                    + ", ".join(sorted(set(found))))
             _sync(device)
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
             run.growth.append(probe.growth_mb())
-            run.img_per_s.append(run.batch * args.iters / seconds)
-            run.img_per_cpu_s.append(run.batch * args.iters / cpu_seconds)
+            run.img_per_s.append(run.batch * iters / seconds)
+            run.img_per_cpu_s.append(run.batch * iters / cpu_seconds)
 
     base = next((r for r in runs if r.spec == "baseline"), runs[0])
     results = []
     for run in runs:
-        state = tensor_bytes(run.wrapped, run.optimizer, run.method) / MB
+        state = run.state_mb()
         ratios = [a / b for a, b in zip(run.img_per_s, base.img_per_s)]
         cpu_ratios = [a / b for a, b in zip(run.img_per_cpu_s, base.img_per_cpu_s)]
         results.append({
@@ -317,136 +299,45 @@ def benchmark_training(args, device):
 
 
 # -- input pipeline -----------------------------------------------------------------------------
-def benchmark_input(args, device):
-    """img/s of DATALOADER.DECODE cpu and device on the JPEGs under ``args.data`` (generated
-    when absent), each batch carried to ``device`` ready for the model."""
-    from .data import ShardedSampler, build_dataset, build_loader
+def benchmark_input(root, decodes, device, batch_size, workers, iters, rounds, opts=(), gen_images=512,
+                    gen_size=256):
+    """img/s of each DATALOADER.DECODE of ``decodes`` on the JPEGs under ``root`` (``gen_images``
+    of ``gen_size`` px generated there when it has no train/), each batch carried to ``device``
+    ready for the model; ``opts`` are config overrides (INPUT.CROP_SIZE, MODEL.CHANNELS_LAST, ...)."""
+    from .data import build_dataset, build_loader
+    from .samplers import ShardedSampler
     from .synthetic import write_imagefolder
 
-    root = args.data
     if not os.path.isdir(os.path.join(root, "train")):
         classes = 8
-        write_imagefolder(root, classes, -(-args.gen_images // classes), 1, args.gen_size, seed=0)
+        write_imagefolder(root, classes, -(-gen_images // classes), 1, gen_size, seed=0)
     num_classes = len(os.listdir(os.path.join(root, "train")))
     results = []
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    for decode in args.decode.split(","):
+    for decode in decodes:
         cfg = get_cfg()
-        cfg.merge_from_list(["DATA.ROOT", root, "MODEL.NUM_CLASSES", str(num_classes),
-                             "INPUT.CROP_SIZE", str(args.image_size), "DATALOADER.DECODE", decode] + list(args.opts))
+        cfg.merge_from_list(["DATA.ROOT", root, "MODEL.NUM_CLASSES", str(num_classes), "DATALOADER.DECODE", decode]
+                            + list(opts))
         data = build_dataset(cfg, cfg.DATA.TRAIN_SPLIT, train=True)
         sampler = ShardedSampler(len(data), seed=0)
-        loader = build_loader(data, sampler, args.batch_size, args.workers, device.type == "cuda")
+        loader = build_loader(data, sampler, batch_size, workers, device.type == "cuda")
         rates, epoch, images = [], 0, 0
         batches = iter(())
         t0 = None
-        while len(rates) < args.rounds:
+        while len(rates) < rounds:
             batch = next(batches, None)
             if batch is None:
                 sampler.set_epoch(epoch)
                 epoch, batches = epoch + 1, iter(loader)
                 continue
-            x = batch[0].to(device, non_blocking=True, memory_format=memory_format)
+            x = batch[0].to(device, non_blocking=True, memory_format=memory_format(cfg))
             _sync(device)
             if t0 is None:  # the first batch waits for the workers to start
                 t0, images = time.perf_counter(), 0
                 continue
             images += x.shape[0]
-            if images >= args.iters * args.batch_size:
+            if images >= iters * batch_size:
                 rates.append(images / (time.perf_counter() - t0))
                 t0, images = time.perf_counter(), 0
         results.append({"method": f"input:{decode}", "decode": decode, "img_per_s": statistics.median(rates),
-                        "img_per_s_rounds": rates, "workers": args.workers, "images_in_set": len(data)})
+                        "img_per_s_rounds": rates, "workers": workers, "images_in_set": len(data)})
     return results
-
-
-# -- command line ---------------------------------------------------------------------------------
-def build_parser(doc):
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
-    p.add_argument("--arch", default="resnet152")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (one process)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated METHOD.NAMEs, each optionally with config overrides: "
-                        "pskd:PSKD.TOPK=10:PSKD.TABLE_DTYPE=float32, or 'all'; ratios are to 'baseline' (else "
-                        "the first). Default: baseline,pskd; with --check-syncs, all")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--iters", type=int, default=10, help="timed steps (or batches) per round")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per method before the rounds")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--distinct-steps", type=int, default=16, help="distinct (label, index) batches cycled through")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--num-samples", type=int, default=50_000, help="training-set size behind the PS-KD table")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", default="off", choices=["off"] + sorted(AMP_DTYPES))
-    p.add_argument("--compile", action="store_true", help="torch.compile the training module")
-    p.add_argument("--check-syncs", action="store_true",
-                   help="fail on any host synchronisation inside the timed steps: on CUDA through "
-                        "set_sync_debug_mode, elsewhere on what would synchronise on CUDA (pretrain/host_syncs.py)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--table-n", type=int, default=1_281_167, help="samples N for the table-memory figures")
-    p.add_argument("--table-k", type=int, default=1000, help="classes K for the table-memory figures")
-    p.add_argument("--table-topk", default="10", help="comma-separated k of the top-k modes")
-    p.add_argument("--table-world", type=int, default=8, help="training processes of the job")
-    p.add_argument("--table-ranks-per-node", type=int, default=8)
-    p.add_argument("--table-batch", type=int, default=32, help="per-process batch for the exchange figure")
-    p.add_argument("--table-only", action="store_true", help="only the table-memory figures (no measurement)")
-    p.add_argument("--input-pipeline", action="store_true",
-                   help="measure the JPEG input paths instead of training steps")
-    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "pskd_bench_jpeg"),
-                   help="ImageFolder root for --input-pipeline (generated there when it has no train/)")
-    p.add_argument("--decode", default="cpu,device", help="DATALOADER.DECODE values to measure")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--gen-images", type=int, default=512)
-    p.add_argument("--gen-size", type=int, default=256, help="side of the generated JPEGs")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="config KEY VALUE pairs applied to every method (last on the line)")
-    return p
-
-
-def main(argv=None, doc=None):
-    args = build_parser(doc).parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    configure_cudnn()  # the engine's setting: the figures are training's
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if args.table_only:
-        results = []
-    elif args.input_pipeline:
-        results = benchmark_input(args, device)
-    else:
-        results = benchmark_training(args, device)
-    table = table_memory(args.table_n, args.table_k, args.table_world, args.table_ranks_per_node,
-                         topk=[int(k) for k in args.table_topk.split(",") if k], per_rank_batch=args.table_batch)
-    mode = "table" if args.table_only else "input_pipeline" if args.input_pipeline else "training"
-    report = {"mode": mode,
-              "machine": machine_info(device), "settings": vars(args), "results": results, "table_memory": table}
-    print_report(report)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
-
-
-def print_report(report):
-    m, s = report["machine"], report["settings"]
-    print(f"# {m.get('gpu', m['cpu'])}, {m['cpus_usable']} CPUs, torch {m['torch']}, load {m['load_avg_1m']:.2f}")
-    if report["mode"] == "input_pipeline":
-        print(f"# input pipeline: {s['image_size']} px crops, batch {s['batch_size']}, {s['workers']} workers, "
-              f"device {s['device']}, data {s['data']}")
-    elif report["mode"] == "training":
-        print(f"# {s['arch']} {s['image_size']} px, batch {s['batch_size']}, device {s['device']}, amp {s['amp']}, "
-              f"channels_last {s['channels_last']}, compile {s['compile']}")
-    for r in report["results"]:
-        extra = (f"  x{r['ratio_to_baseline']:.3f} vs {r['baseline']} (CPU time x{r['cpu_time_ratio_to_baseline']:.3f})  peak {r['peak_mem_mb']:.0f} MB "
-                 f"(state {r['state_mb']:.0f}, table {r['table_mb']:.2f})" if "ratio_to_baseline" in r else "")
-        print(f"{r['method']:40s} {r['img_per_s']:9.1f} img/s{extra}")
-    for t in report["table_memory"]:
-        print(f"table N={t['num_samples']} K={t['num_classes']} {t['mode']:38s} {t['dtype']:8s} "
-              f"{t['per_node_gb']:8.3f} GB/node  checkpoint {t['checkpoint_gb']:7.3f} GB  "
-              f"exchange {t['exchange_mb_per_step']:.2f} MB/step/rank")
-    sys.stdout.flush()

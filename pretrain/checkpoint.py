@@ -1,9 +1,11 @@
 """Checkpoint files: written atomically, read with ``weights_only=True`` and memory-mapped, and
 on resume the newest readable one is used (a truncated or corrupt file is reported by name and
-skipped); under several processes rank 0 picks it and every rank reads that one."""
+skipped); under several processes rank 0 picks it and every rank reads that one. A training
+checkpoint's contents are ``TrainingCheckpointer``'s."""
 import glob
 import logging
 import os
+import random
 import re
 
 import torch
@@ -148,3 +150,71 @@ def load_weights(model, path, model_name="the model (MODEL.ARCH, MODEL.NUM_CLASS
                          f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
                          f"{unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:5]}")
     model.load_state_dict(state)
+
+
+# -- the training state --------------------------------------------------------------------------
+def rng_state(device):
+    """This process's RNG streams: torch's CPU generator, Python's, and ``device``'s on CUDA."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class TrainingCheckpointer:
+    """What a training checkpoint holds, and its restoring: the model, the optimizer, the
+    GradScaler, the method's state, where training stands (``trainer``: epoch, steps done in it,
+    iteration, iterations per epoch, world size, every rank's RNG streams, the training files'
+    fingerprint) and the config."""
+
+    def __init__(self, cfg, model, optimizer, scaler, method, device, data_fingerprint):
+        self.cfg, self.model, self.optimizer, self.scaler, self.method = cfg, model, optimizer, scaler, method
+        self.device, self.data_fingerprint = device, data_fingerprint
+
+    def save(self, iteration, epoch, steps_done, iters_per_epoch):
+        """Collective: rank 0 writes ``model_<iteration>.pth`` (``save_checkpoint``)."""
+        method_state = self.method.state_dict()  # collective: rank 0 gets the whole state
+        rng = du.all_gather_object(rng_state(self.device))
+        if du.get_rank() == 0:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "method": method_state,
+                "trainer": {"epoch": epoch, "steps_in_epoch": steps_done, "iteration": iteration,
+                            "iters_per_epoch": iters_per_epoch, "world_size": du.get_world_size(), "rng": rng,
+                            "data": self.data_fingerprint},
+                "config": self.cfg.dump(),
+            }
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            save_checkpoint(self.cfg.OUTPUT_DIR, iteration, state, self.cfg.SOLVER.MAX_TO_KEEP)
+        du.barrier()
+
+    def load(self, state, iters_per_epoch):
+        """Restore a checkpoint's ``state``; returns (iteration, epoch, step) to continue from."""
+        trainer = state["trainer"]
+        if trainer["iters_per_epoch"] != iters_per_epoch and trainer["steps_in_epoch"] not in (0, trainer["iters_per_epoch"]):
+            raise ValueError(f"the checkpoint was taken mid-epoch with {trainer['iters_per_epoch']} iterations per "
+                             f"epoch, this run has {iters_per_epoch}: resume with the same world size and batch")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        world = du.get_world_size()
+        if trainer["world_size"] == world:
+            set_rng_state(trainer["rng"][du.get_rank()], self.device)
+        else:
+            logger.warning("checkpoint written by %d processes, resuming with %d: RNG streams restart",
+                           trainer["world_size"], world)
+        epoch, step = trainer["epoch"], trainer["steps_in_epoch"]
+        if step >= trainer["iters_per_epoch"]:
+            epoch, step = epoch + 1, 0
+        return trainer["iteration"], epoch, step

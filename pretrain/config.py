@@ -45,7 +45,7 @@ _C = CN()
 
 # ---------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-# torchvision ResNet name: resnet18 / resnet34 / resnet50 / resnet101 / resnet152.
+# torchvision ResNet name, one of pretrain/models.py ARCHS (resnet18 ... resnet152).
 _C.MODEL.ARCH = "resnet152"
 _C.MODEL.NUM_CLASSES = 1000
 # "cuda" or "cpu". Under torchrun each process uses cuda:LOCAL_RANK.

@@ -39,10 +39,6 @@ def get_rank():
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def is_main_process():
-    return get_rank() == 0
-
-
 def barrier():
     if get_world_size() > 1:
         dist.barrier()

@@ -1,7 +1,7 @@
 """The fast JPEG input path (DATALOADER.DECODE device): decode and augment whole batches on
 the training device instead of in the loader workers.
 
-The CPU path (``data.IndexedDataset``) decodes, crops, jitters and normalises every image with
+The CPU path (``datasets.IndexedDataset``) decodes, crops, jitters and normalises every image with
 PIL in a worker: about 250-400 img/s per core, too slow to feed a GPU on the cores of a node.
 Here the workers only read each file's bytes and its header (size, colour mode: no decoding),
 and draw the sample's augmentation parameters; the training process then decodes the batch in
@@ -11,10 +11,10 @@ crops, resizes, flips, colour-jitters, adds lighting noise and normalises on the
 What stays as in the CPU path:
 
 * the parameters are drawn with the same torchvision ``get_params`` calls, in the same order,
-  from the generator seeded with the sample's seed (``data.sample_seed(SEED, epoch, index)``):
+  from the generator seeded with the sample's seed (``samplers.sample_seed(SEED, epoch, index)``):
   a sample's crop box, flip, jitter order/factors and lighting noise are the CPU path's, and
   depend only on (SEED, epoch, index), not on workers or batch composition;
-* batches keep the sampler's order: ``(images, labels, indices, skipped)`` as ``data.collate``.
+* batches keep the sampler's order: ``(images, labels, indices, skipped)`` as ``datasets.collate``.
 
 What differs: pixels are not bit-identical to the PIL pipeline. Resizing uses torchvision's
 antialiased bilinear kernel on tensors (PIL uses its own filter support), and colour jitter works
@@ -35,7 +35,8 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from .data import _DECODE_ERRORS, BadSample, IndexedDataset, UnreadableImage, open_image
+from .datasets import IndexedDataset, bad_image, split_bad
+from .images import DECODE_ERRORS, UnreadableImage, open_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 
 # Colour modes nvjpeg decodes to RGB itself; anything else is converted by PIL in the worker.
@@ -144,11 +145,8 @@ class EncodedJpegDataset(IndexedDataset):
                 encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
                 encoded = TF.pil_to_tensor(image.convert("RGB"))
-        except _DECODE_ERRORS as exc:
-            message = f"cannot read training image {path!r} (sample {index}): {exc}"
-            if self.on_bad_image == "error":
-                raise UnreadableImage(message + " (set DATA.ON_BAD_IMAGE skip to skip such files)") from exc
-            return BadSample(str(path), str(exc))
+        except DECODE_ERRORS as exc:
+            return bad_image(self.on_bad_image, path, index, exc)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(sample_seed)
             params = self.augment.draw(image) if self.augment.train else {}
@@ -156,8 +154,7 @@ class EncodedJpegDataset(IndexedDataset):
 
     def collate(self, items):
         """``(EncodedBatch, labels, indices, skipped_paths)`` in the sampler's order."""
-        good = [it for it in items if not isinstance(it, BadSample)]
-        skipped = [it.path for it in items if isinstance(it, BadSample)]
+        good, skipped = split_bad(items)
         if not good:
             return None, None, None, skipped
         encoded, params, labels, indices, paths = zip(*good)
@@ -235,7 +232,7 @@ class EncodedBatch:
             try:
                 image = Image.open(io.BytesIO(self.encoded[i].numpy().tobytes()))
                 return TF.pil_to_tensor(image.convert("RGB")).to(device)
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 raise UnreadableImage(
                     f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} (DATALOADER.DECODE device "
                     f"cannot skip files that fail only when decoded: use DATALOADER.DECODE cpu)") from exc

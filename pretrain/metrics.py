@@ -9,6 +9,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+# The metrics of ``summarize``, in the order they are reported, with their labels in reports.
+METRIC_LABELS = {"top1_err": "top-1 err (%)", "top5_err": "top-5 err (%)", "nll": "NLL", "ece": "ECE (%)",
+                 "aurc": "AURC (x1000)", "eaurc": "E-AURC (x1000)"}
+METRIC_KEYS = tuple(METRIC_LABELS)
+
 
 def per_sample_stats(logits, labels):
     """(N, 4) float64: NLL, max softmax probability, top-1 correct, top-5 correct."""
@@ -21,21 +26,9 @@ def per_sample_stats(logits, labels):
     return torch.stack([nll, confidence, (pred == labels).float(), top5.float()], dim=1).double()
 
 
-def ece(confidence, correct, n_bins=10):
-    """Expected calibration error in percent: 10 equal-width bins (l, u] over the confidence,
-    ``100 * sum_b (n_b / N) * |acc_b - conf_b|``."""
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64)
-    for lower, upper in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > lower) & (confidence <= upper)
-        if in_bin.any():
-            gap = confidence[in_bin].mean() - correct[in_bin].mean()
-            total += in_bin.double().mean() * gap.abs()
-    return 100.0 * total.item()
-
-
 def reliability_bins(confidence, correct, n_bins=10):
-    """Per bin: (lower, upper, count, accuracy, mean confidence); empty bins have NaN stats."""
+    """The confidence bins of ECE and the reliability diagram: ``n_bins`` equal-width bins
+    (l, u]. Per bin: (lower, upper, count, accuracy, mean confidence); empty bins have NaN stats."""
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     rows = []
     for lower, upper in zip(edges[:-1].tolist(), edges[1:].tolist()):
@@ -45,6 +38,14 @@ def reliability_bins(confidence, correct, n_bins=10):
         conf = confidence[in_bin].mean().item() if n else math.nan
         rows.append((lower, upper, n, acc, conf))
     return rows
+
+
+def ece(confidence, correct, n_bins=10):
+    """Expected calibration error in percent over ``reliability_bins``:
+    ``100 * sum_b (n_b / N) * |acc_b - conf_b|``."""
+    total = confidence.numel()
+    return 100.0 * sum(n / total * abs(acc - conf)
+                       for _, _, n, acc, conf in reliability_bins(confidence, correct, n_bins) if n)
 
 
 def optimal_aurc(num_errors, n):

@@ -2,11 +2,31 @@
 import torch
 import torchvision
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# The architectures MODEL.ARCH may name: torchvision's ResNets, with their blocks per stage and
+# block type (the converter to Detectron2 checks a checkpoint's keys and shapes against them).
+ARCHS = {
+    "resnet18": ((2, 2, 2, 2), "basic"),
+    "resnet34": ((3, 4, 6, 3), "basic"),
+    "resnet50": ((3, 4, 6, 3), "bottleneck"),
+    "resnet101": ((3, 4, 23, 3), "bottleneck"),
+    "resnet152": ((3, 8, 36, 3), "bottleneck"),
+}
 
 # Prefixes added by wrappers: DistributedDataParallel ("module."), torch.compile ("_orig_mod."),
 # and modules that hold the network as ``self.model``. They can nest (module._orig_mod.).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def memory_format(cfg):
+    """The memory format of the model and its input batches (MODEL.CHANNELS_LAST)."""
+    return torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
+
+
+def build_model(cfg, device):
+    """The network of MODEL.ARCH, MODEL.NUM_CLASSES and MODEL.CIFAR_STEM on ``device``, in
+    ``memory_format(cfg)``, initialised from torch's global generator."""
+    model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
+    return model.to(device, memory_format=memory_format(cfg))
 
 
 def build_resnet(arch, num_classes, cifar_stem=False):
@@ -32,14 +52,3 @@ def strip_wrapper_prefixes(state_dict):
             raise ValueError(f"keys {key!r} and another one both become {stripped!r}")
         out[stripped] = value
     return out
-
-
-def unwrap(model):
-    """The plain module under DDP and torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

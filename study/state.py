@@ -18,18 +18,6 @@ from pretrain.fileio import atomic_write_json
 
 from .plan import RUN_KINDS
 
-# State -> what it means, for --status.
-STATES = {
-    "done": "outputs present and valid",
-    "running": "a process or Slurm job is running it",
-    "queued": "a Slurm job waits for its dependencies or resources",
-    "failed": "its command failed; see the log",
-    "interrupted": "started but not finished; rerun with --resume to continue it",
-    "changed": "started with another command (the study file changed); use another output_root",
-    "ready": "its inputs are done; the next run starts it",
-    "waiting": "waits for the stages it depends on",
-}
-
 
 def record_path(plan, stage):
     return os.path.join(plan.root, ".study", stage.slug + ".json")

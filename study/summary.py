@@ -12,8 +12,9 @@ import os
 
 import yaml
 
-from detection.report import PAPER_TABLE5, PRETRAIN_METRICS, read_run
+from detection.report import PAPER_TABLE5, read_run
 from pretrain.fileio import atomic_open, atomic_write_text
+from pretrain.metrics import METRIC_KEYS, METRIC_LABELS
 
 from .statistics import ScoredRun, bootstrap_weights, mean_std, paired_ap_interval, seed_interval
 
@@ -21,7 +22,7 @@ BASELINE = "Baseline"
 PAPER_ARCH = "resnet152"
 # The PS-KD paper, Table 4: ResNet-152 ImageNet top-1 error (%).
 PAPER_TOP1_ERR = {"Baseline": 22.19, "PS-KD": 21.41, "PS-KD + CutMix": 20.76}
-SHOWN_METRICS = (("top1_err", "top-1 err (%)"), ("ece", "ECE (%)"), ("aurc", "AURC (x1000)"))
+SHOWN_METRICS = tuple((key, METRIC_LABELS[key]) for key in ("top1_err", "ece", "aurc"))
 
 
 def protocol(det_cfg):
@@ -89,7 +90,7 @@ def summarize(run_dirs, labels=None, resamples=1000):
             if ci:
                 s["dAP50"], s["dAP50_lo"], s["dAP50_hi"] = ci["diff"], ci["lo"], ci["hi"]
         s["paper_in_ci"] = _inside(s["paper_dAP50"], s["dAP50_lo"], s["dAP50_hi"])
-        for metric in PRETRAIN_METRICS:
+        for metric in METRIC_KEYS:
             values = {seed: row[f"pretrain_{metric}"] for seed, (_, row) in runs.items()
                       if row[f"pretrain_{metric}"] is not None}
             s[f"{metric}_mean"], s[f"{metric}_std"] = mean_std(list(values.values())) if values else (None, None)
@@ -175,7 +176,7 @@ def to_markdown(summary, resamples):
 
 CSV_COLUMNS = (["method", "arch", "protocol", "seeds", "AP50_mean", "AP50_std", "dAP50", "dAP50_lo", "dAP50_hi",
                 "interval", "paper_AP50", "paper_dAP50", "paper_in_ci"]
-               + [f"{p}{m}{q}" for m in PRETRAIN_METRICS for p, q in (("", "_mean"), ("", "_std"), ("d", ""),
+               + [f"{p}{m}{q}" for m in METRIC_KEYS for p, q in (("", "_mean"), ("", "_std"), ("d", ""),
                                                                       ("d", "_lo"), ("d", "_hi"))]
                + ["paper_dtop1_err", "paper_top1_in_ci"])
 

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pretrain.benchmark import main, parse_method, table_memory
+from pretrain.benchmark import parse_method, table_memory
+from tools.benchmark import main
 
 from conftest import run_tool
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pretrain.cli import setup_cfg
-from pretrain.data import ShardedSampler, build_dataset, build_loader
+from pretrain.data import build_dataset, build_loader
+from pretrain.samplers import ShardedSampler
 from pretrain.transforms import Lighting, PCA_EIGVAL, PCA_EIGVEC
 
 from conftest import ROOT

@@ -19,10 +19,11 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from detection.checks import ImageReadError, NamedImageMapper, WeightsError, check_backbone_weights  # noqa: E402
+from detection.checks import NamedImageMapper, WeightsError, check_backbone_weights  # noqa: E402
 from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
 from detection.synthetic_voc import write_voc  # noqa: E402
+from pretrain.images import UnreadableImage  # noqa: E402
 
 pytestmark = pytest.mark.detectron2
 
@@ -172,7 +173,7 @@ def test_undecodable_training_image_is_named(voc, tmp_path):
     with open(bad, "wb") as f:
         f.write(data[: len(data) // 2])
     mapper = NamedImageMapper(load_cfg(TINY), True)
-    with pytest.raises(ImageReadError, match=re.escape(f"cannot read image {bad!r}")):
+    with pytest.raises(UnreadableImage, match=re.escape(f"cannot read image {bad!r}")):
         mapper(dict(record, file_name=bad))
 
 

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from pretrain.cli import setup_cfg
-from pretrain.data import ShardedSampler, UnreadableImage, build_dataset, build_loader
+from pretrain.data import build_dataset, build_loader
+from pretrain.images import UnreadableImage
+from pretrain.samplers import ShardedSampler
 
 from conftest import ROOT
 

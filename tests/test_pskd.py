@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from pretrain.pskd import PredictionTable, alpha_at, soft_targets, table_bytes
+from pretrain.methods.pskd import alpha_at, soft_targets
+from pretrain.prediction_table import PredictionTable, table_bytes
 
 from conftest import free_port
 

@@ -50,7 +50,7 @@ def test_a_training_set_smaller_than_a_batch_is_refused(synthetic_root, tmp_path
 
 
 def test_training_and_the_benchmark_use_the_cudnn_autotuner(synthetic_root, tmp_path, restore_logging):
-    from pretrain.benchmark import main
+    from tools.benchmark import main
 
     torch.backends.cudnn.benchmark = False
     _trainer(synthetic_root, tmp_path)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_weights
 from ..cutmix import CutMix
-from ..data import ShardedSampler
-from ..models import build_resnet
+from ..models import build_model
+from ..samplers import ShardedSampler
 
 
 @dataclass
@@ -30,7 +30,8 @@ class Method:
     rank 0 gets the whole state) goes into checkpoints and ``load_state_dict`` restores it.
     ``wrap_model`` may return a module holding the model and trainable parts of the method
     (an extra head); that module is what gets optimised and DDP-wrapped, while only the plain
-    torchvision model is exported.
+    torchvision model is exported. ``extra_memory`` names the bytes of what else the method
+    keeps (a teacher, a frozen copy, PS-KD's prediction table).
 
     CutMix (AUG.CUTMIX) is available to every method through ``mix_batch``.
     """
@@ -39,6 +40,7 @@ class Method:
     # True for methods taught by a trained model given by TEACHER.WEIGHTS (see ``build_teacher``;
     # a study runs such a method after its teacher's pretraining).
     needs_teacher = False
+    teacher = None  # the teacher module of a method that needs one
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -79,6 +81,12 @@ class Method:
     def on_epoch_start(self, epoch, model):
         self.epoch = epoch
 
+    def extra_memory(self):
+        """``{what: bytes}`` of the tensors this method keeps on the training device besides the
+        module it trains (``wrap_model``'s) and its optimizer state: tools/benchmark.py's
+        ``state_mb`` adds them up."""
+        return {} if self.teacher is None else {"teacher": module_bytes(self.teacher)}
+
     def training_step(self, model, images, labels, indices):
         raise NotImplementedError
 
@@ -87,6 +95,11 @@ class Method:
 
     def load_state_dict(self, state):
         self.epoch = state["epoch"]
+
+
+def module_bytes(module):
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.nbytes for t in list(module.parameters()) + list(module.buffers()))
 
 
 def soft_cross_entropy(logits, targets):
@@ -99,9 +112,8 @@ def build_frozen_model(cfg, device):
     gradients. Its random initialisation runs under a forked RNG, so building it leaves the
     global generator (CutMix draws, checkpointed per rank) untouched."""
     with torch.random.fork_rng(devices=[]):
-        model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
-    memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
-    return model.to(device, memory_format=memory_format).eval().requires_grad_(False)
+        model = build_model(cfg, device)
+    return model.eval().requires_grad_(False)
 
 
 def build_teacher(cfg, device):

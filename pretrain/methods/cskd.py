@@ -3,7 +3,7 @@ sample is pulled towards the prediction on another sample of the same class."""
 import torch
 from torch.utils.data import Sampler
 
-from ..data import ShardedSampler, sample_seed
+from ..samplers import ShardedSampler, sample_seed
 from .base import Method, distillation_kl, soft_cross_entropy
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import get_world_size
-from ..pskd import alpha_at
-from .base import Method, distillation_kl, soft_cross_entropy
+from .base import Method, distillation_kl, module_bytes, soft_cross_entropy
+from .pskd import alpha_at
 
 # The self-supervised transformations: rotations by j * 90 degrees, j = 0..M-1 (HSAKD's).
 ROTATIONS = 4
@@ -177,6 +177,9 @@ class LayeredSelfSupervisedKD(Method):
         if get_world_size() > 1:
             for tensor in self.previous.state_dict().values():
                 dist.broadcast(tensor, 0)
+
+    def extra_memory(self):
+        return {} if self.previous is None else {"previous_model": module_bytes(self.previous)}
 
     def training_step(self, model, images, labels, indices):
         images, targets, mix = self.mix_batch(images, labels)

@@ -21,11 +21,31 @@ import torch.nn.functional as F
 
 from ..cutmix import CutMix
 from ..distributed import get_world_size
-from ..pskd import PredictionTable, alpha_at, soft_targets
-from .base import Method, build_frozen_model, soft_cross_entropy
+from ..prediction_table import PredictionTable
+from .base import Method, build_frozen_model, module_bytes, soft_cross_entropy
 
 logger = logging.getLogger(__name__)
 BN_MODES = ("eval", "train")
+
+
+def alpha_at(epoch, total_epochs, alpha_T):
+    """alpha of epoch ``epoch`` (counted from 0): ``alpha_T * (epoch + 1) / total_epochs``.
+
+    Per epoch, not per step; the last epoch (``total_epochs - 1``) uses exactly ``alpha_T``.
+    """
+    if not 0 <= epoch < total_epochs:
+        raise ValueError(f"epoch {epoch} outside [0, {total_epochs})")
+    return alpha_T * (epoch + 1) / total_epochs
+
+
+def soft_targets(labels, past_probs, alpha, num_classes):
+    """``(1 - alpha) * onehot(labels) + alpha * past_probs``: the PS-KD target of each sample.
+
+    ``past_probs`` (B, K) are the sample's past softmax; they are detached here, since the past
+    predictions are constants of the current step.
+    """
+    onehot = F.one_hot(labels, num_classes).to(past_probs.dtype)
+    return (1.0 - alpha) * onehot + alpha * past_probs.detach()
 
 
 class TableSource:
@@ -48,6 +68,9 @@ class TableSource:
 
     def write(self, indices, probs):
         self.table.write(indices, probs, self.pad)
+
+    def memory(self):
+        return {"table": self.table.nbytes()}
 
     def state_dict(self):
         return self.table.state_dict()
@@ -102,6 +125,9 @@ class PreviousModelSource:
 
     def write(self, indices, probs):
         pass
+
+    def memory(self):
+        return {"previous_model": module_bytes(self.model)}
 
     def state_dict(self):
         return {"ready": self.ready, "model": self.model.state_dict() if self.ready else None}
@@ -178,6 +204,9 @@ class ProgressiveSelfKD(Method):
         logits = model(images)
         self.source.write(indices[own], logits[own].detach().float().softmax(dim=1))
         return soft_cross_entropy(logits, targets), logits
+
+    def extra_memory(self):
+        return dict(super().extra_memory(), **self.source.memory())
 
     def state_dict(self):
         return dict(super().state_dict(), source=self.source.state_dict())

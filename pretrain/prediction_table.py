@@ -1,5 +1,4 @@
-"""Progressive self-knowledge distillation: the alpha schedule, the soft targets, and the
-prediction table that holds each training sample's last softmax.
+"""PS-KD's prediction table: each training sample's softmax from the last time it was trained on.
 
 The table is sharded over the ranks: row ``i`` lives on rank ``i % world_size`` at local row
 ``i // world_size``, on the training device. Each step every rank
@@ -24,31 +23,10 @@ int16) and are stored as int16 when K fits.
 """
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .distributed import get_rank, get_world_size
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def alpha_at(epoch, total_epochs, alpha_T):
-    """alpha of epoch ``epoch`` (counted from 0): ``alpha_T * (epoch + 1) / total_epochs``.
-
-    Per epoch, not per step; the last epoch (``total_epochs - 1``) uses exactly ``alpha_T``.
-    """
-    if not 0 <= epoch < total_epochs:
-        raise ValueError(f"epoch {epoch} outside [0, {total_epochs})")
-    return alpha_T * (epoch + 1) / total_epochs
-
-
-def soft_targets(labels, past_probs, alpha, num_classes):
-    """``(1 - alpha) * onehot(labels) + alpha * past_probs``: the PS-KD target of each sample.
-
-    ``past_probs`` (B, K) are the sample's past softmax; they are detached here, since the past
-    predictions are constants of the current step.
-    """
-    onehot = F.one_hot(labels, num_classes).to(past_probs.dtype)
-    return (1.0 - alpha) * onehot + alpha * past_probs.detach()
 
 
 def table_bytes(num_samples, num_classes, dtype="bfloat16", topk=0):
@@ -93,6 +71,10 @@ class PredictionTable:
             self.values = torch.zeros(rows + 1, num_classes, dtype=self.dtype, device=device)
             self.values[torch.arange(rows + 1, device=device), local_labels.to(device)] = 1
             self.ids = None
+
+    def nbytes(self):
+        """Bytes this rank holds: its shard and the spare row."""
+        return self.values.nbytes + (self.ids.nbytes if self.ids is not None else 0)
 
     # -- per step ---------------------------------------------------------------------------
     def _local_rows(self, indices):

@@ -1,0 +1,68 @@
+"""What training builds from the config besides the data and the method, for the Trainer and
+tools/benchmark.py alike: the training module (DDP, torch.compile), the SGD optimizer, the
+learning-rate schedule, the autocast dtype and the GradScaler, and the cuDNN setting."""
+import torch
+from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamScheduler,
+                                           MultiStepParamScheduler)
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def configure_cudnn():
+    """cuDNN's autotuner, for training and tools/benchmark.py alike: the first forward and
+    backward of each input shape time the candidate convolution algorithms and keep the fastest.
+    The choice can differ from run to run (timings vary), so on a GPU two runs with the same
+    seed are not bit-identical; they are not anyway (atomic adds in some backward kernels, the
+    order of NCCL's sums). CPU runs do not use cuDNN."""
+    torch.backends.cudnn.benchmark = True
+
+
+def amp_dtype(cfg):
+    """The autocast dtype of SOLVER.AMP.DTYPE, or None when SOLVER.AMP.ENABLED is off."""
+    dtype = AMP_DTYPES.get(cfg.SOLVER.AMP.DTYPE)
+    if dtype is None:
+        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}")
+    return dtype if cfg.SOLVER.AMP.ENABLED else None
+
+
+def build_grad_scaler(cfg, device):
+    """A GradScaler under float16 autocast; None otherwise (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler(device.type) if amp_dtype(cfg) == torch.float16 else None
+
+
+def build_optimizer(cfg, module):
+    """SGD over ``module``'s parameters (the model and any trainable part of the method)."""
+    return torch.optim.SGD(module.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                           nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+
+def build_lr_schedule(cfg, iters_per_epoch):
+    """Multiplier of BASE_LR as a function of where in training we are (0 <= where < 1):
+    x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
+    epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
+    if steps != sorted(steps) or any(not 0 < s < epochs for s in steps):
+        raise ValueError(f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})")
+    total = epochs * iters_per_epoch
+    schedule = MultiStepParamScheduler(
+        values=[cfg.SOLVER.GAMMA ** i for i in range(len(steps) + 1)],
+        num_updates=total, milestones=[s * iters_per_epoch for s in steps])
+    warmup = cfg.SOLVER.WARMUP_EPOCHS / epochs
+    if warmup <= 0:
+        return schedule
+    return CompositeParamScheduler(
+        [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), schedule],
+        lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "fixed"])
+
+
+def build_train_module(cfg, module, device, world_size):
+    """``module`` as the training step runs it: under DistributedDataParallel with several
+    processes, compiled with MODEL.COMPILE."""
+    if world_size > 1:
+        module = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.MODEL.COMPILE:
+        # Every training batch has the same shape (see engine.full_batches_per_epoch): one graph
+        # with static shapes, compiled once, instead of a recompile for a short last batch and
+        # dynamic-shape kernels from then on.
+        module = torch.compile(module, dynamic=False)
+    return module
