@@ -8,7 +8,8 @@ import torch
 
 from pretrain import engine
 from pretrain.cli import setup_cfg
-from pretrain.engine import Trainer, build_lr_schedule
+from pretrain.build import build_lr_schedule
+from pretrain.engine import Trainer
 
 from conftest import ROOT
 
@@ -68,7 +69,7 @@ def test_the_trainer_sets_the_scheduled_lr_before_every_step(synthetic_root, tmp
         "SOLVER.WARMUP_FACTOR", "0.1", "SOLVER.BASE_LR", "0.02"]))
     assert trainer.iters_per_epoch == 4
     trainer.train_loader = [next(iter(trainer.train_loader))] * trainer.iters_per_epoch
-    monkeypatch.setattr(trainer, "save", lambda *args: None)
+    monkeypatch.setattr(trainer.checkpointer, "save", lambda *args: None)
     lrs = []
 
     def record_lr(method, module, optimizer, *args, **kwargs):
