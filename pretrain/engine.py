@@ -23,7 +23,7 @@ from . import distributed as du
 from .checkpoint import load_resume_checkpoint, load_weights, save_checkpoint
 from .data import ShardedSampler, build_dataset, build_loader
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
-from .methods import MethodContext, build_method
+from .methods import MethodContext, build_method, method_label
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_resnet
 from .run_folder import check_same_run, check_unfinished, dataset_fingerprint, eval_only_outputs
@@ -431,8 +431,8 @@ class Trainer:
     # -- outputs ----------------------------------------------------------------------------
     def write_eval(self, metrics, stats, metrics_path, reliability_path):
         atomic_write_json(metrics_path, metrics)
-        plot_reliability_diagram(stats, reliability_path,
-                                 title=self.cfg.METHOD.NAME + (" + CutMix" if self.cfg.AUG.CUTMIX.ENABLED else ""))
+        title = method_label(self.cfg.METHOD.NAME, self.cfg.AUG.CUTMIX.ENABLED)
+        plot_reliability_diagram(stats, reliability_path, title=title)
 
     def write_final(self, metrics, stats):
         if self.rank == 0:
