@@ -38,7 +38,7 @@ from .methods import METHODS, MethodContext, build_method
 from .models import build_resnet
 from .pskd import table_bytes
 
-MB = 1e6  # decimal units throughout (the "2.6 GB", "60 MB")
+MB = 1e6  # decimal units throughout, as the table-size targets in docs/benchmarks.md (2.6 GB, 60 MB)
 
 
 # -- machine and memory ------------------------------------------------------------------------
