@@ -128,4 +128,5 @@ def test_demo_offers_every_method():
 def test_demo_run_config_trains_the_method_its_name_says(run):
     cfg = setup_cfg(os.path.join(demo.PRETRAIN_CONFIGS, demo.CONFIGS[run]))
     assert (cfg.METHOD.NAME, cfg.AUG.CUTMIX.ENABLED) == demo.run_method(run)
-    assert demo.run_label(run) == ("PS-KD + CutMix" if run == "pskd_cutmix" else METHODS_OF_THE_TOOLKIT[run].label)
+    label = "PS-KD + CutMix" if run == "pskd_cutmix" else METHODS_OF_THE_TOOLKIT[run].label
+    assert demo.run_label(run) == label

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 
 def read_pyproject():
-    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)
 
