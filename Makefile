@@ -1,9 +1,13 @@
-# `make test` and `make demo` create .venv on first use: requirements.txt, then Detectron2 at the
-# pinned commit (tools/install_detectron2.sh; DETECTRON2_SRC points it at a local source).
+# `make test` and `make demo` create .venv on first use: requirements.txt, this project in editable
+# mode (pyproject.toml: pretrain, detection and study import from this checkout), then Detectron2
+# at the pinned commit (tools/install_detectron2.sh; DETECTRON2_SRC points it at a local source).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The editable install of this project, redone when pyproject.toml changes (seconds; its own stamp
+# so that an edit there never rebuilds Detectron2).
+EDITABLE_STAMP := $(VENV)/.editable
 # The Detectron2 commit the project is tested with. Its stamp names the commit, so a reused venv
 # rebuilds Detectron2 only when the pin changes.
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
@@ -11,13 +15,17 @@ D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
 .PHONY: venv test test-fast demo clean
 
-venv: $(STAMP) $(D2_STAMP)
+venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
+
+$(EDITABLE_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --no-deps -e .
+	touch $(EDITABLE_STAMP)
 
 # Written only when Detectron2 built and imports; otherwise the script explains why (and fails
 # under CI=true), and the next `make` tries again.

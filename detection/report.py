@@ -22,25 +22,16 @@ import yaml
 from detection.convert import read_source
 from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
 from pretrain.metrics import METRIC_KEYS
+from pretrain.methods import METHODS, method_label
 
 # The PS-KD paper, Table 5: Faster R-CNN R-152 on VOC07 test, mAP (IoU > 0.5).
 PAPER_TABLE5 = {
-    "Baseline": 78.26,
-    "LS": 78.44,
-    "CS-KD": 78.33,
-    "TF-KD": 78.28,
-    "PS-KD": 79.50,
-    "PS-KD + CutMix": 79.72,
-}
-METHOD_LABELS = {
-    "baseline": "Baseline",
-    "ls": "LS",
-    "cskd": "CS-KD",
-    "tfkd": "TF-KD",
-    "pskd": "PS-KD",
-    "uskd": "USKD",
-    "lsskd": "LSSKD",
-    "nkd": "NKD",
+    method_label("baseline"): 78.26,
+    method_label("ls"): 78.44,
+    method_label("cskd"): 78.33,
+    method_label("tfkd"): 78.28,
+    method_label("pskd"): 79.50,
+    method_label("pskd", cutmix=True): 79.72,
 }
 LINK_FILE = "backbone.json"
 
@@ -51,17 +42,12 @@ COLUMNS = (
 )
 
 
-def method_label(name, cutmix=False):
-    label = METHOD_LABELS.get(str(name).lower(), str(name))
-    return f"{label} + CutMix" if cutmix else label
-
-
 def label_from_dirname(path):
     """Guess the method from a folder name such as ``det_pskd_cutmix`` or ``voc-PS-KD``."""
     tokens = [t for t in re.split(r"[^a-z0-9]+", os.path.basename(os.path.normpath(path)).lower()) if t]
     # "ps-kd" splits into "ps", "kd": also try neighbouring pairs joined.
     candidates = tokens + [a + b for a, b in zip(tokens, tokens[1:])]
-    method = next((c for c in candidates if c in METHOD_LABELS), None)
+    method = next((c for c in candidates if c in METHODS), None)
     return method_label(method, "cutmix" in candidates) if method else None
 
 

@@ -37,7 +37,7 @@ from .methods import METHODS, MethodContext, build_method
 from .models import build_model, build_resnet, memory_format
 from .prediction_table import table_bytes
 
-MB = 1e6  # decimal units throughout, as docs/benchmarks.md
+MB = 1e6  # decimal units, as the table-size targets in docs/benchmarks.md (2.6 GB, 60 MB)
 
 
 # -- machine and memory ------------------------------------------------------------------------

@@ -1,45 +1,12 @@
 """Every configuration key of the pretraining stage, with its default and meaning.
 
+The keys every run has are here; the keys of one method (PSKD.*, CSKD.*, ...) are declared by
+the method itself (``Method.add_config`` in pretrain/methods/), and ``get_cfg`` collects both.
 YAML files in ``configs/pretrain/`` override these defaults (``_BASE_`` chains them), and
 ``KEY VALUE`` pairs on the command line override the files, as in Detectron2.
 """
-from fvcore.common.config import CfgNode
-
-
-class CN(CfgNode):
-    """fvcore's CfgNode that also takes an integer where the default is a float: YAML and the
-    command line write ``0`` for ``0.0``, and yacs would refuse it as a type mismatch."""
-
-    def merge_from_other_cfg(self, cfg_other):
-        _ints_to_floats(cfg_other, self)
-        return super().merge_from_other_cfg(cfg_other)
-
-    def merge_from_list(self, cfg_list):
-        cfg_list = list(cfg_list)
-        for i in range(0, len(cfg_list) - 1, 2):
-            default = _lookup(self, cfg_list[i])
-            value = CfgNode._decode_cfg_value(cfg_list[i + 1])
-            if isinstance(default, float) and type(value) is int:
-                cfg_list[i + 1] = float(value)
-        return super().merge_from_list(cfg_list)
-
-
-def _lookup(node, dotted):
-    for part in dotted.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _ints_to_floats(other, defaults):
-    for key, value in other.items():
-        default = defaults.get(key) if isinstance(defaults, CfgNode) else None
-        if isinstance(value, CfgNode):
-            _ints_to_floats(value, default)
-        elif isinstance(default, float) and type(value) is int:
-            other[key] = float(value)
-
+from .config_types import CN
+from .methods import METHODS
 
 _C = CN()
 
@@ -93,80 +60,17 @@ _C.AUG.CUTMIX.ENABLED = False
 _C.AUG.CUTMIX.PROB = 0.5
 # lambda ~ Beta(BETA, BETA); lambda is then recomputed from the box clipped at the border.
 _C.AUG.CUTMIX.BETA = 1.0
-# With PS-KD: "half" (the paper: half of each shuffled mini-batch PS-KD, half CutMix) or
-# "batch" (a whole batch is CutMix-ed with probability PROB). CutMix-ed samples get plain
-# CutMix targets and their predictions are never stored. Other methods always use "batch".
-_C.AUG.CUTMIX.PSKD_MODE = "half"
 
 # ---------------------------------------------------------------------------------------------
 _C.METHOD = CN()
-# baseline | ls | pskd | cskd | tfkd | uskd | nkd | lsskd (docs/methods.md)
+# A name of the method registry, pretrain/methods (docs/methods.md). Each method declares its own
+# keys (LS.*, PSKD.*, CSKD.*, ...) with their defaults in its module (Method.add_config).
 _C.METHOD.NAME = "baseline"
-
-# Label smoothing: (1 - EPSILON) * onehot + EPSILON / K on every class (torch's convention).
-_C.LS = CN()
-_C.LS.EPSILON = 0.1
-
-_C.PSKD = CN()
-# alpha at the last epoch; alpha_e = ALPHA_T * (e + 1) / EPOCHS.
-_C.PSKD.ALPHA_T = 0.8
-# Where past predictions come from: "table" (stored softmax of the last training pass, the
-# authors' code, the CIFAR set-up) or "previous_model" (a frozen copy of the model at the end of
-# the previous epoch run on the current batch: what the paper says it did on ImageNet).
-_C.PSKD.SOURCE = "table"
-# BatchNorm of the previous_model copy (the paper does not say): "eval" (running statistics, as
-# a teacher is used) or "train" (the batch's statistics, as the training forward that fills the
-# table; the copy's running statistics are left unchanged).
-_C.PSKD.PREVIOUS_MODEL_BN = "eval"
-# Storage of the prediction table: "bfloat16" (half the memory; targets off by up to 4e-4 per
-# entry for 1000-class rows at alpha 0.3) or "float32" (exact).
-_C.PSKD.TABLE_DTYPE = "bfloat16"
-# Keep only the top-k probabilities of each row (0 = dense).
-_C.PSKD.TOPK = 0
-
-# CS-KD: CE + LAMBDA * TEMPERATURE^2 * KL(partner || anchor), partners of the anchor's class.
-# Defaults: the CS-KD paper's CIFAR values (ImageNet values were never published).
-_C.CSKD = CN()
-_C.CSKD.TEMPERATURE = 4.0
-_C.CSKD.LAMBDA = 1.0
 
 # A trained model of MODEL.ARCH that teaches (TF-KD, NKD): our model_final.pth / checkpoint or a
 # torchvision state dict.
 _C.TEACHER = CN()
 _C.TEACHER.WEIGHTS = ""
-
-# TF-KD (self-training): (1 - ALPHA) * CE + ALPHA * TEMPERATURE^2 * KL(teacher || student).
-# Defaults: ALPHA and TEMPERATURE of the reference code's ImageNet argparse defaults.
-_C.TFKD = CN()
-_C.TFKD.ALPHA = 0.1
-_C.TFKD.TEMPERATURE = 20.0
-# "batchmean": the KL of each sample, averaged over the batch (the TF-KD paper's equation).
-# "mean": divided by B*K as the reference CIFAR code's nn.KLDivLoss() does, K times weaker
-# (with K = 1000, ALPHA 0.1 and T 20 the KD term is 0.04 x KL).
-_C.TFKD.KL_REDUCTION = "batchmean"
-
-# USKD: CE + ALPHA * L_target + BETA * L_non + MU * (weak head's label-smoothed CE).
-# Defaults: the USKD paper's ImageNet values.
-_C.USKD = CN()
-_C.USKD.ALPHA = 1.0
-_C.USKD.BETA = 0.1
-_C.USKD.MU = 0.005
-
-# LSSKD: CE(y_S) + sum_l CE(branch l, y_S,l) + KD_WEIGHT * deep-to-shallow KL at TEMPERATURE
-# + FEAT_WEIGHT * branch-to-backbone feature MSE, on the batch rotated by 0/90/180/270 degrees;
-# targets softened with the previous epoch's predictions, alpha_e = ALPHA_T * (e + 1) / EPOCHS.
-# The paper gives no values: PS-KD's alpha_T, HSAKD's temperature, unit weights (docs/methods.md).
-_C.LSSKD = CN()
-_C.LSSKD.ALPHA_T = 0.8
-_C.LSSKD.TEMPERATURE = 3.0
-_C.LSSKD.KD_WEIGHT = 1.0
-_C.LSSKD.FEAT_WEIGHT = 1.0
-
-# NKD: CE + L_target + GAMMA * TEMPERATURE^2 * L_non (non-target probabilities renormalised).
-# Defaults: the authors' ImageNet values for ResNet students (yzd-v/cls_KD configs).
-_C.NKD = CN()
-_C.NKD.TEMPERATURE = 1.0
-_C.NKD.GAMMA = 1.5
 
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
@@ -225,5 +129,8 @@ _C.OUTPUT_DIR = "./output"
 
 
 def get_cfg() -> CN:
-    """A fresh copy of the defaults."""
-    return _C.clone()
+    """A fresh copy of the defaults: the general keys above and every method's own keys."""
+    cfg = _C.clone()
+    for method in METHODS.values():
+        method.add_config(cfg)
+    return cfg

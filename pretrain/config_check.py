@@ -4,32 +4,8 @@ The type of a value is checked by the config itself (an integer key refuses 2.5)
 that the value makes sense, so that e.g. ``PSKD.ALPHA_T 1.5`` (negative soft targets) or
 ``LOG_PERIOD 0`` (a division by zero hours into a run) stops at once, naming the key.
 """
-import math
-
-
-class Range:
-    """An interval with optionally open ends; ``None`` is unbounded."""
-
-    def __init__(self, low=None, high=None, low_open=False, high_open=False):
-        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
-
-    def __contains__(self, value):
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
-
-    def __str__(self):
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-
-POSITIVE = Range(0, low_open=True)
-AT_LEAST_ONE = Range(1)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1)
+from .config_types import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range
+from .methods import METHODS
 
 RANGES = {
     "MODEL.NUM_CLASSES": AT_LEAST_ONE,
@@ -40,22 +16,8 @@ RANGES = {
     "INPUT.LIGHTING_STD": NON_NEGATIVE,
     "AUG.CUTMIX.PROB": FRACTION,
     "AUG.CUTMIX.BETA": POSITIVE,
-    "LS.EPSILON": FRACTION,
-    "PSKD.ALPHA_T": FRACTION,
-    "PSKD.TOPK": NON_NEGATIVE,
-    "CSKD.TEMPERATURE": POSITIVE,
-    "CSKD.LAMBDA": NON_NEGATIVE,
-    "TFKD.ALPHA": FRACTION,
-    "TFKD.TEMPERATURE": POSITIVE,
-    "USKD.ALPHA": NON_NEGATIVE,
-    "USKD.BETA": NON_NEGATIVE,
-    "USKD.MU": NON_NEGATIVE,
-    "NKD.TEMPERATURE": POSITIVE,
-    "NKD.GAMMA": NON_NEGATIVE,
-    "LSSKD.ALPHA_T": FRACTION,
-    "LSSKD.TEMPERATURE": POSITIVE,
-    "LSSKD.KD_WEIGHT": NON_NEGATIVE,
-    "LSSKD.FEAT_WEIGHT": NON_NEGATIVE,
+    # Each method's own keys, declared with the method (Method.config_ranges).
+    **{key: values for method in METHODS.values() for key, values in method.config_ranges.items()},
     "SOLVER.EPOCHS": AT_LEAST_ONE,
     "SOLVER.IMS_PER_BATCH": AT_LEAST_ONE,
     "SOLVER.BASE_LR": POSITIVE,
@@ -95,12 +57,12 @@ def numeric_keys(cfg, prefix=""):
 
 
 def validate_config(cfg):
-    """Raise ValueError naming every numeric key outside its range (and PSKD.TOPK above the
-    number of classes)."""
+    """Raise ValueError naming every numeric key outside its range, or, when all are in range,
+    every bound a method sets between its keys and others (``Method.config_problems``, e.g.
+    PSKD.TOPK above the number of classes)."""
     problems = [f"{key} is {_get(cfg, key)}, must be {RANGES[key]}"
                 for key in RANGES if _get(cfg, key) not in RANGES[key]]
-    if not problems and cfg.PSKD.TOPK > cfg.MODEL.NUM_CLASSES:
-        problems.append(f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
-                        f"({cfg.MODEL.NUM_CLASSES})")
+    if not problems:
+        problems = [p for method in METHODS.values() for p in method.config_problems(cfg)]
     if problems:
         raise ValueError("config value out of range: " + "; ".join(problems))

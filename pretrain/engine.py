@@ -21,7 +21,7 @@ from .checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weigh
 from .data import build_dataset, build_train_loader, build_val_loader
 from .events import TrainingEvents, format_metrics, setup_logging
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
-from .methods import MethodContext, build_method
+from .methods import MethodContext, build_method, method_label
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_model, memory_format
 from .run_folder import check_same_run, check_unfinished, dataset_fingerprint, eval_only_outputs
@@ -264,8 +264,8 @@ class Trainer:
     # -- outputs ----------------------------------------------------------------------------
     def write_eval(self, metrics, stats, metrics_path, reliability_path):
         atomic_write_json(metrics_path, metrics)
-        plot_reliability_diagram(stats, reliability_path,
-                                 title=self.cfg.METHOD.NAME + (" + CutMix" if self.cfg.AUG.CUTMIX.ENABLED else ""))
+        title = method_label(self.cfg.METHOD.NAME, self.cfg.AUG.CUTMIX.ENABLED)
+        plot_reliability_diagram(stats, reliability_path, title=title)
 
     def write_final(self, metrics, stats):
         if self.rank == 0:

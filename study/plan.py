@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-from detection.report import method_label
+from pretrain.methods import method_label
 
 PYTHON = sys.executable
 # Outputs that are runs (a folder with checkpoints): once started, only --resume continues them.

@@ -15,13 +15,15 @@ import yaml
 from detection.report import PAPER_TABLE5, read_run
 from pretrain.fileio import atomic_open, atomic_write_text
 from pretrain.metrics import METRIC_KEYS, METRIC_LABELS
+from pretrain.methods import method_label
 
 from .statistics import ScoredRun, bootstrap_weights, mean_std, paired_ap_interval, seed_interval
 
-BASELINE = "Baseline"
+BASELINE = method_label("baseline")
 PAPER_ARCH = "resnet152"
 # The PS-KD paper, Table 4: ResNet-152 ImageNet top-1 error (%).
-PAPER_TOP1_ERR = {"Baseline": 22.19, "PS-KD": 21.41, "PS-KD + CutMix": 20.76}
+PAPER_TOP1_ERR = {BASELINE: 22.19, method_label("pskd"): 21.41,
+                  method_label("pskd", cutmix=True): 20.76}
 SHOWN_METRICS = tuple((key, METRIC_LABELS[key]) for key in ("top1_err", "ece", "aurc"))
 
 

@@ -1,25 +1,22 @@
-"""tools/demo.py end to end at its smallest size, the way a newcomer meets it: first without
+"""tools/demo.py (study/demo.py) end to end at its smallest size, the way a newcomer meets it: first without
 Detectron2 (every step that does not need it, then the install instructions), then, where
 Detectron2 is installed, the remaining steps with --from detection on the same output folder."""
 import argparse
-import importlib.util
+import contextlib
+import io
 import json
 import os
 
 import pytest
 
 from conftest import require_detectron2
+from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS as METHODS_OF_THE_TOOLKIT
+from study import demo
+from tools.demo import main as demo_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["baseline", "pskd"]  # two backbones keep the test short; `make demo` runs three
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("demo_tool", os.path.join(ROOT, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(md_path):
@@ -30,25 +27,19 @@ def table_rows(md_path):
 
 @pytest.fixture(scope="module")
 def demo_without_d2(tmp_path_factory):
-    """The tiny demo run as if Detectron2 were absent (the tools it runs do not need it)."""
-    demo = load_demo()
-    demo.detectron2_installed = lambda: False
+    """The tiny demo run as if Detectron2 were absent (the tools it runs do not need it); its
+    console output (module-scoped, so captured here rather than by capsys)."""
     out = str(tmp_path_factory.mktemp("demo") / "out")
-    captured = []
-    real_print = print
-
-    def capture(*args, **kwargs):
-        captured.append(" ".join(str(a) for a in args))
-        real_print(*args, **kwargs)
-
-    demo.print = capture  # module-level name lookup finds this before the builtin
-    rc = demo.main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS)])
-    return demo, out, rc, "\n".join(captured)
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(demo, "detectron2_installed", lambda: False)
+        rc = demo_main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS)])
+    return out, rc, stdout.getvalue()
 
 
 @pytest.mark.slow
 def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_without_d2):
-    _, out, rc, stdout = demo_without_d2
+    out, rc, stdout = demo_without_d2
     assert rc == 0
     summary = json.load(open(os.path.join(out, "demo_steps.json")))
     status = {s["stage"]: set() for s in summary["steps"]}
@@ -80,10 +71,9 @@ def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_witho
 @pytest.mark.detectron2
 def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
     require_detectron2()
-    demo, out, rc, _ = demo_without_d2
+    out, rc, _ = demo_without_d2
     assert rc == 0
-    demo = load_demo()  # a fresh copy: Detectron2 visible again
-    assert demo.main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS), "--det-iters", "2",
+    assert demo_main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS), "--det-iters", "2",
                       "--from", "detection"]) == 0
     stdout = capsys.readouterr().out
     assert "fine-tuning Faster R-CNN R-18 FPN from the PS-KD backbone (2 iterations)" in stdout
@@ -101,10 +91,9 @@ def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
 
 
 def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
-    demo = load_demo()
-    monkeypatch.setitem(demo.METHODS, "baseline", ("Baseline", "no_such_config.yaml"))
+    monkeypatch.setitem(demo.CONFIGS, "baseline", "no_such_config.yaml")
     out = str(tmp_path / "out")
-    assert demo.main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"]) == 1
+    assert demo_main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"]) == 1
     err = capsys.readouterr().err
     log = os.path.join(out, "logs", "03_pretrain.log")
     assert "DEMO FAILED at step [3/7] pretraining Baseline backbone" in err
@@ -118,14 +107,12 @@ def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_from_a_later_stage_needs_the_earlier_outputs(tmp_path):
-    demo = load_demo()
     with pytest.raises(SystemExit, match="--from convert reuses earlier steps' outputs"):
-        demo.main(["--out", str(tmp_path / "empty"), "--from", "convert", "--skip-detection"])
+        demo_main(["--out", str(tmp_path / "empty"), "--from", "convert", "--skip-detection"])
 
 
 @pytest.mark.parametrize("taught", ["tfkd", "nkd"])
 def test_demo_methods_taught_by_the_baseline_need_it_first(taught):
-    demo = load_demo()
     assert demo.parse_methods(f"baseline,{taught}") == ["baseline", taught]
     for methods in (taught, f"{taught},baseline"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"{taught}'s teacher is the baseline"):
@@ -134,4 +121,12 @@ def test_demo_methods_taught_by_the_baseline_need_it_first(taught):
 
 def test_demo_offers_every_method():
     # pskd_cutmix is PS-KD with a config of its own.
-    assert set(load_demo().METHODS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)
+    assert set(demo.CONFIGS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)
+
+
+@pytest.mark.parametrize("run", sorted(demo.CONFIGS))
+def test_demo_run_config_trains_the_method_its_name_says(run):
+    cfg = setup_cfg(os.path.join(demo.PRETRAIN_CONFIGS, demo.CONFIGS[run]))
+    assert (cfg.METHOD.NAME, cfg.AUG.CUTMIX.ENABLED) == demo.run_method(run)
+    label = "PS-KD + CutMix" if run == "pskd_cutmix" else METHODS_OF_THE_TOOLKIT[run].label
+    assert demo.run_label(run) == label

@@ -1,4 +1,4 @@
-"""Each method's loss against its definition (docs/methods.md, SPEC sec. 1-2) on fixed tensors
+"""Each method's loss against its definition (docs/methods.md, the papers' equations) on fixed tensors
 with hand-computed values; PS-KD with CutMix and with the previous-epoch model; CS-KD's pair
 sampler; USKD's head; config validation and describe()."""
 import math

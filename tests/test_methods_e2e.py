@@ -103,7 +103,6 @@ def test_method_resumes_mid_epoch_bit_exactly(single_runs, data_root, teacher, t
 
 DRIVER = """
 import json, sys
-sys.path.insert(0, {root!r})
 from pretrain import distributed as du
 from pretrain.cli import setup_cfg
 from pretrain.engine import Trainer
@@ -119,7 +118,7 @@ du.destroy()
 @pytest.mark.slow
 def test_every_method_trains_two_epochs_with_two_processes(data_root, teacher, tmp_path):
     driver = tmp_path / "train_all.py"
-    driver.write_text(DRIVER.format(root=ROOT))
+    driver.write_text(DRIVER)
     runs = {name: run_args(name, data_root, teacher, str(tmp_path / name)) for name in RUNS}
     (tmp_path / "runs.json").write_text(json.dumps(list(runs.values())))
     run_tool([str(driver), str(tmp_path / "runs.json")], nproc=2, timeout=600)

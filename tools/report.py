@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+# Python puts this script's folder first on sys.path, where tools/pretrain.py and tools/study.py
+# would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.report import write_report  # noqa: E402

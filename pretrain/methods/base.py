@@ -34,13 +34,32 @@ class Method:
     keeps (a teacher, a frozen copy, PS-KD's prediction table).
 
     CutMix (AUG.CUTMIX) is available to every method through ``mix_batch``.
+
+    Everything else the project knows about a method is declared here too, and read from the
+    registry (``METHODS`` in pretrain/methods/__init__.py): its METHOD.NAME (``name``), the label
+    tables and plots show (``label``), its config keys with their defaults (``add_config``) and
+    the range of each numeric one (``config_ranges``).
     """
 
     name = ""
+    label = ""
     # True for methods taught by a trained model given by TEACHER.WEIGHTS (see ``build_teacher``;
     # a study runs such a method after its teacher's pretraining).
     needs_teacher = False
     teacher = None  # the teacher module of a method that needs one
+    # {"KEY.NAME": Range} for every numeric key ``add_config`` declares (pretrain/config_check.py).
+    config_ranges = {}
+
+    @staticmethod
+    def add_config(cfg):
+        """Declare the method's own config keys with their defaults on ``cfg`` (as Detectron2
+        projects' ``add_*_config``); ``pretrain.config.get_cfg`` calls it for every method."""
+
+    @classmethod
+    def config_problems(cls, cfg):
+        """What is wrong with the method's keys beyond their ranges (a bound set by another
+        key), as phrases for ``validate_config``."""
+        return []
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx

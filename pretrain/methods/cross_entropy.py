@@ -1,6 +1,7 @@
 """Baseline cross-entropy and label smoothing."""
 import torch.nn.functional as F
 
+from ..config_types import CN, FRACTION
 from .base import Method, soft_cross_entropy
 
 
@@ -9,6 +10,7 @@ class CrossEntropy(Method):
     area-mixed one-hot targets (= lam * CE(y_a) + (1 - lam) * CE(y_b), the CutMix reference)."""
 
     name = "baseline"
+    label = "Baseline"
 
     def settings(self):
         return ["cross-entropy"]
@@ -27,6 +29,14 @@ class LabelSmoothing(Method):
     With CutMix the mixed target is smoothed (the same as mixing the smoothed targets)."""
 
     name = "ls"
+    label = "LS"
+    config_ranges = {"LS.EPSILON": FRACTION}
+
+    @staticmethod
+    def add_config(cfg):
+        # Label smoothing: (1 - EPSILON) * onehot + EPSILON / K on every class (torch's convention).
+        cfg.LS = CN()
+        cfg.LS.EPSILON = 0.1
 
     def settings(self):
         return [f"epsilon {self.ctx.cfg.LS.EPSILON:g}, eps/K on every class (torch's convention)"]

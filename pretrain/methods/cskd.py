@@ -3,6 +3,7 @@ sample is pulled towards the prediction on another sample of the same class."""
 import torch
 from torch.utils.data import Sampler
 
+from ..config_types import CN, NON_NEGATIVE, POSITIVE
 from ..samplers import ShardedSampler, sample_seed
 from .base import Method, distillation_kl, soft_cross_entropy
 
@@ -82,6 +83,17 @@ class ClassWiseSelfKD(Method):
     """
 
     name = "cskd"
+    label = "CS-KD"
+    config_ranges = {"CSKD.TEMPERATURE": POSITIVE, "CSKD.LAMBDA": NON_NEGATIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        # CS-KD: CE + LAMBDA * TEMPERATURE^2 * KL(partner || anchor), partners of the anchor's
+        # class.
+        # Defaults: the CS-KD paper's CIFAR values (ImageNet values were never published).
+        cfg.CSKD = CN()
+        cfg.CSKD.TEMPERATURE = 4.0
+        cfg.CSKD.LAMBDA = 1.0
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_types import CN, FRACTION, NON_NEGATIVE, POSITIVE
 from ..distributed import get_world_size
 from .base import Method, distillation_kl, module_bytes, soft_cross_entropy
 from .pskd import alpha_at
@@ -134,6 +135,22 @@ class LayeredSelfSupervisedKD(Method):
     """
 
     name = "lsskd"
+    label = "LSSKD"
+    config_ranges = {"LSSKD.ALPHA_T": FRACTION, "LSSKD.TEMPERATURE": POSITIVE,
+                     "LSSKD.KD_WEIGHT": NON_NEGATIVE, "LSSKD.FEAT_WEIGHT": NON_NEGATIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        # LSSKD: CE(y_S) + sum_l CE(branch l, y_S,l) + KD_WEIGHT * deep-to-shallow KL at TEMPERATURE
+        # + FEAT_WEIGHT * branch-to-backbone feature MSE, on the batch rotated by 0/90/180/270
+        # degrees; targets softened with the previous epoch's predictions,
+        # alpha_e = ALPHA_T * (e + 1) / EPOCHS. The paper gives no values: PS-KD's alpha_T,
+        # HSAKD's temperature, unit weights (docs/methods.md).
+        cfg.LSSKD = CN()
+        cfg.LSSKD.ALPHA_T = 0.8
+        cfg.LSSKD.TEMPERATURE = 3.0
+        cfg.LSSKD.KD_WEIGHT = 1.0
+        cfg.LSSKD.FEAT_WEIGHT = 1.0
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -5,6 +5,7 @@ one before they are matched."""
 import torch
 import torch.nn.functional as F
 
+from ..config_types import CN, NON_NEGATIVE, POSITIVE
 from .base import Method, build_teacher, describe_teacher, soft_cross_entropy
 
 
@@ -49,7 +50,18 @@ class NormalizedKD(Method):
     """
 
     name = "nkd"
+    label = "NKD"
     needs_teacher = True
+    config_ranges = {"NKD.TEMPERATURE": POSITIVE, "NKD.GAMMA": NON_NEGATIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        # NKD: CE + L_target + GAMMA * TEMPERATURE^2 * L_non (non-target probabilities
+        # renormalised).
+        # Defaults: the authors' ImageNet values for ResNet students (yzd-v/cls_KD configs).
+        cfg.NKD = CN()
+        cfg.NKD.TEMPERATURE = 1.0
+        cfg.NKD.GAMMA = 1.5
 
     def __init__(self, ctx):
         super().__init__(ctx)

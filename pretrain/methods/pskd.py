@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..config_types import CN, FRACTION, NON_NEGATIVE
 from ..cutmix import CutMix
 from ..distributed import get_world_size
 from ..prediction_table import PredictionTable
@@ -153,6 +154,40 @@ class ProgressiveSelfKD(Method):
     """
 
     name = "pskd"
+    label = "PS-KD"
+    config_ranges = {"PSKD.ALPHA_T": FRACTION, "PSKD.TOPK": NON_NEGATIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        cfg.PSKD = CN()
+        # alpha at the last epoch; alpha_e = ALPHA_T * (e + 1) / EPOCHS.
+        cfg.PSKD.ALPHA_T = 0.8
+        # Where past predictions come from: "table" (stored softmax of the last training pass, the
+        # authors' code, the CIFAR set-up) or "previous_model" (a frozen copy of the model at the
+        # end of the previous epoch run on the current batch: what the paper says it did on
+        # ImageNet).
+        cfg.PSKD.SOURCE = "table"
+        # BatchNorm of the previous_model copy (the paper does not say): "eval" (running
+        # statistics, as a teacher is used) or "train" (the batch's statistics, as the training
+        # forward that fills the table; the copy's running statistics are left unchanged).
+        cfg.PSKD.PREVIOUS_MODEL_BN = "eval"
+        # Storage of the prediction table: "bfloat16" (half the memory; targets off by up to 4e-4
+        # per entry for 1000-class rows at alpha 0.3) or "float32" (exact).
+        cfg.PSKD.TABLE_DTYPE = "bfloat16"
+        # Keep only the top-k probabilities of each row (0 = dense).
+        cfg.PSKD.TOPK = 0
+        # With CutMix (AUG.CUTMIX.ENABLED): "half" (the paper: half of each shuffled mini-batch
+        # PS-KD, half CutMix) or "batch" (a whole batch is CutMix-ed with probability
+        # AUG.CUTMIX.PROB). CutMix-ed samples get plain CutMix targets and their predictions are
+        # never stored. Other methods always use "batch".
+        cfg.AUG.CUTMIX.PSKD_MODE = "half"
+
+    @classmethod
+    def config_problems(cls, cfg):
+        if cfg.PSKD.TOPK > cfg.MODEL.NUM_CLASSES:
+            return [f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
+                    f"({cfg.MODEL.NUM_CLASSES})"]
+        return []
 
     def __init__(self, ctx):
         super().__init__(ctx)

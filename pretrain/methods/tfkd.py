@@ -2,6 +2,7 @@
 of the same architecture teaches the student."""
 import torch
 
+from ..config_types import CN, FRACTION, POSITIVE
 from .base import (
     Method,
     build_teacher,
@@ -34,7 +35,21 @@ class TeacherFreeKD(Method):
     """
 
     name = "tfkd"
+    label = "TF-KD"
     needs_teacher = True
+    config_ranges = {"TFKD.ALPHA": FRACTION, "TFKD.TEMPERATURE": POSITIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        # TF-KD (self-training): (1 - ALPHA) * CE + ALPHA * TEMPERATURE^2 * KL(teacher || student).
+        # Defaults: ALPHA and TEMPERATURE of the reference code's ImageNet argparse defaults.
+        cfg.TFKD = CN()
+        cfg.TFKD.ALPHA = 0.1
+        cfg.TFKD.TEMPERATURE = 20.0
+        # "batchmean": the KL of each sample, averaged over the batch (the TF-KD paper's equation).
+        # "mean": divided by B*K as the reference CIFAR code's nn.KLDivLoss() does, K times weaker
+        # (with K = 1000, ALPHA 0.1 and T 20 the KD term is 0.04 x KL).
+        cfg.TFKD.KL_REDUCTION = "batchmean"
 
     def __init__(self, ctx):
         super().__init__(ctx)

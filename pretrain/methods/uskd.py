@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config_types import CN, NON_NEGATIVE
 from .base import Method, soft_cross_entropy
 
 # The weak head's label smoothing, fixed in the reference code.
@@ -94,6 +95,17 @@ class UniversalSelfKD(Method):
     handling of mixed labels)."""
 
     name = "uskd"
+    label = "USKD"
+    config_ranges = {"USKD.ALPHA": NON_NEGATIVE, "USKD.BETA": NON_NEGATIVE, "USKD.MU": NON_NEGATIVE}
+
+    @staticmethod
+    def add_config(cfg):
+        # USKD: CE + ALPHA * L_target + BETA * L_non + MU * (weak head's label-smoothed CE).
+        # Defaults: the USKD paper's ImageNet values.
+        cfg.USKD = CN()
+        cfg.USKD.ALPHA = 1.0
+        cfg.USKD.BETA = 0.1
+        cfg.USKD.MU = 0.005
 
     def __init__(self, ctx):
         super().__init__(ctx)
