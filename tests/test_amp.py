@@ -79,7 +79,7 @@ def test_float16_step_scales_unscales_and_updates_the_scaler():
     for amp in (None, torch.float16):
         model = small_cnn()
         dtypes = []
-        model[-1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+        model[-1].register_forward_hook(lambda module, inputs, output, seen=dtypes: seen.append(output.dtype))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if amp else None
         before = [p.detach().clone() for p in model.parameters()]

@@ -109,9 +109,9 @@ def test_training_images_are_padded_crops_and_flips_seeded_per_sample(cifar):
         # Which 32x32 window of the 4-pixel zero-padded image, flipped or not, this is.
         pixels = image * STD + MEAN
         padded = torch.nn.functional.pad(as_image(rows[index]), (4, 4, 4, 4))
-        matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                   if torch.allclose(pixels, (lambda w: w.flip(-1) if flip else w)(padded[:, dy:dy + 32, dx:dx + 32]),
-                                     atol=1e-5)]
+        windows = {(dy, dx): padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)}
+        matches = [(dy, dx, flip) for (dy, dx), window in windows.items() for flip in (False, True)
+                   if torch.allclose(pixels, window.flip(-1) if flip else window, atol=1e-5)]
         assert len(matches) == 1, (index, matches)
         found.add(matches[0])
     # The draws vary: shifted and unshifted, flipped and not.
