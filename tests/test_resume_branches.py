@@ -114,18 +114,20 @@ def as_written_by(state, world_size, iters_per_epoch=None):
 
 
 @pytest.fixture(scope="module")
-def trainer(first_run, synthetic_root, tmp_path_factory, one_thread):
+def trainer(synthetic_root, tmp_path_factory, one_thread):
+    """A Trainer of the run's config (its set-up only); its log handlers are removed afterwards."""
     from pretrain.cli import setup_cfg
     from pretrain.engine import Trainer
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     out = str(tmp_path_factory.mktemp("trainer"))
-    yield Trainer(setup_cfg(CONFIG, ["DATA.ROOT", synthetic_root, "OUTPUT_DIR", out, *SHORT]))
-    for handler in root.handlers:
-        if handler not in handlers:
-            handler.close()
-    root.handlers[:] = handlers
+    built = Trainer(setup_cfg(CONFIG, ["DATA.ROOT", synthetic_root, "OUTPUT_DIR", out, *SHORT]))
+    added = [handler for handler in root.handlers if handler not in handlers]
+    yield built
+    for handler in added:
+        root.removeHandler(handler)
+        handler.close()
     root.setLevel(level)
 
 
