@@ -45,8 +45,9 @@ def checkpoint_iteration(path):
 
 
 def periodic_checkpoints(output_dir):
-    """Periodic checkpoint paths, newest (highest iteration) first."""
-    paths = [p for p in glob.glob(os.path.join(output_dir, "model_*.pth")) if _PERIODIC.search(p)]
+    """Periodic checkpoint paths, newest (highest iteration) first. The folder's name is escaped:
+    a run folder named e.g. ``run[12]`` must not match another run's ``run1/`` or ``run2/``."""
+    paths = [p for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth")) if _PERIODIC.search(p)]
     return sorted(paths, key=checkpoint_iteration, reverse=True)
 
 

@@ -24,7 +24,8 @@ from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, rem
 from .methods import MethodContext, build_method, method_label
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_model, memory_format
-from .run_folder import check_same_run, check_unfinished, dataset_fingerprint, eval_only_outputs
+from .run_folder import (CONFIG_FILE, check_same_run, check_same_started_run, check_unfinished, dataset_fingerprint,
+                         eval_only_outputs, started_config)
 
 logger = logging.getLogger("pretrain")
 
@@ -110,7 +111,7 @@ class Trainer:
         cfg = self.cfg
         start_epoch, start_step = self.resume() if resume else (0, 0)
         if self.rank == 0:
-            config_path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+            config_path = os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE)
             if not os.path.isfile(config_path):  # a resumed run keeps the config it started with
                 atomic_write_text(config_path, cfg.dump())
             self.events.open(self.iteration if resume else None)
@@ -139,6 +140,8 @@ class Trainer:
         path, state = load_resume_checkpoint(cfg.OUTPUT_DIR)
         if state is None:
             logger.info("no readable checkpoint in %s: starting from scratch", cfg.OUTPUT_DIR)
+            saved = du.broadcast_object(started_config(cfg.OUTPUT_DIR) if self.rank == 0 else None)
+            check_same_started_run(cfg.OUTPUT_DIR, saved, cfg)
         else:
             check_same_run(path, state, cfg, self.checkpointer.data_fingerprint)
         du.barrier()  # every rank has checked before rank 0 removes or writes anything

@@ -16,6 +16,8 @@ from .fileio import OutputWriteError
 
 # Files a failed set-up may leave in a folder that holds no run yet.
 SETUP_FILES = ("log.txt",)
+# The config a run started with, written when its training starts and kept by a resume.
+CONFIG_FILE = "config.yaml"
 # Written last by a finished run (after model_final.pth).
 FINISHED_MARKER = "eval_final.json"
 
@@ -95,25 +97,46 @@ def config_differences(saved_yaml, cfg):
             if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current.get(key)]
 
 
+def _check_same_config(source, saved_as, saved_yaml, cfg):
+    diffs = config_differences(saved_yaml, cfg)
+    if diffs:
+        listed = "; ".join(f"{key}: {old!r} in the {saved_as}, {new!r} now" for key, old, new in diffs)
+        raise ValueError(f"--resume: {source} was written with another config, and these keys define the run: "
+                         f"{listed}. Resume with the {saved_as}'s values, or start a new run in another "
+                         f"OUTPUT_DIR (keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)})")
+
+
 def check_same_run(checkpoint_path, state, cfg, data_fingerprint):
     """Refuse to resume from ``state`` (a loaded checkpoint) unless it was written by this run:
     the same run-defining keys and the same training files."""
     if "config" not in state:
         raise ValueError(f"checkpoint {checkpoint_path!r} holds no config: it is not a checkpoint of "
                          f"tools/pretrain.py and cannot be resumed")
-    diffs = config_differences(state["config"], cfg)
-    if diffs:
-        listed = "; ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in diffs)
-        raise ValueError(f"--resume: checkpoint {checkpoint_path!r} was written with another config, and these "
-                         f"keys define the run: {listed}. Resume with the checkpoint's values, or start a new "
-                         f"run in another OUTPUT_DIR (keys that may change on resume: "
-                         f"{', '.join(MAY_CHANGE_ON_RESUME)})")
+    _check_same_config(f"checkpoint {checkpoint_path!r}", "checkpoint", state["config"], cfg)
     saved = state.get("trainer", {}).get("data")
     if saved is not None and saved != data_fingerprint:
         raise ValueError(f"--resume: checkpoint {checkpoint_path!r} was trained on other data: {saved['samples']} "
                          f"training samples then, {data_fingerprint['samples']} now under DATA.ROOT "
                          f"{cfg.DATA.ROOT!r} (or the same number with other files or labels); the prediction "
                          f"table and the sampler are keyed by sample index, so the run cannot continue")
+
+
+def started_config(output_dir):
+    """The ``config.yaml`` a run wrote when its training started, as text; None if absent."""
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
+def check_same_started_run(output_dir, saved_yaml, cfg):
+    """--resume without a readable checkpoint starts the run over and keeps its ``config.yaml``
+    (``saved_yaml``, None if none was written): refuse unless the run-defining keys are the
+    ones in it, or the folder would hold a run that its config.yaml mislabels."""
+    if saved_yaml is not None:
+        _check_same_config(f"{os.path.join(output_dir, CONFIG_FILE)!r} (no readable checkpoint: the run would "
+                           f"start over)", CONFIG_FILE, saved_yaml, cfg)
 
 
 def dataset_fingerprint(dataset, root):

@@ -38,7 +38,10 @@ def main(argv=None):
     if args.verify:
         from detection.verify import verify_d2_weights
 
-        print(verify_d2_weights(args.output, DEPTHS[arch]))
+        try:
+            print(verify_d2_weights(args.output, DEPTHS[arch]))
+        except ValueError as e:  # names the file and what did not load
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
