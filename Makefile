@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast mutation demo clean
 
 venv: $(STAMP) $(D2_STAMP)
 
@@ -32,9 +32,18 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
+# Mutation testing of the modules that decide Table 5 (docs/testing.md): not in CI, it takes
+# about MUTATION_MINUTES on 2 cores. Mutants and their temporary files stay under mutants/
+# (git-ignored); `mutmut results` / `mutmut show NAME` inspect a finished run.
+mutation: venv
+	$(PY) -m pip install -q -r requirements-dev.txt
+	mkdir -p mutants/tmp
+	TMPDIR=$(CURDIR)/mutants/tmp OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut export-cicd-stats
+
 demo: venv
 	$(PY) tools/demo.py $(DEMO_ARGS)
 	$(PY) tools/study.py --config-file configs/study/tiny_cpu.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo_output
+	rm -rf $(VENV) .pytest_cache demo_output mutants

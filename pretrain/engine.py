@@ -16,13 +16,12 @@ import sys
 import time
 
 import torch
-from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamScheduler,
-                                           MultiStepParamScheduler)
 
 from . import distributed as du
 from .checkpoint import load_resume_checkpoint, load_weights, save_checkpoint
 from .data import ShardedSampler, build_dataset, build_loader
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from .lr_schedule import build_lr_schedule
 from .methods import MethodContext, build_method
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_resnet
@@ -63,24 +62,6 @@ def setup_logging(output_dir, rank):
         file = _LogFile(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file.setFormatter(fmt)
         root.addHandler(file)
-
-
-def build_lr_schedule(cfg, iters_per_epoch):
-    """Multiplier of BASE_LR as a function of where in training we are (0 <= where < 1):
-    x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
-    epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
-    if steps != sorted(steps) or any(not 0 < s < epochs for s in steps):
-        raise ValueError(f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})")
-    total = epochs * iters_per_epoch
-    schedule = MultiStepParamScheduler(
-        values=[cfg.SOLVER.GAMMA ** i for i in range(len(steps) + 1)],
-        num_updates=total, milestones=[s * iters_per_epoch for s in steps])
-    warmup = cfg.SOLVER.WARMUP_EPOCHS / epochs
-    if warmup <= 0:
-        return schedule
-    return CompositeParamScheduler(
-        [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), schedule],
-        lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "fixed"])
 
 
 def configure_cudnn():
