@@ -77,3 +77,10 @@ def test_paired_interval_uses_the_variance_of_the_resampled_differences():
     assert out == pytest.approx({"diff": d.mean(), "lo": d.mean() - half, "hi": d.mean() + half,
                                  "v_img": v_img, "v_seed": v_seed})
     assert v_img > 0
+
+
+def test_bootstrap_resamples_are_reproducible_from_seed_0():
+    w = bootstrap_weights(6, 4)
+    np.testing.assert_array_equal(w, bootstrap_weights(6, 4, seed=0))
+    assert not np.array_equal(w, bootstrap_weights(6, 4, seed=1))
+    assert w.shape == (4, 6) and (w.sum(axis=1) == 6).all()
