@@ -33,7 +33,7 @@ test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
 # Mutation testing of the modules that decide Table 5 (docs/testing.md): not in CI, it takes
-# about MUTATION_MINUTES on 2 cores. Mutants and their temporary files stay under mutants/
+# hours on 2 cores and resumes where a run stopped. Mutants and their temporary files stay under mutants/
 # (git-ignored); `mutmut results` / `mutmut show NAME` inspect a finished run.
 mutation: venv
 	$(PY) -m pip install -q -r requirements-dev.txt
