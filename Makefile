@@ -13,7 +13,7 @@ EDITABLE_STAMP := $(VENV)/.editable
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast demo clean
+.PHONY: venv test test-fast mutation demo clean
 
 venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
@@ -40,9 +40,18 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
+# Mutation testing of the modules that decide Table 5 (docs/testing.md): not in CI, it takes
+# hours on 2 cores and resumes where a run stopped. Mutants and their temporary files stay under mutants/
+# (git-ignored); `mutmut results` / `mutmut show NAME` inspect a finished run.
+mutation: venv
+	$(PY) -m pip install -q -r requirements-dev.txt
+	mkdir -p mutants/tmp
+	TMPDIR=$(CURDIR)/mutants/tmp OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut export-cicd-stats
+
 demo: venv
 	$(PY) tools/demo.py $(DEMO_ARGS)
 	$(PY) tools/study.py --config-file configs/study/tiny_cpu.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo_output
+	rm -rf $(VENV) .pytest_cache demo_output mutants

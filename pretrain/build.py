@@ -1,9 +1,7 @@
 """What training builds from the config besides the data and the method, for the Trainer and
 tools/benchmark.py alike: the training module (DDP, torch.compile), the SGD optimizer, the
-learning-rate schedule, the autocast dtype and the GradScaler, and the cuDNN setting."""
+autocast dtype and the GradScaler, and the cuDNN setting."""
 import torch
-from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamScheduler,
-                                           MultiStepParamScheduler)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,24 +32,6 @@ def build_optimizer(cfg, module):
     """SGD over ``module``'s parameters (the model and any trainable part of the method)."""
     return torch.optim.SGD(module.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
                            nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-
-
-def build_lr_schedule(cfg, iters_per_epoch):
-    """Multiplier of BASE_LR as a function of where in training we are (0 <= where < 1):
-    x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
-    epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
-    if steps != sorted(steps) or any(not 0 < s < epochs for s in steps):
-        raise ValueError(f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})")
-    total = epochs * iters_per_epoch
-    schedule = MultiStepParamScheduler(
-        values=[cfg.SOLVER.GAMMA ** i for i in range(len(steps) + 1)],
-        num_updates=total, milestones=[s * iters_per_epoch for s in steps])
-    warmup = cfg.SOLVER.WARMUP_EPOCHS / epochs
-    if warmup <= 0:
-        return schedule
-    return CompositeParamScheduler(
-        [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), schedule],
-        lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "fixed"])
 
 
 def build_train_module(cfg, module, device, world_size):

@@ -15,12 +15,12 @@ import time
 import torch
 
 from . import distributed as du
-from .build import (amp_dtype, build_grad_scaler, build_lr_schedule, build_optimizer, build_train_module,
-                    configure_cudnn)
+from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module, configure_cudnn
 from .checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
 from .data import build_dataset, build_train_loader, build_val_loader
 from .events import TrainingEvents, format_metrics, setup_logging
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from .lr_schedule import build_lr_schedule
 from .methods import MethodContext, build_method, method_label
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_model, memory_format

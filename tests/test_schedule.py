@@ -8,7 +8,7 @@ import torch
 
 from pretrain import engine
 from pretrain.cli import setup_cfg
-from pretrain.build import build_lr_schedule
+from pretrain.lr_schedule import build_lr_schedule
 from pretrain.engine import Trainer
 
 from conftest import ROOT

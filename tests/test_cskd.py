@@ -1,0 +1,51 @@
+"""CS-KD units the loss tests leave open: the loader's pair batches, the anchor/partner split of a
+4-D image batch, and the pair sampler's defaults, seed and first epoch."""
+import pytest
+import torch
+import torch.nn.functional as F
+from test_methods import make_method
+
+from pretrain.samplers import ShardedSampler
+from pretrain.methods.cskd import ClassPairSampler, cskd_loss
+
+LABELS = [0, 1, 1, 2, 0, 2, 1, 0, 2, 1]
+
+
+def test_loader_batches_an_anchor_and_a_partner_per_sample():
+    m = make_method("cskd")
+    assert [m.loader_batch_size(b) for b in (1, 3, 64)] == [2, 6, 128]
+
+
+def test_step_splits_a_batch_of_images_into_anchors_then_partners():
+    """Two anchors then their two partners, each a distinct 3-channel image; the network averages
+    each channel, so every image gives its own logits."""
+    m = make_method("cskd", labels=[0, 2], num_classes=3, batch=2, CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.7)
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).view(4, 3, 2, 2).sin()
+
+    def net(x):
+        return x.mean(dim=(2, 3))
+
+    labels = torch.tensor([0, 2, 0, 2])
+    loss, logits = m.training_step(net, images, labels, torch.arange(4))
+    anchors, partners = net(images[:2]), net(images[2:])
+    expected = F.cross_entropy(anchors, labels[:2]) + 0.7 * cskd_loss(anchors, partners, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(logits, anchors)
+
+
+def test_sampler_defaults_are_one_process_seed_0_epoch_0():
+    explicit = ClassPairSampler(LABELS, 3, rank=0, world_size=1, seed=0)
+    explicit.set_epoch(0)
+    assert list(ClassPairSampler(LABELS, 3)) == list(explicit)
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_sampler_anchors_follow_the_sharded_order_of_its_seed(seed):
+    """Anchors are the keys ShardedSampler(seed) gives this rank, partners drawn per position."""
+    for rank in (0, 1):
+        pairs = ClassPairSampler(LABELS, 5, rank=rank, world_size=2, seed=seed)  # one step per epoch
+        anchors = ShardedSampler(len(LABELS), rank, 2, seed=seed)
+        for epoch in (0, 3):
+            pairs.set_epoch(epoch)
+            anchors.set_epoch(epoch)
+            assert list(pairs)[:5] == list(anchors)
