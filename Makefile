@@ -13,7 +13,7 @@ EDITABLE_STAMP := $(VENV)/.editable
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast mutation demo clean
+.PHONY: venv test test-fast lint mutation demo clean
 
 venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
@@ -40,11 +40,22 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow" tests
 
-# Mutation testing of the modules that decide Table 5 (docs/testing.md): not in CI, it takes
-# hours on 2 cores and resumes where a run stopped. Mutants and their temporary files stay under mutants/
-# (git-ignored); `mutmut results` / `mutmut show NAME` inspect a finished run.
-mutation: venv
+# ruff and mutmut, pinned in requirements-dev.txt, into the same venv.
+DEV_STAMP := $(VENV)/.dev-installed
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
 	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# Lint and import order (ruff check) and the formatting (ruff format --check), as pyproject.toml
+# configures them: what CI runs before the tests.
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Mutation testing of the modules that decide Table 5 (docs/testing.md): not in CI, it takes
+# hours on 2 cores and resumes where a run stopped. Mutants and their temporary files stay
+# under mutants/ (git-ignored); `mutmut results` / `mutmut show NAME` inspect a finished run.
+mutation: venv $(DEV_STAMP)
 	mkdir -p mutants/tmp
 	TMPDIR=$(CURDIR)/mutants/tmp OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut export-cicd-stats
