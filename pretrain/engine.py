@@ -20,6 +20,7 @@ from fvcore.common.param_scheduler import (CompositeParamScheduler, LinearParamS
                                            MultiStepParamScheduler)
 
 from . import distributed as du
+from . import faults
 from .checkpoint import load_resume_checkpoint, load_weights, save_checkpoint
 from .data import ShardedSampler, build_dataset, build_loader
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -359,6 +360,7 @@ class Trainer:
                 state["scaler"] = self.scaler.state_dict()
             save_checkpoint(self.cfg.OUTPUT_DIR, self.iteration, state, self.cfg.SOLVER.MAX_TO_KEEP)
         du.barrier()
+        faults.reached(f"checkpoint {self.iteration}")
 
     def load_state(self, state):
         """Restore a checkpoint; returns the (epoch, step) to continue from."""
