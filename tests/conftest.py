@@ -70,10 +70,11 @@ def run_tool(args, nproc=1, timeout=300, check=True, env=None):
     except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} did not end within {timeout} s:\n{stdout[-4000:]}\n{stderr[-4000:]}") from None
+        raise AssertionError(f"{' '.join(cmd)} did not end within {timeout} s:\n{stdout[-4000:]}\n"
+                             f"{stderr[-4000:]}") from None
     proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
     return proc
 
 

@@ -263,7 +263,8 @@ def test_stuck_rank_is_bounded_by_dist_timeout(synthetic_root, tmp_path):
                     env=fault("hang at checkpoint 4 on rank 1"))
     assert proc.returncode != 0
     # Rank 0's own collective timed out after 5 s (gloo's message), and it said why it stopped.
-    assert re.search(r"rank 0 of 2 stopped: .*Timed out waiting 5000ms.*DIST.TIMEOUT_S \(5 s\)", proc.stdout), proc.stdout
+    stopped = r"rank 0 of 2 stopped: .*Timed out waiting 5000ms.*DIST.TIMEOUT_S \(5 s\)"
+    assert re.search(stopped, proc.stdout), proc.stdout
     assert last_checkpoint(out) == os.path.basename(ckpt(out, 4))
 
 
