@@ -398,7 +398,11 @@ class Trainer:
         du.broadcast_buffers(self.model)
         was_training = self.model.training
         self.model.eval()
-        stats, indices = [], []
+        # Empty to start with: a rank may have no validation sample (a set smaller than the world,
+        # or every image of its shard skipped), and then gathers none.
+        none = torch.zeros(0, dtype=torch.long, device=self.device)
+        stats = [per_sample_stats(torch.zeros(0, self.cfg.MODEL.NUM_CLASSES, device=self.device), none)]
+        indices = [none]
         for images, labels, idx, skipped in self.val_loader:
             for path in skipped:
                 logger.warning("skipped unreadable validation image %s", path)
