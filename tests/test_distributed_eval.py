@@ -42,9 +42,12 @@ def _rank_batchnorm_stats(model, rank):
 def _evaluate_worker(rank, world, rendezvous, opts, result):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    from pretrain import distributed as du
     from pretrain.engine import Trainer
 
     try:
+        # Rank 1 holds more rows than rank 0 (the sharded sampler never gives it more).
+        gathered = du.all_gather_cat(torch.full((1 + 2 * rank, 2), float(rank)))
         trainer = Trainer(setup_cfg(CONFIG, opts))
         _rank_batchnorm_stats(trainer.model, rank)
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -54,7 +57,7 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
         trainer.val_loader = build_loader(trainer.val_set, ShardedSampler(1, rank, world, shuffle=False, pad=False),
                                           4, 0, False)
         one_metrics, one_stats = trainer.evaluate()
-        torch.save({"before": before, "after": after, "metrics": metrics, "stats": stats,
+        torch.save({"gathered": gathered, "before": before, "after": after, "metrics": metrics, "stats": stats,
                     "one_metrics": one_metrics, "one_stats": one_stats}, f"{result}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -101,6 +104,7 @@ def test_two_ranks_evaluate_rank_0s_model_like_one_process(odd_root, tmp_path):
     expected = _single_process_stats(opts, rank0)
     assert expected.shape == (15, 4)
     for rank, out in enumerate(ranks):
+        assert torch.equal(out["gathered"], torch.tensor([[0.0, 0.0]] + [[1.0, 1.0]] * 3)), rank
         # Every rank holds rank 0's model after the evaluation (the one rank 0 saves) ...
         for key, value in rank0.items():
             assert torch.equal(out["after"][key], value), (rank, key)
