@@ -2,7 +2,9 @@
 validation set that does not split evenly (15 images: 8 on rank 0, 7 on rank 1), every sample is
 counted once, in sample order, and every rank evaluates rank 0's model even when the ranks'
 BatchNorm statistics differ (as they do after a training step: each rank updates them from its
-own batch). Also when a rank has no validation sample at all."""
+own batch). Also when a rank has no validation sample at all, and for --eval-only (every rank
+loads the weights file)."""
+import json
 import os
 
 import pytest
@@ -53,12 +55,18 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         metrics, stats = trainer.evaluate()
         after = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        # --eval-only: every rank loads the weights file (here rank 1's model, as it was before).
+        weights = os.path.join(os.path.dirname(result), "weights.pth")
+        if rank == 1:
+            torch.save({"model": before}, weights)
+        du.barrier()
+        eval_only = trainer.evaluate_weights(weights)
         # A validation set of one sample: rank 1 has none.
         trainer.val_loader = build_loader(trainer.val_set, ShardedSampler(1, rank, world, shuffle=False, pad=False),
                                           4, 0, False)
         one_metrics, one_stats = trainer.evaluate()
         torch.save({"gathered": gathered, "before": before, "after": after, "metrics": metrics, "stats": stats,
-                    "one_metrics": one_metrics, "one_stats": one_stats}, f"{result}.{rank}")
+                    "eval_only": eval_only, "one_metrics": one_metrics, "one_stats": one_stats}, f"{result}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -103,6 +111,10 @@ def test_two_ranks_evaluate_rank_0s_model_like_one_process(odd_root, tmp_path):
 
     expected = _single_process_stats(opts, rank0)
     assert expected.shape == (15, 4)
+    weights_expected = _single_process_stats(opts, ranks[1]["before"])
+    assert not torch.equal(weights_expected, expected)
+    with open(tmp_path / "out" / "eval_only_weights.json") as f:
+        assert json.load(f) == ranks[0]["eval_only"]
     for rank, out in enumerate(ranks):
         assert torch.equal(out["gathered"], torch.tensor([[0.0, 0.0]] + [[1.0, 1.0]] * 3)), rank
         # Every rank holds rank 0's model after the evaluation (the one rank 0 saves) ...
@@ -111,6 +123,8 @@ def test_two_ranks_evaluate_rank_0s_model_like_one_process(odd_root, tmp_path):
         # ... and gets the metrics of one process: each of the 15 samples once, in sample order.
         assert torch.equal(out["stats"], expected), rank
         assert out["metrics"] == summarize(expected) and out["metrics"]["num_samples"] == 15
-        # One validation sample, none of it on rank 1: the same sample's stats, counted once.
+        assert out["eval_only"] == dict(summarize(weights_expected), weights=str(tmp_path / "weights.pth"))
+        # One validation sample (evaluated with the weights loaded last), none of it on rank 1: the
+        # same sample's stats, counted once (a batch of one: equal up to rounding).
         assert out["one_metrics"]["num_samples"] == 1
-        torch.testing.assert_close(out["one_stats"], expected[:1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out["one_stats"], weights_expected[:1], rtol=1e-5, atol=1e-6)

@@ -135,8 +135,10 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, refere
     proc = run_tool(train_args(synthetic_root, out, "--resume", *method), nproc=nproc)
     assert f"resumed from {ckpt(out, 8)}: epoch 1, step 2" in proc.stdout
     assert_same_weights(final_weights(expected), final_weights(out))
+    torchvision.models.resnet18(num_classes=4).load_state_dict(final_weights(out))  # no DDP prefix
     with open(os.path.join(out, "eval_final.json")) as a, open(os.path.join(expected, "eval_final.json")) as b:
-        assert json.load(a) == json.load(b)
+        final = json.load(a)
+        assert final == json.load(b) and final["num_samples"] == 32
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
