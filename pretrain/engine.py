@@ -294,6 +294,7 @@ class Trainer:
             loss = train_step(self.method, self.train_module, self.optimizer, self.scaler,
                               images, labels, indices, self.amp_dtype if self.amp else None)
             self.iteration += 1
+            faults.reached(f"step {self.iteration}")
             window_iters += 1
             # Device-side bookkeeping only: the host looks at these at log/checkpoint time.
             loss = loss.detach()

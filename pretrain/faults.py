@@ -5,12 +5,13 @@ signal in time (which a loaded machine makes miss).
     PRETRAIN_FAULT="kill at write model_0000008.pth"   SIGKILL once that file's bytes are in its
                                                       temporary file, before the rename
     PRETRAIN_FAULT="kill at checkpoint 8 on rank 1"   SIGKILL rank 1 once checkpoint 8 is complete
-    PRETRAIN_FAULT="hang at checkpoint 4 on rank 1"   rank 1 stays alive but never answers again
-                                                      (a frozen node): a signal ends it
+    PRETRAIN_FAULT="hang at step 1 on rank 1"         rank 1 stays alive after its first training
+                                                      step but never answers again (a frozen
+                                                      node): only a signal ends it
 
 The code names its points with ``reached``: ``write <file name>`` in every atomic write,
-``checkpoint <iteration>`` on every rank after a checkpoint is written. Without the variable
-(every normal run) ``reached`` does nothing.
+``step <iteration>`` after each training step, ``checkpoint <iteration>`` on every rank once a
+checkpoint is written. Without the variable (every normal run) ``reached`` does nothing.
 """
 import os
 import re

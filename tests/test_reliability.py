@@ -261,13 +261,14 @@ def test_stuck_rank_is_bounded_by_dist_timeout(synthetic_root, tmp_path):
     torchrun; the other rank gives up after DIST.TIMEOUT_S, with a message, and the job ends (with
     the default DIST.TIMEOUT_S, 600 s, run_tool's timeout would end the test first)."""
     out = str(tmp_path / "out")
+    # Rank 1 hangs after its first step, before any checkpoint: no legitimate wait (rank 1 at a
+    # barrier while rank 0 writes a checkpoint) comes near the 5 s.
     proc = run_tool(train_args(synthetic_root, out, "DIST.TIMEOUT_S", "5"), nproc=2, check=False,
-                    env=fault("hang at checkpoint 4 on rank 1"))
+                    env=fault("hang at step 1 on rank 1"))
     assert proc.returncode != 0
     # Rank 0's own collective timed out after 5 s (gloo's message), and it said why it stopped.
     stopped = r"rank 0 of 2 stopped: .*Timed out waiting 5000ms.*DIST.TIMEOUT_S \(5 s\)"
     assert re.search(stopped, proc.stdout), proc.stdout
-    assert last_checkpoint(out) == os.path.basename(ckpt(out, 4))
 
 
 # -- atomic writes --------------------------------------------------------------------------------
