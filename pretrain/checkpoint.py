@@ -11,6 +11,7 @@ import re
 import torch
 
 from . import distributed as du
+from . import faults
 from .fileio import atomic_torch_save, atomic_write_text
 from .models import strip_wrapper_prefixes
 
@@ -197,6 +198,7 @@ class TrainingCheckpointer:
                 state["scaler"] = self.scaler.state_dict()
             save_checkpoint(self.cfg.OUTPUT_DIR, iteration, state, self.cfg.SOLVER.MAX_TO_KEEP)
         du.barrier()
+        faults.reached(f"checkpoint {iteration}")
 
     def load(self, state, iters_per_epoch):
         """Restore a checkpoint's ``state``; returns (iteration, epoch, step) to continue from."""

@@ -15,6 +15,7 @@ import time
 import torch
 
 from . import distributed as du
+from . import faults
 from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module, configure_cudnn
 from .checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
 from .data import build_dataset, build_train_loader, build_val_loader
@@ -183,6 +184,7 @@ class Trainer:
             loss = train_step(self.method, self.train_module, self.optimizer, self.scaler,
                               images, labels, indices, self.amp_dtype)
             self.iteration += 1
+            faults.reached(f"step {self.iteration}")
             window_iters += 1
             # Device-side bookkeeping only: the host looks at these at log/checkpoint time.
             loss = loss.detach()
@@ -232,7 +234,11 @@ class Trainer:
         du.broadcast_buffers(self.model)
         was_training = self.model.training
         self.model.eval()
-        stats, indices = [], []
+        # Empty to start with: a rank may have no validation sample (a set smaller than the world,
+        # or every image of its shard skipped), and then gathers none.
+        none = torch.zeros(0, dtype=torch.long, device=self.device)
+        stats = [per_sample_stats(torch.zeros(0, self.cfg.MODEL.NUM_CLASSES, device=self.device), none)]
+        indices = [none]
         for images, labels, idx, skipped in self.val_loader:
             for path in skipped:
                 logger.warning("skipped unreadable validation image %s", path)

@@ -14,6 +14,8 @@ import tempfile
 
 import torch
 
+from . import faults
+
 
 class OutputWriteError(OSError):
     """The system refused to write an output file; the message names the file and the disk."""
@@ -61,6 +63,7 @@ def atomic_open(path, mode="wb"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+            faults.reached(f"write {os.path.basename(path)}")
             f.flush()
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), new_file_mode())

@@ -1,6 +1,7 @@
+import contextlib
 import importlib.util
 import os
-import socket
+import signal
 import subprocess
 import sys
 
@@ -63,21 +64,48 @@ def synthetic_root(tmp_path_factory):
                              train_per_class=24, val_per_class=8, size=64)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def file_rendezvous(folder):
+    """An ``init_process_group`` init method for processes a test starts itself: a file in the
+    test's own folder (a probed free port could be taken by another process before it is bound)."""
+    return f"file://{os.path.join(str(folder), 'rendezvous')}"
 
 
-def run_tool(args, nproc=1, timeout=300, check=True):
-    """Run a tool from tools/ in a subprocess (under torchrun when nproc > 1)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+def run_tool(args, nproc=1, timeout=300, check=True, env=None):
+    """Run a tool from tools/ in a subprocess (under torchrun --standalone when nproc > 1: its
+    rendezvous binds a port of the system's choosing). ``env``: variables to add."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port())] + args
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + args
     else:
         cmd = [sys.executable] + args
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} did not end within {timeout} s:\n{stdout[-4000:]}\n"
+                             f"{stderr[-4000:]}") from None
+    proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
     return proc
+
+
+def descendants(pid):
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own, so a
+    process-group kill would miss them)."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in map(int, f.read().split()):
+                    out += [child] + descendants(child)
+    return out
+
+
+def kill_tree(pid):
+    """SIGKILL ``pid`` and every process below it, so that a test that failed leaves none behind."""
+    for victim in [pid] + descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)

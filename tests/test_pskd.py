@@ -1,7 +1,5 @@
 """PS-KD: alpha schedule, soft targets, the gradient identity of the paper's eq. 7, and the
 prediction table (one-hot start, updates, top-k, checkpoints, and DDP with 2 CPU processes)."""
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,7 +11,7 @@ from torch.utils._pytree import tree_flatten
 from pretrain.methods.pskd import alpha_at, soft_targets
 from pretrain.prediction_table import PredictionTable, table_bytes
 
-from conftest import free_port
+from conftest import file_rendezvous
 
 
 def test_alpha_schedule_grows_linearly_and_ends_at_alpha_T():
@@ -127,9 +125,8 @@ def _rank_probs(rank):
     return torch.tensor([0.6, 0.05, 0.15, 0.2]).roll(rank)
 
 
-def _ddp_worker(rank, world, port, labels, topk, result_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, rendezvous, labels, topk, result_path):
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         num = len(labels)
         table = PredictionTable(labels, 4, torch.device("cpu"), dtype="float32", topk=topk)
@@ -150,7 +147,7 @@ def _ddp_worker(rank, world, port, labels, topk, result_path):
 def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
     labels = [0, 1, 2, 3, 0, 1, 2]
     world = 2
-    mp.start_processes(_ddp_worker, args=(world, free_port(), labels, topk, str(tmp_path / "r")),
+    mp.start_processes(_ddp_worker, args=(world, file_rendezvous(tmp_path), labels, topk, str(tmp_path / "r")),
                        nprocs=world, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"r.{r}") for r in range(world))
     expected = F.one_hot(torch.tensor(labels), 4).float()
@@ -188,9 +185,8 @@ class _AllocatedBytes(TorchDispatchMode):
         return out
 
 
-def _checkpoint_memory_worker(rank, world, port, result_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _checkpoint_memory_worker(rank, world, rendezvous, result_path):
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         num, classes = 1000, 500
         labels = torch.arange(num) % classes
@@ -205,7 +201,7 @@ def _checkpoint_memory_worker(rank, world, port, result_path):
 
 def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
     world = 2
-    mp.start_processes(_checkpoint_memory_worker, args=(world, free_port(), str(tmp_path / "r")),
+    mp.start_processes(_checkpoint_memory_worker, args=(world, file_rendezvous(tmp_path), str(tmp_path / "r")),
                        nprocs=world, start_method="spawn")
     r0 = torch.load(tmp_path / "r.0")
     values = r0["state"]["values"]

@@ -2,6 +2,7 @@
 rank that cannot stops the whole job naming the file and the host, and ranks that resumed at
 different iterations stop it too (2 CPU processes, each with its own OUTPUT_DIR as with
 node-local folders). Checkpoint files are memory-mapped when read."""
+import datetime
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import torch.multiprocessing as mp
 
 from pretrain.checkpoint import load_file
 
-from conftest import ROOT, free_port, run_tool
+from conftest import ROOT, file_rendezvous, run_tool
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 # One epoch of 6 iterations, checkpoints at iterations 3 and 6.
@@ -30,15 +31,16 @@ def test_checkpoint_files_are_memory_mapped(tmp_path):
     assert any(int(lo, 16) <= tensor.data_ptr() < int(hi, 16) for lo, hi in mapped)
 
 
-def _resume_worker(rank, world, port, root, out_dirs, result):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _resume_worker(rank, world, rendezvous, root, out_dirs, result):
     torch.set_num_threads(1)
+    # Joined here (init_distributed then finds the group), as torchrun's workers join in Trainer.
+    torch.distributed.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=30))
     from pretrain import distributed as du
     from pretrain.cli import setup_cfg
     from pretrain.engine import Trainer
 
-    cfg = setup_cfg(CONFIG, ["DATA.ROOT", root, "OUTPUT_DIR", out_dirs[rank], "DIST.TIMEOUT_S", "30"] + SHORT)
+    cfg = setup_cfg(CONFIG, ["DATA.ROOT", root, "OUTPUT_DIR", out_dirs[rank]] + SHORT)
     try:
         trainer = Trainer(cfg)
         trainer.train(resume=True)
@@ -53,8 +55,8 @@ def _resume_worker(rank, world, port, root, out_dirs, result):
 
 def _resume_two_ranks(tmp_path, root, out_dirs):
     result = str(tmp_path / "outcome")
-    context = mp.start_processes(_resume_worker, args=(2, free_port(), root, out_dirs, result), nprocs=2,
-                                 start_method="spawn", join=False)
+    context = mp.start_processes(_resume_worker, args=(2, file_rendezvous(tmp_path), root, out_dirs, result),
+                                 nprocs=2, start_method="spawn", join=False)
     for _ in range(240):  # a hang would otherwise end only with DIST.TIMEOUT_S, per collective
         if context.join(timeout=1):
             break

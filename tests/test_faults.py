@@ -1,0 +1,55 @@
+"""PRETRAIN_FAULT (pretrain/faults.py) acts at its point and rank only, and a malformed value is
+named. The kill and hang themselves stop real runs in tests/test_reliability.py; here they are
+replaced by an exception, so a wrong match cannot stop the test process."""
+import signal
+
+import pytest
+
+from pretrain import faults
+
+
+class Fired(Exception):
+    pass
+
+
+@pytest.fixture
+def actions(monkeypatch):
+    def kill(pid, sig):
+        raise Fired(signal.Signals(sig).name)
+
+    class Event:
+        def wait(self):
+            raise Fired("hang")
+
+    monkeypatch.setattr(faults.os, "kill", kill)
+    monkeypatch.setattr(faults.threading, "Event", Event)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("spec,point,fired", [
+    (None, "checkpoint 8", None),
+    ("kill at checkpoint 8", "checkpoint 8", "SIGKILL"),
+    ("kill at checkpoint 8", "checkpoint 80", None),
+    ("kill at checkpoint 8", "step 8", None),
+    ("kill at checkpoint 8 on rank 0", "checkpoint 8", "SIGKILL"),
+    ("kill at checkpoint 8 on rank 1", "checkpoint 8", None),  # this process is rank 0
+    ("hang at step 1", "step 1", "hang"),
+    ("kill at write model_0000008.pth", "write model_0000008.pth", "SIGKILL"),
+    ("kill at write model_0000008.pth", "write last_checkpoint", None),
+])
+def test_fault_acts_at_its_point_and_rank_only(actions, spec, point, fired):
+    if spec is None:
+        actions.delenv(faults.VARIABLE, raising=False)
+    else:
+        actions.setenv(faults.VARIABLE, spec)
+    if fired is None:
+        faults.reached(point)
+    else:
+        with pytest.raises(Fired, match=fired):
+            faults.reached(point)
+
+
+def test_malformed_fault_is_named(monkeypatch):
+    monkeypatch.setenv(faults.VARIABLE, "crash at step 1")
+    with pytest.raises(ValueError, match="PRETRAIN_FAULT='crash at step 1': expected"):
+        faults.reached("step 1")
