@@ -45,8 +45,17 @@ def depth_in_file(checkpoint):
             counts[stage] = max(counts.get(stage, 0), int(m.group(3)) + 1)
     blocks = tuple(counts.get(s, 0) for s in (1, 2, 3, 4))
     bottleneck = any(re.search(r"\.conv3\.", n) for n in names)
-    found = next((a for a, (b, kind) in ARCHS.items() if b == blocks and (kind == "bottleneck") == bottleneck), None)
-    what = f"R-{DEPTHS[found]}" if found else f"no ResNet-18/34/50/101/152 (blocks per stage {blocks})"
+    found = next(
+        (
+            a
+            for a, (b, kind) in ARCHS.items()
+            if b == blocks and (kind == "bottleneck") == bottleneck
+        ),
+        None,
+    )
+    what = (
+        f"R-{DEPTHS[found]}" if found else f"no ResNet-18/34/50/101/152 (blocks per stage {blocks})"
+    )
     if torchvision_names:
         what += " with torchvision key names (not converted: run tools/convert_to_d2.py)"
     return what
@@ -76,19 +85,25 @@ def check_output_dir(output_dir, eval_only, resume):
     if not found or (resume and not eval_only):
         return
     if eval_only:
-        raise ValueError(f"OUTPUT_DIR {output_dir} holds a fine-tuning run ({', '.join(found)}); --eval-only "
-                         "would overwrite its config.yaml and voc_eval.json: give the evaluation its own "
-                         "OUTPUT_DIR")
-    raise ValueError(f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(found)}): add --resume to "
-                     "continue that run, or choose a new OUTPUT_DIR")
+        raise ValueError(
+            f"OUTPUT_DIR {output_dir} holds a fine-tuning run ({', '.join(found)}); --eval-only "
+            "would overwrite its config.yaml and voc_eval.json: give the evaluation its own "
+            "OUTPUT_DIR"
+        )
+    raise ValueError(
+        f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(found)}): add --resume to "
+        "continue that run, or choose a new OUTPUT_DIR"
+    )
 
 
 def check_backbone_weights(cfg, path):
     """Refuse ``path`` (MODEL.WEIGHTS) unless every ResNet tensor of the config's model is loaded
     from it with the right shape. Builds the model on the CPU and loads the file as training does."""
     if not path:
-        raise WeightsError("set MODEL.WEIGHTS (a .pkl from tools/convert_to_d2.py, or a trained model_final.pth): "
-                           "Detectron2 would otherwise start from random weights")
+        raise WeightsError(
+            "set MODEL.WEIGHTS (a .pkl from tools/convert_to_d2.py, or a trained model_final.pth): "
+            "Detectron2 would otherwise start from random weights"
+        )
     if "://" not in path and not os.path.isfile(path):
         raise WeightsError(f"MODEL.WEIGHTS {path!r} does not exist")
     cfg = copy.deepcopy(cfg)
@@ -110,7 +125,8 @@ def check_backbone_weights(cfg, path):
             f"MODEL.WEIGHTS {path!r} does not initialise this config's backbone: it holds "
             f"{depth_in_file(checkpoint)}, the config expects R-{cfg.MODEL.RESNETS.DEPTH} (MODEL.RESNETS.DEPTH); "
             f"{len(bad) or 'all'} of {len(resnet)} backbone tensors would keep random values "
-            f"({', '.join(sorted(bad or not_loaded)[:3])} ...)")
+            f"({', '.join(sorted(bad or not_loaded)[:3])} ...)"
+        )
 
 
 def check_datasets(cfg):
@@ -134,4 +150,6 @@ class NamedImageMapper(DatasetMapper):
         except SizeMismatchError:  # a readable image whose annotated size is wrong: says so itself
             raise
         except DECODE_ERRORS as exc:
-            raise UnreadableImage(f"cannot read image {dataset_dict['file_name']!r}: {exc}") from exc
+            raise UnreadableImage(
+                f"cannot read image {dataset_dict['file_name']!r}: {exc}"
+            ) from exc

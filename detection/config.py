@@ -21,8 +21,10 @@ def finalize_detection_config(cfg):
     """Resolve and remove the project's keys, so that the config.yaml a run saves is read by plain
     Detectron2; refuse settings the project would silently ignore. Returns the VOC root."""
     if cfg.TEST.AUG.ENABLED:
-        raise ValueError("TEST.AUG.ENABLED: test-time augmentation is not supported by tools/train_net.py "
-                         "(the AP would be reported without it); set it to False")
+        raise ValueError(
+            "TEST.AUG.ENABLED: test-time augmentation is not supported by tools/train_net.py "
+            "(the AP would be reported without it); set it to False"
+        )
     root = voc_root(cfg)
     del cfg.DATASETS["VOC_ROOT"]
     return root

@@ -71,7 +71,9 @@ def load_checkpoint(path):
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file") from None
     except UnreadableCheckpoint as e:
-        raise ConversionError(f"{path} is not a PyTorch checkpoint loadable with weights_only=True ({e})") from e
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint loadable with weights_only=True ({e})"
+        ) from e
     except ValueError as e:  # no state dict inside, or clashing keys once prefixes are stripped
         raise ConversionError(str(e)) from e
 
@@ -85,7 +87,9 @@ def identify_resnet(state_dict, name="checkpoint"):
             stage = int(m.group(1))
             counts[stage] = max(counts.get(stage, 0), int(m.group(2)) + 1)
     blocks = tuple(counts.get(s, 0) for s in (1, 2, 3, 4))
-    kind = "bottleneck" if any(re.match(r"layer\d\.\d+\.conv3\.", k) for k in state_dict) else "basic"
+    kind = (
+        "bottleneck" if any(re.match(r"layer\d\.\d+\.conv3\.", k) for k in state_dict) else "basic"
+    )
     arch = next((a for a, spec in ARCHS.items() if spec == (blocks, kind)), None)
     if arch is None:
         sample = ", ".join(list(state_dict)[:5])

@@ -21,8 +21,8 @@ import yaml
 
 from detection.convert import read_source
 from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
-from pretrain.metrics import METRIC_KEYS
 from pretrain.methods import METHODS, method_label
+from pretrain.metrics import METRIC_KEYS
 
 # The PS-KD paper, Table 5: Faster R-CNN R-152 on VOC07 test, mAP (IoU > 0.5).
 PAPER_TABLE5 = {
@@ -44,7 +44,9 @@ COLUMNS = (
 
 def label_from_dirname(path):
     """Guess the method from a folder name such as ``det_pskd_cutmix`` or ``voc-PS-KD``."""
-    tokens = [t for t in re.split(r"[^a-z0-9]+", os.path.basename(os.path.normpath(path)).lower()) if t]
+    tokens = [
+        t for t in re.split(r"[^a-z0-9]+", os.path.basename(os.path.normpath(path)).lower()) if t
+    ]
     # "ps-kd" splits into "ps", "kd": also try neighbouring pairs joined.
     candidates = tokens + [a + b for a, b in zip(tokens, tokens[1:])]
     method = next((c for c in candidates if c in METHODS), None)
@@ -90,13 +92,17 @@ def _sizes(value):
 def protocol(det_cfg):
     """How a detection run was fine-tuned, from the values in its config.yaml (so overrides
     show): global batch, base lr, iterations and lr steps, train / test short side in px."""
-    batch, lr, iters = (_get(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER"))
+    batch, lr, iters = (
+        _get(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER")
+    )
     if None in (batch, lr, iters):
         return None
     text = f"batch {batch}, lr {lr:g}, {iters:,} it"
     steps = _get(det_cfg, "SOLVER.STEPS")
     if steps:
-        text += " (x{:g} at {})".format(_get(det_cfg, "SOLVER.GAMMA", 0.1), ", ".join(f"{s:,}" for s in steps))
+        text += " (x{:g} at {})".format(
+            _get(det_cfg, "SOLVER.GAMMA", 0.1), ", ".join(f"{s:,}" for s in steps)
+        )
     train, test = _get(det_cfg, "INPUT.MIN_SIZE_TRAIN"), _get(det_cfg, "INPUT.MIN_SIZE_TEST")
     if train is not None and test is not None:
         text += f", train {_sizes(train)} / test {_sizes(test)} px"
@@ -122,8 +128,9 @@ def record_backbone(output_dir, weights):
 
 def _is_pretraining_run(run_dir):
     """A tools/pretrain.py OUTPUT_DIR (eval_final.json, and no VOC evaluation of its own)."""
-    return (os.path.isfile(os.path.join(run_dir, "eval_final.json"))
-            and not os.path.isfile(os.path.join(run_dir, "voc_eval.json")))
+    return os.path.isfile(os.path.join(run_dir, "eval_final.json")) and not os.path.isfile(
+        os.path.join(run_dir, "voc_eval.json")
+    )
 
 
 def _read_pretraining(row, pre_dir):
@@ -141,8 +148,10 @@ def read_run(run_dir, label=None):
     cfg_path = os.path.join(run_dir, "config.yaml")
     eval_path = os.path.join(run_dir, "voc_eval.json")
     if not os.path.isfile(cfg_path) and not os.path.isfile(eval_path):
-        raise FileNotFoundError(f"{run_dir}: neither config.yaml nor voc_eval.json; not a detection "
-                                f"or pretraining run folder")
+        raise FileNotFoundError(
+            f"{run_dir}: neither config.yaml nor voc_eval.json; not a detection "
+            f"or pretraining run folder"
+        )
     row = dict.fromkeys(COLUMNS)
     row["run"] = os.path.basename(os.path.normpath(run_dir))
     if _is_pretraining_run(run_dir):
@@ -166,7 +175,9 @@ def read_run(run_dir, label=None):
         row["backbone_checkpoint"] = source
         pre_cfg = _read_pretraining(row, os.path.dirname(source)) if source else {}
     row["arch"] = _get(pre_cfg, "MODEL.ARCH") or (
-        f"resnet{_get(det_cfg, 'MODEL.RESNETS.DEPTH')}" if _get(det_cfg, "MODEL.RESNETS.DEPTH") else None
+        f"resnet{_get(det_cfg, 'MODEL.RESNETS.DEPTH')}"
+        if _get(det_cfg, "MODEL.RESNETS.DEPTH")
+        else None
     )
 
     method = _get(pre_cfg, "METHOD.NAME")
@@ -187,7 +198,9 @@ def collect(run_dirs, labels=None):
     labels = labels or {}
     rows = [read_run(d, labels.get(os.path.normpath(d))) for d in run_dirs]
     order = list(PAPER_TABLE5)
-    return sorted(rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    return sorted(
+        rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order)
+    )
 
 
 def _fmt(value, digits=2):
@@ -217,7 +230,7 @@ def to_markdown(rows):
         "VOC07 11-point mAP at IoU > 0.5 (AP50), in percent; AP averages IoU 0.50:0.95. Paper values:",
         "PS-KD (ICCV 2021) Table 5, ResNet-152 backbone fine-tuned on VOC07+12 trainval with batch 1,",
         "lr 0.001 for 10 epochs (configs/detection/faster_rcnn_R_152_C4_voc0712_paper.yaml follows that",
-        "protocol). \"Fine-tuning\" is each run's own, read from its config.yaml.",
+        'protocol). "Fine-tuning" is each run\'s own, read from its config.yaml.',
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 4) + ["---"]) + "|",
@@ -245,12 +258,18 @@ def to_markdown(rows):
         ]
     undetected = [r["run"] for r in rows if r["AP50"] is None]
     if undetected:
-        lines += ["", f"No VOC evaluation (voc_eval.json) yet for: {', '.join(undetected)}; their AP columns "
-                      "are empty."]
+        lines += [
+            "",
+            f"No VOC evaluation (voc_eval.json) yet for: {', '.join(undetected)}; their AP columns "
+            "are empty.",
+        ]
     protocols = {r["protocol"] for r in rows if r["protocol"]}
     if len(protocols) > 1:
-        lines += ["", "The rows were fine-tuned with different protocols (Fine-tuning column): compare AP "
-                      "only between rows of the same one."]
+        lines += [
+            "",
+            "The rows were fine-tuned with different protocols (Fine-tuning column): compare AP "
+            "only between rows of the same one.",
+        ]
     reference = ", ".join(f"{k} {v:.2f}" for k, v in PAPER_TABLE5.items())
     lines += ["", f"Paper, all methods: {reference}.", ""]
     return "\n".join(lines)

@@ -130,5 +130,7 @@ def write_voc(root, trainval07=40, test07=20, trainval12=40, size=128, seed=0):
     ids07 = [f"{i:06d}" for i in range(1, trainval07 + test07 + 1)]
     _write_split(rng, root, 2007, "trainval", ids07[:trainval07], size)
     _write_split(rng, root, 2007, "test", ids07[trainval07:], size)
-    _write_split(rng, root, 2012, "trainval", [f"2012_{i:06d}" for i in range(1, trainval12 + 1)], size)
+    _write_split(
+        rng, root, 2012, "trainval", [f"2012_{i:06d}" for i in range(1, trainval12 + 1)], size
+    )
     return root

@@ -45,9 +45,13 @@ def verify_d2_weights(pkl_path, depth):
     if incompatible.incorrect_shapes:
         problems.append(f"shape mismatches: {incompatible.incorrect_shapes[:5]}")
     loaded = backbone.state_dict()
-    differing = [k for k, v in source.items() if k in loaded and not np.array_equal(loaded[k].numpy(), v)]
+    differing = [
+        k for k, v in source.items() if k in loaded and not np.array_equal(loaded[k].numpy(), v)
+    ]
     if differing:
         problems.append(f"weights loaded with other values: {differing[:5]}")
     if problems:
-        raise ValueError(f"{pkl_path} does not load into Detectron2's R-{depth}: " + "; ".join(problems))
+        raise ValueError(
+            f"{pkl_path} does not load into Detectron2's R-{depth}: " + "; ".join(problems)
+        )
     return f"verified: all {len(loaded)} weights of Detectron2's R-{depth} backbone loaded from {pkl_path}"

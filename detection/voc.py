@@ -79,13 +79,18 @@ def read_annotation(path, class_names=CLASS_NAMES, eval_fields=False):
         what = f"object {k}"
         name = _text(obj, "name", path, what)
         if name not in class_names:
-            raise VOCFormatError(f"{path}: {what} has class {name!r}, not one of the {len(class_names)} classes")
+            raise VOCFormatError(
+                f"{path}: {what} has class {name!r}, not one of the {len(class_names)} classes"
+            )
         box = obj.find("bndbox")
         if box is None:
             raise VOCFormatError(f"{path}: {what} has no <bndbox>")
         # The evaluator reads coordinates with int(); the training loader with float().
         coord = int if eval_fields else float
-        bbox = [_number(box, t, path, f"{what} <bndbox>", coord) for t in ("xmin", "ymin", "xmax", "ymax")]
+        bbox = [
+            _number(box, t, path, f"{what} <bndbox>", coord)
+            for t in ("xmin", "ymin", "xmax", "ymax")
+        ]
         _check_box(bbox, width, height, path, f"{what} ({name})")
         if eval_fields:
             _text(obj, "pose", path, what)
@@ -144,7 +149,13 @@ def load_voc_split(dirname, split, class_names=CLASS_NAMES):
             for name, (x0, y0, x1, y1), _ in objects
         ]
         dicts.append(
-            {"file_name": jpeg, "image_id": image_id, "height": height, "width": width, "annotations": instances}
+            {
+                "file_name": jpeg,
+                "image_id": image_id,
+                "height": height,
+                "width": width,
+                "annotations": instances,
+            }
         )
     return dicts
 
@@ -174,7 +185,10 @@ def read_test_annotations(dataset_name):
     meta = MetadataCatalog.get(dataset_name)
     ids = _image_ids(meta.dirname, meta.split)
     anno_template = os.path.join(meta.dirname, "Annotations", "{}.xml")
-    return ids, [read_annotation(anno_template.format(i), meta.thing_classes, eval_fields=True)[2] for i in ids]
+    return ids, [
+        read_annotation(anno_template.format(i), meta.thing_classes, eval_fields=True)[2]
+        for i in ids
+    ]
 
 
 def check_test_split(dataset_name):
@@ -187,7 +201,11 @@ def check_test_split(dataset_name):
 def eval_json_path(cfg, dataset_name):
     """OUTPUT_DIR/voc_eval.json; with several test sets, one file per set."""
     tests = tuple(cfg.DATASETS.TEST)
-    name = "voc_eval.json" if len(tests) <= 1 or dataset_name == tests[0] else f"voc_eval_{dataset_name}.json"
+    name = (
+        "voc_eval.json"
+        if len(tests) <= 1 or dataset_name == tests[0]
+        else f"voc_eval_{dataset_name}.json"
+    )
     return os.path.join(cfg.OUTPUT_DIR, name)
 
 
@@ -239,7 +257,13 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             bbox[f"AP50-{cls_name}"] = float(aps[c, 0])
         results = OrderedDict(bbox=bbox)
         if self._output_file:
-            write_detections(detections_path(self._output_file), self._class_names, image_ids, objects, predictions)
+            write_detections(
+                detections_path(self._output_file),
+                self._class_names,
+                image_ids,
+                objects,
+                predictions,
+            )
             atomic_write_json(self._output_file, self.summary(bbox, num_images))
         return results
 
@@ -273,7 +297,9 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
 def detections_path(eval_json):
     """The raw detections beside an evaluation summary: voc_eval[_<set>].json -> voc_detections[_<set>].npz."""
     folder, name = os.path.split(eval_json)
-    return os.path.join(folder, name.replace("voc_eval", "voc_detections", 1)[: -len(".json")] + ".npz")
+    return os.path.join(
+        folder, name.replace("voc_eval", "voc_detections", 1)[: -len(".json")] + ".npz"
+    )
 
 
 def write_detections(path, class_names, image_ids, objects, predictions):
@@ -293,14 +319,20 @@ def write_detections(path, class_names, image_ids, objects, predictions):
             det_class.append(c)
             det_score.append(float(score))
             det_box.append([float(v) for v in box])
-    gt = [(k, class_names.index(name), box, difficult)
-          for k, objs in enumerate(objects) for name, box, difficult in objs]
+    gt = [
+        (k, class_names.index(name), box, difficult)
+        for k, objs in enumerate(objects)
+        for name, box, difficult in objs
+    ]
     with atomic_open(path, "wb") as f:
         np.savez_compressed(
             f,
-            image_ids=np.array(image_ids), class_names=np.array(class_names),
-            det_image=np.array(det_image, dtype=np.int64), det_class=np.array(det_class, dtype=np.int64),
-            det_score=np.array(det_score, dtype=np.float64), det_box=np.array(det_box, dtype=np.float64).reshape(-1, 4),
+            image_ids=np.array(image_ids),
+            class_names=np.array(class_names),
+            det_image=np.array(det_image, dtype=np.int64),
+            det_class=np.array(det_class, dtype=np.int64),
+            det_score=np.array(det_score, dtype=np.float64),
+            det_box=np.array(det_box, dtype=np.float64).reshape(-1, 4),
             gt_image=np.array([g[0] for g in gt], dtype=np.int64),
             gt_class=np.array([g[1] for g in gt], dtype=np.int64),
             gt_box=np.array([g[2] for g in gt], dtype=np.float64).reshape(-1, 4),

@@ -20,6 +20,7 @@ largest growth within one of its timed rounds. On CUDA the growth is measured wi
 per round through /proc/self/clear_refs), a lower bound since the allocator reuses memory freed
 by the previous round. Units are decimal: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.
 """
+
 import contextlib
 import os
 import platform
@@ -45,14 +46,24 @@ def machine_info(device):
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
     try:
         import torchvision
+
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
@@ -132,27 +143,63 @@ def table_memory(num_samples, num_classes, world, ranks_per_node, topk=(10,), pe
     rows_per_node = min(ranks_per_node, world) * rows
 
     def row(mode, dtype, k, per_node, ckpt, exchange):
-        return {"mode": mode, "dtype": dtype, "topk": k, "num_samples": num_samples, "num_classes": num_classes,
-                "world": world, "ranks_per_node": ranks_per_node, "per_node_mb": per_node / MB,
-                "per_node_gb": per_node / 1e9, "checkpoint_gb": ckpt / 1e9, "exchange_mb_per_step": exchange / MB}
+        return {
+            "mode": mode,
+            "dtype": dtype,
+            "topk": k,
+            "num_samples": num_samples,
+            "num_classes": num_classes,
+            "world": world,
+            "ranks_per_node": ranks_per_node,
+            "per_node_mb": per_node / MB,
+            "per_node_gb": per_node / 1e9,
+            "checkpoint_gb": ckpt / 1e9,
+            "exchange_mb_per_step": exchange / MB,
+        }
 
     out = []
     fp32 = table_bytes(num_samples, num_classes, "float32")
     # The authors' code: a full float32 table in every process, all-gathered softmax each step.
-    out.append(row("authors: full fp32 table per process", "float32", 0, fp32 * min(ranks_per_node, world), fp32,
-                   world * per_rank_batch * (8 + num_classes * 4)))
+    out.append(
+        row(
+            "authors: full fp32 table per process",
+            "float32",
+            0,
+            fp32 * min(ranks_per_node, world),
+            fp32,
+            world * per_rank_batch * (8 + num_classes * 4),
+        )
+    )
     gathered_idx = world * per_rank_batch * 8
     for dtype in ("float32", "bfloat16"):
         item = 4 if dtype == "float32" else 2
-        dense_exchange = 2 * (gathered_idx + world * per_rank_batch * num_classes * item)  # read + write
-        out.append(row("sharded dense", dtype, 0, rows_per_node * num_classes * item,
-                       table_bytes(num_samples, num_classes, dtype), dense_exchange))
+        dense_exchange = 2 * (
+            gathered_idx + world * per_rank_batch * num_classes * item
+        )  # read + write
+        out.append(
+            row(
+                "sharded dense",
+                dtype,
+                0,
+                rows_per_node * num_classes * item,
+                table_bytes(num_samples, num_classes, dtype),
+                dense_exchange,
+            )
+        )
     for k in topk:
         per_row = table_bytes(1, num_classes, "bfloat16", topk=k)
         wire = world * per_rank_batch * k * (2 + 4)  # bf16 values and int32 ids
         exchange = 2 * (gathered_idx + wire)  # read and write both move (value, id) pairs
-        out.append(row(f"sharded top-{k}", "bfloat16", k, rows_per_node * per_row,
-                       table_bytes(num_samples, num_classes, "bfloat16", topk=k), exchange))
+        out.append(
+            row(
+                f"sharded top-{k}",
+                "bfloat16",
+                k,
+                rows_per_node * per_row,
+                table_bytes(num_samples, num_classes, "bfloat16", topk=k),
+                exchange,
+            )
+        )
     return out
 
 
@@ -184,8 +231,16 @@ class MethodRun:
         torch.manual_seed(0)
         self.model = build_model(cfg, device)
         batch = cfg.SOLVER.IMS_PER_BATCH
-        self.method = build_method(MethodContext(cfg=cfg, num_classes=cfg.MODEL.NUM_CLASSES, train_labels=labels,
-                                                 device=device, per_rank_batch=batch, epochs=cfg.SOLVER.EPOCHS))
+        self.method = build_method(
+            MethodContext(
+                cfg=cfg,
+                num_classes=cfg.MODEL.NUM_CLASSES,
+                train_labels=labels,
+                device=device,
+                per_rank_batch=batch,
+                epochs=cfg.SOLVER.EPOCHS,
+            )
+        )
         self.wrapped = self.method.wrap_model(self.model)
         self.optimizer = build_optimizer(cfg, self.wrapped)
         self.amp_dtype = amp_dtype(cfg)
@@ -197,12 +252,14 @@ class MethodRun:
         keys = self.method.loader_batch_size(batch)  # CS-KD: anchors + partners
         gen = torch.Generator().manual_seed(1)
         size = cfg.INPUT.CROP_SIZE
-        self.images = torch.randn(keys, 3, size, size, generator=gen).to(device, memory_format=memory_format(cfg))
+        self.images = torch.randn(keys, 3, size, size, generator=gen).to(
+            device, memory_format=memory_format(cfg)
+        )
         labels = torch.as_tensor(labels)
         order = torch.randperm(len(labels), generator=gen)
         self.steps = []
         for s in range(distinct_steps):
-            idx = order[(s * keys) % len(order):][:keys]
+            idx = order[(s * keys) % len(order) :][:keys]
             self.steps.append((labels[idx].to(device), idx.to(device)))
         self.batch, self.step_count = batch, 0
         self.img_per_s, self.img_per_cpu_s, self.growth = [], [], []
@@ -211,8 +268,16 @@ class MethodRun:
         for _ in range(iters):
             labels, indices = self.steps[self.step_count % len(self.steps)]
             self.step_count += 1
-            train_step(self.method, self.module, self.optimizer, self.scaler, self.images, labels, indices,
-                       self.amp_dtype)
+            train_step(
+                self.method,
+                self.module,
+                self.optimizer,
+                self.scaler,
+                self.images,
+                labels,
+                indices,
+                self.amp_dtype,
+            )
 
     def state_mb(self):
         """The method's persistent tensors: the trained module with its gradients, the optimizer
@@ -249,8 +314,9 @@ def sync_check(device, enabled):
         found += check.syncs
 
 
-def benchmark_training(cfg, specs, device, num_samples, iters, warmup, rounds, distinct_steps=16,
-                       check_syncs=False):
+def benchmark_training(
+    cfg, specs, device, num_samples, iters, warmup, rounds, distinct_steps=16, check_syncs=False
+):
     """One result dict per method spec (``parse_method``), each method's run built from ``cfg``
     with the spec's overrides: ``warmup`` untimed steps, then ``rounds`` rounds of ``iters``
     timed steps (see the module doc); a random training set of ``num_samples`` labels. With
@@ -268,14 +334,16 @@ def benchmark_training(cfg, specs, device, num_samples, iters, warmup, rounds, d
         run.run(warmup)  # also compiles, and creates gradients and optimizer state
     _sync(device)
     for r in range(rounds):
-        for run in runs[r % len(runs):] + runs[: r % len(runs)]:
+        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
             probe.start()
             t0, c0 = time.perf_counter(), time.process_time()
             with sync_check(device, check_syncs) as found:
                 run.run(iters)
             if found:
-                raise RuntimeError(f"--check-syncs: {run.spec} synchronises the host in a training step: "
-                                   + ", ".join(sorted(set(found))))
+                raise RuntimeError(
+                    f"--check-syncs: {run.spec} synchronises the host in a training step: "
+                    + ", ".join(sorted(set(found)))
+                )
             _sync(device)
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
             run.growth.append(probe.growth_mb())
@@ -288,19 +356,27 @@ def benchmark_training(cfg, specs, device, num_samples, iters, warmup, rounds, d
         state = run.state_mb()
         ratios = [a / b for a, b in zip(run.img_per_s, base.img_per_s)]
         cpu_ratios = [a / b for a, b in zip(run.img_per_cpu_s, base.img_per_cpu_s)]
-        results.append({
-            "method": run.spec, "img_per_s": statistics.median(run.img_per_s),
-            "ratio_to_baseline": statistics.median(ratios), "baseline": base.spec,
-            "img_per_s_rounds": run.img_per_s, "img_per_cpu_s": statistics.median(run.img_per_cpu_s),
-            "cpu_time_ratio_to_baseline": statistics.median(cpu_ratios), "peak_mem_mb": state + max(run.growth), "state_mb": state,
-            "table_mb": run.table_mb(),
-        })
+        results.append(
+            {
+                "method": run.spec,
+                "img_per_s": statistics.median(run.img_per_s),
+                "ratio_to_baseline": statistics.median(ratios),
+                "baseline": base.spec,
+                "img_per_s_rounds": run.img_per_s,
+                "img_per_cpu_s": statistics.median(run.img_per_cpu_s),
+                "cpu_time_ratio_to_baseline": statistics.median(cpu_ratios),
+                "peak_mem_mb": state + max(run.growth),
+                "state_mb": state,
+                "table_mb": run.table_mb(),
+            }
+        )
     return results
 
 
 # -- input pipeline -----------------------------------------------------------------------------
-def benchmark_input(root, decodes, device, batch_size, workers, iters, rounds, opts=(), gen_images=512,
-                    gen_size=256):
+def benchmark_input(
+    root, decodes, device, batch_size, workers, iters, rounds, opts=(), gen_images=512, gen_size=256
+):
     """img/s of each DATALOADER.DECODE of ``decodes`` on the JPEGs under ``root`` (``gen_images``
     of ``gen_size`` px generated there when it has no train/), each batch carried to ``device``
     ready for the model; ``opts`` are config overrides (INPUT.CROP_SIZE, MODEL.CHANNELS_LAST, ...)."""
@@ -315,8 +391,10 @@ def benchmark_input(root, decodes, device, batch_size, workers, iters, rounds, o
     results = []
     for decode in decodes:
         cfg = get_cfg()
-        cfg.merge_from_list(["DATA.ROOT", root, "MODEL.NUM_CLASSES", str(num_classes), "DATALOADER.DECODE", decode]
-                            + list(opts))
+        cfg.merge_from_list(
+            ["DATA.ROOT", root, "MODEL.NUM_CLASSES", str(num_classes), "DATALOADER.DECODE", decode]
+            + list(opts)
+        )
         data = build_dataset(cfg, cfg.DATA.TRAIN_SPLIT, train=True)
         sampler = ShardedSampler(len(data), seed=0)
         loader = build_loader(data, sampler, batch_size, workers, device.type == "cuda")
@@ -338,6 +416,14 @@ def benchmark_input(root, decodes, device, batch_size, workers, iters, rounds, o
             if images >= iters * batch_size:
                 rates.append(images / (time.perf_counter() - t0))
                 t0, images = time.perf_counter(), 0
-        results.append({"method": f"input:{decode}", "decode": decode, "img_per_s": statistics.median(rates),
-                        "img_per_s_rounds": rates, "workers": workers, "images_in_set": len(data)})
+        results.append(
+            {
+                "method": f"input:{decode}",
+                "decode": decode,
+                "img_per_s": statistics.median(rates),
+                "img_per_s_rounds": rates,
+                "workers": workers,
+                "images_in_set": len(data),
+            }
+        )
     return results

@@ -1,6 +1,7 @@
 """What training builds from the config besides the data and the method, for the Trainer and
 tools/benchmark.py alike: the training module (DDP, torch.compile), the SGD optimizer, the
 autocast dtype and the GradScaler, and the cuDNN setting."""
+
 import torch
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -19,7 +20,9 @@ def amp_dtype(cfg):
     """The autocast dtype of SOLVER.AMP.DTYPE, or None when SOLVER.AMP.ENABLED is off."""
     dtype = AMP_DTYPES.get(cfg.SOLVER.AMP.DTYPE)
     if dtype is None:
-        raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}")
+        raise ValueError(
+            f"SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}, got {cfg.SOLVER.AMP.DTYPE!r}"
+        )
     return dtype if cfg.SOLVER.AMP.ENABLED else None
 
 
@@ -30,8 +33,13 @@ def build_grad_scaler(cfg, device):
 
 def build_optimizer(cfg, module):
     """SGD over ``module``'s parameters (the model and any trainable part of the method)."""
-    return torch.optim.SGD(module.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                           nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    return torch.optim.SGD(
+        module.parameters(),
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
 
 
 def build_train_module(cfg, module, device, world_size):
@@ -39,7 +47,8 @@ def build_train_module(cfg, module, device, world_size):
     processes, compiled with MODEL.COMPILE."""
     if world_size > 1:
         module = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.MODEL.COMPILE:
         # Every training batch has the same shape (see engine.full_batches_per_epoch): one graph
         # with static shapes, compiled once, instead of a recompile for a short last batch and

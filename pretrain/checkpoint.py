@@ -2,6 +2,7 @@
 on resume the newest readable one is used (a truncated or corrupt file is reported by name and
 skipped); under several processes rank 0 picks it and every rank reads that one. A training
 checkpoint's contents are ``TrainingCheckpointer``'s."""
+
 import glob
 import logging
 import os
@@ -35,7 +36,9 @@ def save_checkpoint(output_dir, iteration, state, max_to_keep=0):
     atomic_write_text(os.path.join(output_dir, LAST_CHECKPOINT), name)
     logger.info("saved checkpoint %s", os.path.join(output_dir, name))
     if max_to_keep > 0:
-        older = [p for p in periodic_checkpoints(output_dir) if checkpoint_iteration(p) <= iteration]
+        older = [
+            p for p in periodic_checkpoints(output_dir) if checkpoint_iteration(p) <= iteration
+        ]
         for old in older[max_to_keep:]:
             os.remove(old)
     return name
@@ -48,7 +51,11 @@ def checkpoint_iteration(path):
 def periodic_checkpoints(output_dir):
     """Periodic checkpoint paths, newest (highest iteration) first. The folder's name is escaped:
     a run folder named e.g. ``run[12]`` must not match another run's ``run1/`` or ``run2/``."""
-    paths = [p for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth")) if _PERIODIC.search(p)]
+    paths = [
+        p
+        for p in glob.glob(os.path.join(glob.escape(output_dir), "model_*.pth"))
+        if _PERIODIC.search(p)
+    ]
     return sorted(paths, key=checkpoint_iteration, reverse=True)
 
 
@@ -67,8 +74,10 @@ def load_file(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise UnreadableCheckpoint(f"checkpoint {path!r} is unreadable (truncated, corrupt, or not a "
-                           f"weights-only torch file): {type(exc).__name__}: {exc}") from exc
+        raise UnreadableCheckpoint(
+            f"checkpoint {path!r} is unreadable (truncated, corrupt, or not a "
+            f"weights-only torch file): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def load_latest(output_dir):
@@ -105,8 +114,10 @@ def load_resume_checkpoint(output_dir):
     if name is None:
         return None, None
     path = os.path.join(output_dir, name)
-    state = du.on_every_rank(lambda: state if du.get_rank() == 0 else load_file(path),
-                             f"reading the checkpoint {name} that rank 0 resumes from")
+    state = du.on_every_rank(
+        lambda: state if du.get_rank() == 0 else load_file(path),
+        f"reading the checkpoint {name} that rank 0 resumes from",
+    )
     return path, state
 
 
@@ -115,8 +126,11 @@ STATE_DICT_KEYS = ("model", "state_dict")
 
 
 def _is_state_dict(obj):
-    return (isinstance(obj, dict) and bool(obj)
-            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()))
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+    )
 
 
 def extract_state_dict(obj, name="checkpoint"):
@@ -128,8 +142,10 @@ def extract_state_dict(obj, name="checkpoint"):
             raise ValueError(f"{name} holds a {type(obj).__name__}, not a state dict")
         inner = [k for k in STATE_DICT_KEYS if _is_state_dict(obj.get(k))]
         if not inner:
-            raise ValueError(f"{name} holds a dict with keys {sorted(map(str, obj))[:10]}, neither a state "
-                             f"dict nor one wrapped under {' or '.join(repr(k) for k in STATE_DICT_KEYS)}")
+            raise ValueError(
+                f"{name} holds a dict with keys {sorted(map(str, obj))[:10]}, neither a state "
+                f"dict nor one wrapped under {' or '.join(repr(k) for k in STATE_DICT_KEYS)}"
+            )
         obj = obj[inner[0]]
     try:
         return strip_wrapper_prefixes(obj)
@@ -145,12 +161,17 @@ def load_weights(model, path, model_name="the model (MODEL.ARCH, MODEL.NUM_CLASS
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     # load_state_dict reports shape mismatches without the file's name, so check them first.
-    shapes = [f"{k}: {list(state[k].shape)} in the file, {list(v.shape)} in the model"
-              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {list(state[k].shape)} in the file, {list(v.shape)} in the model"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        raise ValueError(f"{path!r} does not fit {model_name}: "
-                         f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-                         f"{unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:5]}")
+        raise ValueError(
+            f"{path!r} does not fit {model_name}: "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:5]}, {len(shapes)} shape mismatches {shapes[:5]}"
+        )
     model.load_state_dict(state)
 
 
@@ -177,7 +198,13 @@ class TrainingCheckpointer:
     fingerprint) and the config."""
 
     def __init__(self, cfg, model, optimizer, scaler, method, device, data_fingerprint):
-        self.cfg, self.model, self.optimizer, self.scaler, self.method = cfg, model, optimizer, scaler, method
+        self.cfg, self.model, self.optimizer, self.scaler, self.method = (
+            cfg,
+            model,
+            optimizer,
+            scaler,
+            method,
+        )
         self.device, self.data_fingerprint = device, data_fingerprint
 
     def save(self, iteration, epoch, steps_done, iters_per_epoch):
@@ -189,9 +216,15 @@ class TrainingCheckpointer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "method": method_state,
-                "trainer": {"epoch": epoch, "steps_in_epoch": steps_done, "iteration": iteration,
-                            "iters_per_epoch": iters_per_epoch, "world_size": du.get_world_size(), "rng": rng,
-                            "data": self.data_fingerprint},
+                "trainer": {
+                    "epoch": epoch,
+                    "steps_in_epoch": steps_done,
+                    "iteration": iteration,
+                    "iters_per_epoch": iters_per_epoch,
+                    "world_size": du.get_world_size(),
+                    "rng": rng,
+                    "data": self.data_fingerprint,
+                },
                 "config": self.cfg.dump(),
             }
             if self.scaler is not None:
@@ -203,9 +236,14 @@ class TrainingCheckpointer:
     def load(self, state, iters_per_epoch):
         """Restore a checkpoint's ``state``; returns (iteration, epoch, step) to continue from."""
         trainer = state["trainer"]
-        if trainer["iters_per_epoch"] != iters_per_epoch and trainer["steps_in_epoch"] not in (0, trainer["iters_per_epoch"]):
-            raise ValueError(f"the checkpoint was taken mid-epoch with {trainer['iters_per_epoch']} iterations per "
-                             f"epoch, this run has {iters_per_epoch}: resume with the same world size and batch")
+        if trainer["iters_per_epoch"] != iters_per_epoch and trainer["steps_in_epoch"] not in (
+            0,
+            trainer["iters_per_epoch"],
+        ):
+            raise ValueError(
+                f"the checkpoint was taken mid-epoch with {trainer['iters_per_epoch']} iterations per "
+                f"epoch, this run has {iters_per_epoch}: resume with the same world size and batch"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and "scaler" in state:
@@ -215,8 +253,11 @@ class TrainingCheckpointer:
         if trainer["world_size"] == world:
             set_rng_state(trainer["rng"][du.get_rank()], self.device)
         else:
-            logger.warning("checkpoint written by %d processes, resuming with %d: RNG streams restart",
-                           trainer["world_size"], world)
+            logger.warning(
+                "checkpoint written by %d processes, resuming with %d: RNG streams restart",
+                trainer["world_size"],
+                world,
+            )
         epoch, step = trainer["epoch"], trainer["steps_in_epoch"]
         if step >= trainer["iters_per_epoch"]:
             epoch, step = epoch + 1, 0

@@ -1,4 +1,5 @@
 """Command-line set-up shared by the tools: argument parser and config assembly."""
+
 import argparse
 
 import yaml
@@ -10,12 +11,22 @@ from .config_check import validate_config
 def default_argument_parser(description):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR's newest readable checkpoint")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="only evaluate MODEL.WEIGHTS (our checkpoint or torchvision weights)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. SOLVER.EPOCHS 10 OUTPUT_DIR out/run1")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR's newest readable checkpoint",
+    )
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only evaluate MODEL.WEIGHTS (our checkpoint or torchvision weights)",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. SOLVER.EPOCHS 10 OUTPUT_DIR out/run1",
+    )
     return parser
 
 
@@ -24,16 +35,24 @@ def setup_cfg(config_file, opts=()):
     the wrong type or out of range is reported with where it came from."""
     flags = [o for o in opts if o.startswith("--")]
     if flags:
-        raise ValueError(f"{flags[0]} came after the KEY VALUE overrides: flags (--resume, --eval-only) "
-                         f"come first, e.g. --config-file F --resume SOLVER.EPOCHS 10")
+        raise ValueError(
+            f"{flags[0]} came after the KEY VALUE overrides: flags (--resume, --eval-only) "
+            f"come first, e.g. --config-file F --resume SOLVER.EPOCHS 10"
+        )
     cfg = get_cfg()
     try:
         cfg.merge_from_file(config_file)
     except FileNotFoundError as exc:
-        missing = f" ({exc.filename!r}, named by _BASE_)" if exc.filename and exc.filename != config_file else ""
+        missing = (
+            f" ({exc.filename!r}, named by _BASE_)"
+            if exc.filename and exc.filename != config_file
+            else ""
+        )
         raise FileNotFoundError(f"config file {config_file!r}: not found{missing}") from exc
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {config_file!r} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        raise ValueError(
+            f"config file {config_file!r} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from exc
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ValueError(f"config file {config_file!r}: {_message(exc)}") from exc
     if len(opts) % 2:

@@ -5,6 +5,7 @@ the method itself (``Method.add_config`` in pretrain/methods/), and ``get_cfg`` 
 YAML files in ``configs/pretrain/`` override these defaults (``_BASE_`` chains them), and
 ``KEY VALUE`` pairs on the command line override the files, as in Detectron2.
 """
+
 from .config_types import CN
 from .methods import METHODS
 

@@ -4,6 +4,7 @@ The type of a value is checked by the config itself (an integer key refuses 2.5)
 that the value makes sense, so that e.g. ``PSKD.ALPHA_T 1.5`` (negative soft targets) or
 ``LOG_PERIOD 0`` (a division by zero hours into a run) stops at once, naming the key.
 """
+
 from .config_types import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range
 from .methods import METHODS
 
@@ -60,8 +61,11 @@ def validate_config(cfg):
     """Raise ValueError naming every numeric key outside its range, or, when all are in range,
     every bound a method sets between its keys and others (``Method.config_problems``, e.g.
     PSKD.TOPK above the number of classes)."""
-    problems = [f"{key} is {_get(cfg, key)}, must be {RANGES[key]}"
-                for key in RANGES if _get(cfg, key) not in RANGES[key]]
+    problems = [
+        f"{key} is {_get(cfg, key)}, must be {RANGES[key]}"
+        for key in RANGES
+        if _get(cfg, key) not in RANGES[key]
+    ]
     if not problems:
         problems = [p for method in METHODS.values() for p in method.config_problems(cfg)]
     if problems:

@@ -5,6 +5,7 @@ The general keys (pretrain/config.py) and each method's own keys (``Method.add_c
 pretrain/methods/) are declared with these; this module imports nothing of the project, so both
 can.
 """
+
 import math
 
 from fvcore.common.config import CfgNode
@@ -56,7 +57,9 @@ class Range:
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
-        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+        return self.high is None or not (
+            value > self.high or (self.high_open and value == self.high)
+        )
 
     def __str__(self):
         if self.high is None:

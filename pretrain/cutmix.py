@@ -10,6 +10,7 @@ is then recomputed from the clipped area, so targets are mixed by the area actua
 All randomness comes from torch's global CPU generator, which the engine checkpoints per rank:
 a resumed run draws the same boxes.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +33,10 @@ def cutmix_box(height, width, lam, cy, cx):
 class Mix:
     """One CutMix draw: sample ``which[j]`` of the batch gets ``box`` cut from sample
     ``partner[j]``; ``lam`` is the fraction of each mixed image that is its own."""
-    which: torch.Tensor      # (n,) batch positions of the mixed samples
-    partner: torch.Tensor    # (n,) a permutation of ``which``
-    box: tuple               # (y0, y1, x0, x1)
+
+    which: torch.Tensor  # (n,) batch positions of the mixed samples
+    partner: torch.Tensor  # (n,) a permutation of ``which``
+    box: tuple  # (y0, y1, x0, x1)
     lam: float
 
     def _on(self, device):
@@ -103,7 +105,9 @@ class CutMix:
             return None
         if which.numel() == 0:
             return None
-        lam = float(torch.distributions.Beta(torch.tensor(self.beta), torch.tensor(self.beta)).sample())
+        lam = float(
+            torch.distributions.Beta(torch.tensor(self.beta), torch.tensor(self.beta)).sample()
+        )
         cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
         box, lam = cutmix_box(height, width, lam, cy, cx)
         partner = which[torch.randperm(which.numel())]

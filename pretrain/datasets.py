@@ -4,6 +4,7 @@ augmented with PIL in the loader workers; and the collate function that drops un
 Keys are the ``(index, sample_seed)`` pairs of ``samplers``: the transform runs with torch's
 generator seeded by the sample's seed.
 """
+
 import torch
 from torch.utils.data import Dataset
 
@@ -34,7 +35,7 @@ class IndexedDataset(Dataset):
     def __init__(self, samples, targets, transform, load_image=None, on_bad_image="error"):
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"DATA.ON_BAD_IMAGE must be 'error' or 'skip', got {on_bad_image!r}")
-        self.samples = samples          # a path per item (ImageFolder) or an indexable of images
+        self.samples = samples  # a path per item (ImageFolder) or an indexable of images
         self.targets = list(targets)
         self.transform = transform
         self.load_image = load_image or load_rgb
@@ -58,8 +59,10 @@ class IndexedDataset(Dataset):
 
 def split_bad(items):
     """(the readable items, the paths of the ``BadSample``s) of a batch's items."""
-    return ([it for it in items if not isinstance(it, BadSample)],
-            [it.path for it in items if isinstance(it, BadSample)])
+    return (
+        [it for it in items if not isinstance(it, BadSample)],
+        [it.path for it in items if isinstance(it, BadSample)],
+    )
 
 
 def collate(items):

@@ -1,4 +1,5 @@
 """Process-group set-up from the torchrun environment, and the few collectives we need."""
+
 import datetime
 import os
 import socket
@@ -17,7 +18,9 @@ def init_distributed(device_type, timeout_s):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("MODEL.DEVICE is 'cuda' but no CUDA device is available (use MODEL.DEVICE cpu)")
+            raise RuntimeError(
+                "MODEL.DEVICE is 'cuda' but no CUDA device is available (use MODEL.DEVICE cpu)"
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     elif device_type == "cpu":
@@ -26,8 +29,11 @@ def init_distributed(device_type, timeout_s):
         raise ValueError(f"MODEL.DEVICE must be 'cuda' or 'cpu', got {device_type!r}")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
     return device
 
 
@@ -87,10 +93,15 @@ def on_every_rank(fn, what):
         result, error = fn(), None
     except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
         result, error = None, f"{type(exc).__name__}: {exc}"
-    failures = [(rank, host, err) for rank, (host, err) in enumerate(all_gather_object((socket.gethostname(), error)))
-                if err is not None]
+    failures = [
+        (rank, host, err)
+        for rank, (host, err) in enumerate(all_gather_object((socket.gethostname(), error)))
+        if err is not None
+    ]
     if failures:
-        raise ValueError(f"{what} failed on " + "; ".join(f"rank {r} (host {h}): {e}" for r, h, e in failures))
+        raise ValueError(
+            f"{what} failed on " + "; ".join(f"rank {r} (host {h}): {e}" for r, h, e in failures)
+        )
     return result
 
 
@@ -98,8 +109,10 @@ def check_same_on_every_rank(value, what):
     """Collective: a ValueError on every rank unless all ranks hold the same ``value``."""
     values = all_gather_object((socket.gethostname(), value))
     if any(v != values[0][1] for _, v in values):
-        raise ValueError(f"{what} differs between ranks: "
-                         + ", ".join(f"rank {r} (host {h}): {v}" for r, (h, v) in enumerate(values)))
+        raise ValueError(
+            f"{what} differs between ranks: "
+            + ", ".join(f"rank {r} (host {h}): {v}" for r, (h, v) in enumerate(values))
+        )
 
 
 def all_reduce_sum(tensor):

@@ -7,6 +7,7 @@ TensorBoard events, ``model_<iter>.pth`` checkpoints with ``last_checkpoint``, a
 ``reliability_final.png``. ``--eval-only`` writes ``eval_only_<weights name>.json``,
 ``..._reliability.png`` and ``..._config.yaml`` instead (pretrain/run_folder.py).
 """
+
 import logging
 import os
 import random
@@ -16,17 +17,35 @@ import torch
 
 from . import distributed as du
 from . import faults
-from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module, configure_cudnn
+from .build import (
+    amp_dtype,
+    build_grad_scaler,
+    build_optimizer,
+    build_train_module,
+    configure_cudnn,
+)
 from .checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
 from .data import build_dataset, build_train_loader, build_val_loader
 from .events import TrainingEvents, format_metrics, setup_logging
-from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temporaries
+from .fileio import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 from .lr_schedule import build_lr_schedule
 from .methods import MethodContext, build_method, method_label
 from .metrics import per_sample_stats, plot_reliability_diagram, summarize
 from .models import build_model, memory_format
-from .run_folder import (CONFIG_FILE, check_same_run, check_same_started_run, check_unfinished, dataset_fingerprint,
-                         eval_only_outputs, started_config)
+from .run_folder import (
+    CONFIG_FILE,
+    check_same_run,
+    check_same_started_run,
+    check_unfinished,
+    dataset_fingerprint,
+    eval_only_outputs,
+    started_config,
+)
 
 logger = logging.getLogger("pretrain")
 
@@ -36,8 +55,10 @@ def full_batches_per_epoch(samples_per_rank, batch, dataset_size):
     ``batch - 1`` samples per process, other ones every epoch since the order is reshuffled), so
     every step has the same shape, which keeps a compiled model on one graph."""
     if samples_per_rank < batch:
-        raise ValueError(f"the training set has {dataset_size} samples, {samples_per_rank} per process: fewer "
-                         f"than one batch of {batch} per process (lower SOLVER.IMS_PER_BATCH)")
+        raise ValueError(
+            f"the training set has {dataset_size} samples, {samples_per_rank} per process: fewer "
+            f"than one batch of {batch} per process (lower SOLVER.IMS_PER_BATCH)"
+        )
     return samples_per_rank // batch
 
 
@@ -68,37 +89,55 @@ class Trainer:
         self.rank, self.world = du.get_rank(), du.get_world_size()
         setup_logging(cfg.OUTPUT_DIR, self.rank)
         if cfg.SOLVER.IMS_PER_BATCH % self.world or cfg.TEST.IMS_PER_BATCH % self.world:
-            raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) and TEST.IMS_PER_BATCH "
-                             f"({cfg.TEST.IMS_PER_BATCH}) must be multiples of the {self.world} processes")
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) and TEST.IMS_PER_BATCH "
+                f"({cfg.TEST.IMS_PER_BATCH}) must be multiples of the {self.world} processes"
+            )
         self.batch = cfg.SOLVER.IMS_PER_BATCH // self.world
         self.amp_dtype = amp_dtype(cfg)
 
         self.train_set = build_dataset(cfg, cfg.DATA.TRAIN_SPLIT, train=True)
         self.val_set = build_dataset(cfg, cfg.DATA.VAL_SPLIT, train=False)
         if self.train_set.classes != self.val_set.classes:
-            raise ValueError(f"the class folders of {cfg.DATA.TRAIN_SPLIT!r} and {cfg.DATA.VAL_SPLIT!r} "
-                             f"under DATA.ROOT {cfg.DATA.ROOT!r} differ")
+            raise ValueError(
+                f"the class folders of {cfg.DATA.TRAIN_SPLIT!r} and {cfg.DATA.VAL_SPLIT!r} "
+                f"under DATA.ROOT {cfg.DATA.ROOT!r} differ"
+            )
         data_fingerprint = dataset_fingerprint(self.train_set, cfg.DATA.ROOT)
 
         torch.manual_seed(cfg.SEED)  # the same initial weights on every rank
         self.model = build_model(cfg, self.device)
         self.memory_format = memory_format(cfg)
-        self.method = build_method(MethodContext(
-            cfg=cfg, num_classes=cfg.MODEL.NUM_CLASSES, train_labels=self.train_set.targets,
-            device=self.device, per_rank_batch=self.batch, epochs=cfg.SOLVER.EPOCHS))
-        self.sampler = self.method.build_train_sampler(len(self.train_set), self.rank, self.world, cfg.SEED)
+        self.method = build_method(
+            MethodContext(
+                cfg=cfg,
+                num_classes=cfg.MODEL.NUM_CLASSES,
+                train_labels=self.train_set.targets,
+                device=self.device,
+                per_rank_batch=self.batch,
+                epochs=cfg.SOLVER.EPOCHS,
+            )
+        )
+        self.sampler = self.method.build_train_sampler(
+            len(self.train_set), self.rank, self.world, cfg.SEED
+        )
         self.loader_batch = self.method.loader_batch_size(self.batch)
-        self.iters_per_epoch = full_batches_per_epoch(len(self.sampler), self.loader_batch, len(self.train_set))
+        self.iters_per_epoch = full_batches_per_epoch(
+            len(self.sampler), self.loader_batch, len(self.train_set)
+        )
         self.total_iters = cfg.SOLVER.EPOCHS * self.iters_per_epoch
         module = self.method.wrap_model(self.model)
         self.optimizer = build_optimizer(cfg, module)
         self.scaler = build_grad_scaler(cfg, self.device)
         self.train_module = build_train_module(cfg, module, self.device, self.world)
         self.schedule = build_lr_schedule(cfg, self.iters_per_epoch)
-        self.train_loader = build_train_loader(cfg, self.train_set, self.sampler, self.loader_batch, self.device)
+        self.train_loader = build_train_loader(
+            cfg, self.train_set, self.sampler, self.loader_batch, self.device
+        )
         self.val_loader = build_val_loader(cfg, self.val_set, self.rank, self.world, self.device)
-        self.checkpointer = TrainingCheckpointer(cfg, self.model, self.optimizer, self.scaler, self.method,
-                                                 self.device, data_fingerprint)
+        self.checkpointer = TrainingCheckpointer(
+            cfg, self.model, self.optimizer, self.scaler, self.method, self.device, data_fingerprint
+        )
         self.events = TrainingEvents(cfg, self.device, self.iters_per_epoch)
         # Per-rank RNG streams from here on (e.g. CutMix draws differ between ranks).
         torch.manual_seed(cfg.SEED * 1_000 + 1 + self.rank)
@@ -116,7 +155,9 @@ class Trainer:
             if not os.path.isfile(config_path):  # a resumed run keeps the config it started with
                 atomic_write_text(config_path, cfg.dump())
             self.events.open(self.iteration if resume else None)
-        self.events.start(self.method, self.world, self.batch, len(self.train_set), len(self.val_set))
+        self.events.start(
+            self.method, self.world, self.batch, len(self.train_set), len(self.val_set)
+        )
         for epoch in range(start_epoch, cfg.SOLVER.EPOCHS):
             first = start_step if epoch == start_epoch else 0
             self.sampler.set_epoch(epoch)
@@ -152,10 +193,17 @@ class Trainer:
         if state is None:
             return 0, 0
         self.iteration, epoch, step = du.on_every_rank(
-            lambda: self.checkpointer.load(state, self.iters_per_epoch), f"resuming from {path}")
+            lambda: self.checkpointer.load(state, self.iters_per_epoch), f"resuming from {path}"
+        )
         du.check_same_on_every_rank(self.iteration, f"the iteration resumed from {path}")
-        logger.info("resumed from %s: epoch %d, step %d of %d, iteration %d",
-                    path, epoch, step, self.iters_per_epoch, self.iteration)
+        logger.info(
+            "resumed from %s: epoch %d, step %d of %d, iteration %d",
+            path,
+            epoch,
+            step,
+            self.iters_per_epoch,
+            self.iteration,
+        )
         return epoch, step
 
     def train_one_epoch(self, epoch, first_step):
@@ -181,8 +229,16 @@ class Trainer:
             lr = cfg.SOLVER.BASE_LR * self.schedule(self.iteration / self.total_iters)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(self.method, self.train_module, self.optimizer, self.scaler,
-                              images, labels, indices, self.amp_dtype)
+            loss = train_step(
+                self.method,
+                self.train_module,
+                self.optimizer,
+                self.scaler,
+                images,
+                labels,
+                indices,
+                self.amp_dtype,
+            )
             self.iteration += 1
             faults.reached(f"step {self.iteration}")
             window_iters += 1
@@ -196,18 +252,31 @@ class Trainer:
                 self.check_finite()
                 seconds = time.perf_counter() - window_start
                 mean_loss = du.all_reduce_sum(loss_sum).item() / (window_iters * self.world)
-                self.events.train(self.iteration, epoch, step + 1, lr, mean_loss,
-                                  seconds / window_iters, data_time / window_iters)
+                self.events.train(
+                    self.iteration,
+                    epoch,
+                    step + 1,
+                    lr,
+                    mean_loss,
+                    seconds / window_iters,
+                    data_time / window_iters,
+                )
                 loss_sum.zero_()
                 window_start, window_iters, data_time = time.perf_counter(), 0, 0.0
             if self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
                 self.check_finite(weights=True)
                 self.checkpointer.save(self.iteration, epoch, step + 1, self.iters_per_epoch)
         # Every rank's skipped files, in rank 0's log.txt (rank > 0 logs to its stdout only).
-        skipped_in_epoch = sorted(p for paths in du.all_gather_object(skipped_in_epoch) for p in paths)
+        skipped_in_epoch = sorted(
+            p for paths in du.all_gather_object(skipped_in_epoch) for p in paths
+        )
         if skipped_in_epoch:
-            logger.warning("epoch %d: skipped %d unreadable training images (DATA.ON_BAD_IMAGE skip): %s",
-                           epoch + 1, len(skipped_in_epoch), ", ".join(skipped_in_epoch))
+            logger.warning(
+                "epoch %d: skipped %d unreadable training images (DATA.ON_BAD_IMAGE skip): %s",
+                epoch + 1,
+                len(skipped_in_epoch),
+                ", ".join(skipped_in_epoch),
+            )
 
     def check_finite(self, weights=False):
         """Stop on a non-finite loss (on any rank) before anything is logged or saved, so
@@ -222,7 +291,8 @@ class Trainer:
             raise FloatingPointError(
                 f"non-finite loss or weights at iteration {self.iteration}: training stopped; the last good "
                 f"checkpoint is the one named in {os.path.join(self.cfg.OUTPUT_DIR, 'last_checkpoint')} "
-                f"(lower SOLVER.BASE_LR or check the data)")
+                f"(lower SOLVER.BASE_LR or check the data)"
+            )
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -237,7 +307,9 @@ class Trainer:
         # Empty to start with: a rank may have no validation sample (a set smaller than the world,
         # or every image of its shard skipped), and then gathers none.
         none = torch.zeros(0, dtype=torch.long, device=self.device)
-        stats = [per_sample_stats(torch.zeros(0, self.cfg.MODEL.NUM_CLASSES, device=self.device), none)]
+        stats = [
+            per_sample_stats(torch.zeros(0, self.cfg.MODEL.NUM_CLASSES, device=self.device), none)
+        ]
         indices = [none]
         for images, labels, idx, skipped in self.val_loader:
             for path in skipped:
@@ -245,7 +317,9 @@ class Trainer:
             if images is None:
                 continue
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
                 logits = self.model(images)
             stats.append(per_sample_stats(logits, labels.to(self.device)))
             indices.append(idx.to(self.device))
@@ -259,7 +333,11 @@ class Trainer:
         """--eval-only: evaluate ``path``; write its metrics, reliability diagram and config under
         names of their own (``eval_only_outputs``), never over a training run's outputs."""
         outputs = eval_only_outputs(self.cfg.OUTPUT_DIR, path)
-        load_weights(self.model, path, f"MODEL.ARCH {self.cfg.MODEL.ARCH} with MODEL.NUM_CLASSES {self.cfg.MODEL.NUM_CLASSES}")
+        load_weights(
+            self.model,
+            path,
+            f"MODEL.ARCH {self.cfg.MODEL.ARCH} with MODEL.NUM_CLASSES {self.cfg.MODEL.NUM_CLASSES}",
+        )
         logger.info("evaluating %s on %d validation images", path, len(self.val_set))
         metrics, stats = self.evaluate()
         metrics["weights"] = os.path.abspath(path)
@@ -280,9 +358,17 @@ class Trainer:
         if self.rank == 0:
             path = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
             atomic_torch_save({"model": self.model.state_dict()}, path)
-            metrics = dict(metrics, epochs=self.cfg.SOLVER.EPOCHS, method=self.cfg.METHOD.NAME,
-                           arch=self.cfg.MODEL.ARCH)
-            self.write_eval(metrics, stats, os.path.join(self.cfg.OUTPUT_DIR, "eval_final.json"),
-                            os.path.join(self.cfg.OUTPUT_DIR, "reliability_final.png"))
+            metrics = dict(
+                metrics,
+                epochs=self.cfg.SOLVER.EPOCHS,
+                method=self.cfg.METHOD.NAME,
+                arch=self.cfg.MODEL.ARCH,
+            )
+            self.write_eval(
+                metrics,
+                stats,
+                os.path.join(self.cfg.OUTPUT_DIR, "eval_final.json"),
+                os.path.join(self.cfg.OUTPUT_DIR, "reliability_final.png"),
+            )
             logger.info("wrote %s and eval_final.json", path)
         du.barrier()

@@ -1,5 +1,6 @@
 """What a training run reports as it goes: the log (stdout, and OUTPUT_DIR/log.txt on rank 0),
 and on rank 0 the same numbers in metrics.json (one JSON object a line) and TensorBoard."""
+
 import datetime
 import json
 import logging
@@ -107,25 +108,60 @@ class TrainingEvents:
     def start(self, method, world, batch, train_size, val_size):
         cfg = self.cfg
         logger.info("method: %s", method.describe())
-        logger.info("model %s, %d classes, %s x %d process(es), batch %d per process (%d global), "
-                    "%d epochs x %d iterations, AMP %s, channels_last %s, compile %s",
-                    cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, self.device.type, world, batch,
-                    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.EPOCHS, self.iters_per_epoch,
-                    cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "off", cfg.MODEL.CHANNELS_LAST,
-                    cfg.MODEL.COMPILE)
-        logger.info("data: %d training images, %d validation images (%s)", train_size, val_size, cfg.DATA.ROOT)
+        logger.info(
+            "model %s, %d classes, %s x %d process(es), batch %d per process (%d global), "
+            "%d epochs x %d iterations, AMP %s, channels_last %s, compile %s",
+            cfg.MODEL.ARCH,
+            cfg.MODEL.NUM_CLASSES,
+            self.device.type,
+            world,
+            batch,
+            cfg.SOLVER.IMS_PER_BATCH,
+            cfg.SOLVER.EPOCHS,
+            self.iters_per_epoch,
+            cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "off",
+            cfg.MODEL.CHANNELS_LAST,
+            cfg.MODEL.COMPILE,
+        )
+        logger.info(
+            "data: %d training images, %d validation images (%s)",
+            train_size,
+            val_size,
+            cfg.DATA.ROOT,
+        )
 
     def train(self, iteration, epoch, step, lr, loss, sec_per_iter, data_per_iter):
         eta = datetime.timedelta(seconds=int(sec_per_iter * (self.total_iters - iteration)))
         imgs = self.cfg.SOLVER.IMS_PER_BATCH / sec_per_iter
-        mem = (f"  max_mem {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f}M"
-               if self.device.type == "cuda" else "")
-        logger.info("eta %s  epoch %d/%d  iter %d/%d  loss %.4f  lr %.5g  %.3f s/it  data %.3f s/it  %.0f img/s%s",
-                    eta, epoch + 1, self.cfg.SOLVER.EPOCHS, step, self.iters_per_epoch, loss, lr,
-                    sec_per_iter, data_per_iter, imgs, mem)
+        mem = (
+            f"  max_mem {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f}M"
+            if self.device.type == "cuda"
+            else ""
+        )
+        logger.info(
+            "eta %s  epoch %d/%d  iter %d/%d  loss %.4f  lr %.5g  %.3f s/it  data %.3f s/it  %.0f img/s%s",
+            eta,
+            epoch + 1,
+            self.cfg.SOLVER.EPOCHS,
+            step,
+            self.iters_per_epoch,
+            loss,
+            lr,
+            sec_per_iter,
+            data_per_iter,
+            imgs,
+            mem,
+        )
         if self.writer:
-            self.writer.write(iteration, epoch=epoch, loss=loss, lr=lr, time=sec_per_iter,
-                              data_time=data_per_iter, img_per_s=imgs)
+            self.writer.write(
+                iteration,
+                epoch=epoch,
+                loss=loss,
+                lr=lr,
+                time=sec_per_iter,
+                data_time=data_per_iter,
+                img_per_s=imgs,
+            )
 
     def evaluation(self, iteration, epoch, metrics):
         logger.info("eval after epoch %d: %s", epoch + 1, format_metrics(metrics))

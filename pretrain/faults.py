@@ -13,6 +13,7 @@ The code names its points with ``reached``: ``write <file name>`` in every atomi
 ``step <iteration>`` after each training step, ``checkpoint <iteration>`` on every rank once a
 checkpoint is written. Without the variable (every normal run) ``reached`` does nothing.
 """
+
 import os
 import re
 import signal

@@ -5,6 +5,7 @@ The temporary file is created mode 0600 (mkstemp); before the rename it gets the
 new file would get (0666 less the umask). A write that the system refuses (a full disk, no
 permission, a read-only file system) raises ``OutputWriteError`` naming the file and its disk.
 """
+
 import contextlib
 import errno
 import glob
@@ -57,7 +58,9 @@ def atomic_open(path, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(
+            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
+        )
     except OSError as exc:
         raise OutputWriteError(describe_write_error(path, exc)) from exc
     try:

@@ -27,6 +27,7 @@ truncated JPEG) is retried with PIL in the training process; if PIL fails too th
 the file, whatever DATA.ON_BAD_IMAGE says, because the batch's labels have already left the
 loader (use DATALOADER.DECODE cpu to skip such files).
 """
+
 import io
 
 import torch
@@ -49,7 +50,9 @@ class DeviceAugment:
 
     def __init__(self, cfg, train):
         if cfg.INPUT.PRESET != "imagenet":
-            raise ValueError(f"DATALOADER.DECODE device supports INPUT.PRESET imagenet, got {cfg.INPUT.PRESET!r}")
+            raise ValueError(
+                f"DATALOADER.DECODE device supports INPUT.PRESET imagenet, got {cfg.INPUT.PRESET!r}"
+            )
         self.train = train
         self.crop, self.resize = cfg.INPUT.CROP_SIZE, cfg.INPUT.RESIZE_SIZE
         # The same torchvision objects as the CPU preset: their get_params draw the same numbers.
@@ -64,29 +67,46 @@ class DeviceAugment:
         the CPU preset's order: crop box, flip, jitter order and factors, lighting noise."""
         top, left, height, width = self.rrc.get_params(image, self.rrc.scale, self.rrc.ratio)
         flip = bool(torch.rand(1) < 0.5)
-        order, b, c, s, _ = self.jitter.get_params(self.jitter.brightness, self.jitter.contrast,
-                                                   self.jitter.saturation, None)
+        order, b, c, s, _ = self.jitter.get_params(
+            self.jitter.brightness, self.jitter.contrast, self.jitter.saturation, None
+        )
         factors = [1.0 if f is None else float(f) for f in (b, c, s)]
         alpha = torch.randn(3) * self.lighting_std if self.lighting_std else torch.zeros(3)
-        return {"box": torch.tensor([top, left, height, width]), "flip": torch.tensor(flip),
-                "order": order, "factors": torch.tensor(factors), "alpha": alpha}
+        return {
+            "box": torch.tensor([top, left, height, width]),
+            "flip": torch.tensor(flip),
+            "order": order,
+            "factors": torch.tensor(factors),
+            "alpha": alpha,
+        }
 
     def apply(self, images, params, memory_format):
         """(B, 3, CROP, CROP) float32 normalised batch from a list of uint8 (3, H, W) images."""
         if self.train:
             size = [self.crop, self.crop]
-            out = torch.stack([TF.resized_crop(img, *box, size=size, antialias=True)
-                               for img, box in zip(images, params["box"].tolist())])
+            out = torch.stack(
+                [
+                    TF.resized_crop(img, *box, size=size, antialias=True)
+                    for img, box in zip(images, params["box"].tolist())
+                ]
+            )
         else:
-            out = torch.stack([TF.center_crop(TF.resize(img, [self.resize], antialias=True), [self.crop])
-                               for img in images])
+            out = torch.stack(
+                [
+                    TF.center_crop(TF.resize(img, [self.resize], antialias=True), [self.crop])
+                    for img in images
+                ]
+            )
         device = out.device
         out = out.float().div_(255)
         if self.train:
             flip = params["flip"].to(device, non_blocking=True).view(-1, 1, 1, 1)
             out = torch.where(flip, out.flip(-1), out)
-            out = self._color_jitter(out, params["order"].to(device, non_blocking=True),
-                                     params["factors"].to(device, non_blocking=True))
+            out = self._color_jitter(
+                out,
+                params["order"].to(device, non_blocking=True),
+                params["factors"].to(device, non_blocking=True),
+            )
             eigval, eigvec_t, _, _ = self.constants(device)
             alpha = params["alpha"].to(device, non_blocking=True)
             out = out + ((alpha * eigval) @ eigvec_t).view(-1, 3, 1, 1)
@@ -102,9 +122,11 @@ class DeviceAugment:
         tensor built from a list on a GPU is a blocking copy, a host sync per batch."""
         if device not in self._constants:
             self._constants[device] = (
-                torch.tensor(PCA_EIGVAL, device=device), torch.tensor(PCA_EIGVEC, device=device).T,
+                torch.tensor(PCA_EIGVAL, device=device),
+                torch.tensor(PCA_EIGVEC, device=device).T,
                 torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-                torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+                torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1),
+            )
         return self._constants[device]
 
     @staticmethod
@@ -160,7 +182,12 @@ class EncodedJpegDataset(IndexedDataset):
         encoded, params, labels, indices, paths = zip(*good)
         params = {k: torch.stack([p[k] for p in params]) for k in params[0]}
         batch = EncodedBatch(list(encoded), params, list(paths), self.augment)
-        return (batch, torch.tensor(labels, dtype=torch.long), torch.tensor(indices, dtype=torch.long), skipped)
+        return (
+            batch,
+            torch.tensor(labels, dtype=torch.long),
+            torch.tensor(indices, dtype=torch.long),
+            skipped,
+        )
 
 
 _DECODE_STREAMS = {}
@@ -215,7 +242,9 @@ class EncodedBatch:
         """The batch's uint8 (3, H, W) images on ``device``, in batch order."""
         jpeg = [i for i, e in enumerate(self.encoded) if e.dim() == 1]
         images = [None if e.dim() == 1 else e.to(device, non_blocking=True) for e in self.encoded]
-        if not jpeg:  # every file was decoded by PIL in the worker (decode_jpeg refuses an empty list)
+        if (
+            not jpeg
+        ):  # every file was decoded by PIL in the worker (decode_jpeg refuses an empty list)
             return images
         try:
             decoded = decode_jpegs([self.encoded[i] for i in jpeg], device)
@@ -235,11 +264,14 @@ class EncodedBatch:
             except DECODE_ERRORS as exc:
                 raise UnreadableImage(
                     f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} (DATALOADER.DECODE device "
-                    f"cannot skip files that fail only when decoded: use DATALOADER.DECODE cpu)") from exc
+                    f"cannot skip files that fail only when decoded: use DATALOADER.DECODE cpu)"
+                ) from exc
 
 
 def device_decode_dataset(dataset, cfg, train):
     """The EncodedJpegDataset over ``dataset``'s files (an ImageFolder IndexedDataset)."""
-    out = EncodedJpegDataset(dataset.samples, dataset.targets, DeviceAugment(cfg, train), dataset.on_bad_image)
+    out = EncodedJpegDataset(
+        dataset.samples, dataset.targets, DeviceAugment(cfg, train), dataset.on_bad_image
+    )
     out.classes = dataset.classes
     return out

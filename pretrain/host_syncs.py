@@ -19,6 +19,7 @@ the call returns the tensor itself), and a blocking host-to-device copy does not
 ``F.one_hot`` checks its labels' range with ``item`` on the CPU only (CUDA relies on the scatter's
 device-side assert); its internal reads are not counted.
 """
+
 import traceback
 import weakref
 from contextlib import ExitStack
@@ -32,17 +33,51 @@ from torch.utils._pytree import tree_flatten
 aten = torch.ops.aten
 
 # Tensor methods and torch functions that hand a tensor's value to the host.
-_HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
-               torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
-               torch.equal}
+_HOST_READS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.cpu,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__index__,
+    torch.equal,
+}
 # Factory functions: without a ``device`` argument their result lives on the host.
-_FACTORIES = {torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange,
-              torch.rand, torch.randn, torch.randint, torch.randperm, torch.linspace}
+_FACTORIES = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.zeros,
+    torch.ones,
+    torch.empty,
+    torch.full,
+    torch.arange,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.linspace,
+}
 # Aten operations that read a value on the host or whose output size depends on the data.
-_SYNC_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-             aten.equal.default, aten.is_nonzero.default, aten.bincount.default, aten._unique2.default,
-             aten.unique_dim.default, aten.unique_consecutive.default, aten.repeat_interleave.Tensor}
-_INDEX_OPS = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+_SYNC_OPS = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.equal.default,
+    aten.is_nonzero.default,
+    aten.bincount.default,
+    aten._unique2.default,
+    aten.unique_dim.default,
+    aten.unique_consecutive.default,
+    aten.repeat_interleave.Tensor,
+}
+_INDEX_OPS = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
 _FROM_PYTHON = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
 # Functions whose CUDA kernels check their input on the device, but whose CPU kernels read it.
 _DEVICE_CHECKED = {F.one_hot}
@@ -77,7 +112,11 @@ class HostSyncCheck:
             self._host.pop(key, None)
 
     def record(self, name):
-        frames = [f for f in traceback.extract_stack() if "/torch/" not in f.filename and f.filename != __file__]
+        frames = [
+            f
+            for f in traceback.extract_stack()
+            if "/torch/" not in f.filename and f.filename != __file__
+        ]
         where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
         self.syncs.append(f"{name} (at {where})")
 
@@ -103,7 +142,13 @@ class _FunctionLevel(TorchFunctionMode):
         read = func in _HOST_READS
         if read and not check.inside_device_checked and not check.is_host(_tensors(args)):
             check.record(getattr(func, "__name__", str(func)))
-        counter = "inside_device_checked" if func in _DEVICE_CHECKED else "inside_host_read" if read else None
+        counter = (
+            "inside_device_checked"
+            if func in _DEVICE_CHECKED
+            else "inside_host_read"
+            if read
+            else None
+        )
         if counter:
             setattr(check, counter, getattr(check, counter) + 1)
         try:
@@ -130,7 +175,9 @@ class _DispatchLevel(TorchDispatchMode):
         # argument) or lift_fresh (Python data or a scalar wrapped by torch): made on the host.
         host = not inputs or func in _FROM_PYTHON or check.is_host(inputs)
         sync = func in _SYNC_OPS or (
-            func in _INDEX_OPS and any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1]))
+            func in _INDEX_OPS
+            and any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in args[1])
+        )
         if sync and not host and not (check.inside_device_checked or check.inside_host_read):
             check.record(str(func.overloadpacket.__name__))
         out = func(*args, **kwargs)

@@ -3,6 +3,7 @@
 Training (both input paths) and Detectron2's dataset mapper report an undecodable file as
 ``UnreadableImage``, with the file named in the message.
 """
+
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -10,7 +11,13 @@ from PIL import Image, UnidentifiedImageError
 # What PIL raises for a file that is not a readable image: OSError for a truncated file,
 # DecompressionBombError for an image of more than twice Image.MAX_IMAGE_PIXELS (and, through
 # ``open_image``, for one above Image.MAX_IMAGE_PIXELS).
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
 
 
 class UnreadableImage(ValueError):

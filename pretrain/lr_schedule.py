@@ -1,4 +1,5 @@
 """The learning-rate schedule of pretraining: a multiplier of SOLVER.BASE_LR over training."""
+
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     LinearParamScheduler,
@@ -11,14 +12,20 @@ def build_lr_schedule(cfg, iters_per_epoch):
     x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
     epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
     if steps != sorted(steps) or any(not 0 < s < epochs for s in steps):
-        raise ValueError(f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})")
+        raise ValueError(
+            f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})"
+        )
     total = epochs * iters_per_epoch
     schedule = MultiStepParamScheduler(
-        values=[cfg.SOLVER.GAMMA ** i for i in range(len(steps) + 1)],
-        num_updates=total, milestones=[s * iters_per_epoch for s in steps])
+        values=[cfg.SOLVER.GAMMA**i for i in range(len(steps) + 1)],
+        num_updates=total,
+        milestones=[s * iters_per_epoch for s in steps],
+    )
     warmup = cfg.SOLVER.WARMUP_EPOCHS / epochs
     if warmup <= 0:
         return schedule
     return CompositeParamScheduler(
         [LinearParamScheduler(cfg.SOLVER.WARMUP_FACTOR, 1.0), schedule],
-        lengths=[warmup, 1.0 - warmup], interval_scaling=["rescaled", "fixed"])
+        lengths=[warmup, 1.0 - warmup],
+        interval_scaling=["rescaled", "fixed"],
+    )

@@ -4,14 +4,21 @@ Evaluation reduces each sample to four numbers (``per_sample_stats``); metrics a
 those over the whole validation set, so a set sharded over ranks gives exactly the numbers of
 one process once the stats are gathered.
 """
+
 import math
 
 import torch
 import torch.nn.functional as F
 
 # The metrics of ``summarize``, in the order they are reported, with their labels in reports.
-METRIC_LABELS = {"top1_err": "top-1 err (%)", "top5_err": "top-5 err (%)", "nll": "NLL", "ece": "ECE (%)",
-                 "aurc": "AURC (x1000)", "eaurc": "E-AURC (x1000)"}
+METRIC_LABELS = {
+    "top1_err": "top-1 err (%)",
+    "top5_err": "top-5 err (%)",
+    "nll": "NLL",
+    "ece": "ECE (%)",
+    "aurc": "AURC (x1000)",
+    "eaurc": "E-AURC (x1000)",
+}
 METRIC_KEYS = tuple(METRIC_LABELS)
 
 
@@ -44,8 +51,11 @@ def ece(confidence, correct, n_bins=10):
     """Expected calibration error in percent over ``reliability_bins``:
     ``100 * sum_b (n_b / N) * |acc_b - conf_b|``."""
     total = confidence.numel()
-    return 100.0 * sum(n / total * abs(acc - conf)
-                       for _, _, n, acc, conf in reliability_bins(confidence, correct, n_bins) if n)
+    return 100.0 * sum(
+        n / total * abs(acc - conf)
+        for _, _, n, acc, conf in reliability_bins(confidence, correct, n_bins)
+        if n
+    )
 
 
 def optimal_aurc(num_errors, n):
@@ -94,6 +104,7 @@ def summarize(stats):
 def plot_reliability_diagram(stats, path, title=""):
     """Accuracy per confidence bin against the diagonal, with the bins' sample shares."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -107,10 +118,20 @@ def plot_reliability_diagram(stats, path, title=""):
     gap_low = [0.0 if n == 0 else min(acc, conf) for _, _, n, acc, conf in bins]
     gaps = [0.0 if n == 0 else abs(conf - acc) for _, _, n, acc, conf in bins]
     shares = [n / max(1, confidence.numel()) for _, _, n, _, _ in bins]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, ax2) = plt.subplots(
+        2, 1, figsize=(4.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
     ax.bar(centers, accs, width=0.1, edgecolor="black", color="tab:blue", label="accuracy")
-    ax.bar(centers, gaps, bottom=gap_low, width=0.1, edgecolor="tab:red", fill=False, hatch="//",
-           label="gap to confidence")
+    ax.bar(
+        centers,
+        gaps,
+        bottom=gap_low,
+        width=0.1,
+        edgecolor="tab:red",
+        fill=False,
+        hatch="//",
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

@@ -1,4 +1,5 @@
 """torchvision ResNets, and the state dict we export (plain torchvision key names)."""
+
 import torch
 import torchvision
 
@@ -31,7 +32,9 @@ def build_model(cfg, device):
 
 def build_resnet(arch, num_classes, cifar_stem=False):
     if arch not in ARCHS:
-        raise ValueError(f"MODEL.ARCH: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+        raise ValueError(
+            f"MODEL.ARCH: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})"
+        )
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if cifar_stem:
         # 32x32 inputs: a 3x3 stride-1 stem without max-pool keeps the spatial resolution.

@@ -21,6 +21,7 @@ uses ``P_hat[c] = P[c] / sum_{j in topk} P[j]`` for the kept classes and 0 elsew
 distance to the dense row is ``2 * (1 - kept mass)``. Ids travel as int32 (NCCL and gloo have no
 int16) and are stored as int16 when K fits.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -80,7 +81,9 @@ class PredictionTable:
     def _local_rows(self, indices):
         """Local row of each global index this rank owns; the trash row for the rest."""
         owned = (indices >= 0) & (indices % self.world == self.rank)
-        return torch.where(owned, indices // self.world, torch.full_like(indices, self.trash)), owned
+        return torch.where(
+            owned, indices // self.world, torch.full_like(indices, self.trash)
+        ), owned
 
     def _gather(self, tensor, pad_to):
         """All ranks' ``tensor`` padded to ``pad_to`` rows, concatenated in rank order."""
@@ -88,11 +91,17 @@ class PredictionTable:
         if n > pad_to:
             raise ValueError(f"batch of {n} exceeds the table's pad size {pad_to}")
         fill = -1 if tensor.dtype == torch.long else 0
-        padded = torch.full((pad_to,) + tuple(tensor.shape[1:]), fill, dtype=tensor.dtype, device=tensor.device)
+        padded = torch.full(
+            (pad_to,) + tuple(tensor.shape[1:]), fill, dtype=tensor.dtype, device=tensor.device
+        )
         padded[:n] = tensor
         if self.world == 1:
             return padded
-        out = torch.empty((self.world * pad_to,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        out = torch.empty(
+            (self.world * pad_to,) + tuple(tensor.shape[1:]),
+            dtype=tensor.dtype,
+            device=tensor.device,
+        )
         dist.all_gather_into_tensor(out, padded)
         return out
 
@@ -100,7 +109,9 @@ class PredictionTable:
         """Sum over ranks of ``contrib`` (world * pad_to rows); this rank's ``pad_to`` rows."""
         if self.world == 1:
             return contrib
-        mine = torch.empty((pad_to,) + tuple(contrib.shape[1:]), dtype=contrib.dtype, device=contrib.device)
+        mine = torch.empty(
+            (pad_to,) + tuple(contrib.shape[1:]), dtype=contrib.dtype, device=contrib.device
+        )
         dist.reduce_scatter_tensor(mine, contrib)
         return mine
 
@@ -120,8 +131,9 @@ class PredictionTable:
             ids = self._reduce_scatter(self.ids[rows].int() * owned.int(), pad_to)[:n]
             # scatter_add_: an initial one-hot row stores (1, label) and (0, 0) pairs; for label
             # 0 a plain scatter_ could keep a 0 and make the row all zeros.
-            values = torch.zeros(n, self.num_classes, dtype=self.dtype, device=self.device).scatter_add_(
-                1, ids.long(), values)
+            values = torch.zeros(
+                n, self.num_classes, dtype=self.dtype, device=self.device
+            ).scatter_add_(1, ids.long(), values)
         probs = values.float()
         # Renormalise: top-k rows keep only part of the mass, and bf16 rounding shifts sums.
         return probs / probs.sum(dim=1, keepdim=True)
@@ -132,7 +144,10 @@ class PredictionTable:
         probs = probs.detach()
         if self.topk:
             vals, ids = probs.topk(self.topk, dim=1)
-            payload = [vals.to(self.dtype), ids.int()]  # int32 on the wire: NCCL and gloo have no int16
+            payload = [
+                vals.to(self.dtype),
+                ids.int(),
+            ]  # int32 on the wire: NCCL and gloo have no int16
         else:
             payload = [probs.to(self.dtype)]
         indices = self._gather(indices.to(self.device), pad_to)
@@ -153,14 +168,18 @@ class PredictionTable:
         if self.world == 1:
             return local.cpu()
         stored = local.dtype
-        wire = local.int() if stored == torch.int16 else local  # top-k ids: NCCL and gloo carry no int16
+        wire = (
+            local.int() if stored == torch.int16 else local
+        )  # top-k ids: NCCL and gloo carry no int16
         if self.rank != 0:
             dist.send(wire.contiguous(), dst=0)
             return None
         full = torch.empty((self.num_samples,) + tuple(local.shape[1:]), dtype=stored)
         received = torch.empty_like(wire)
         for src in range(self.world):
-            rows = full[src:: self.world]  # global row i lives on rank i % world, local row i // world
+            rows = full[
+                src :: self.world
+            ]  # global row i lives on rank i % world, local row i // world
             if src == 0:
                 rows.copy_(local[: len(rows)])
             else:
@@ -181,10 +200,13 @@ class PredictionTable:
         if state["topk"] != self.topk or state["num_classes"] != self.num_classes:
             raise ValueError(
                 f"checkpoint table has topk={state['topk']}, {state['num_classes']} classes; the config "
-                f"asks for PSKD.TOPK {self.topk}, {self.num_classes} classes")
+                f"asks for PSKD.TOPK {self.topk}, {self.num_classes} classes"
+            )
         if state["values"].shape[0] != self.num_samples:
-            raise ValueError(f"checkpoint table has {state['values'].shape[0]} rows; the training set has "
-                             f"{self.num_samples} samples")
+            raise ValueError(
+                f"checkpoint table has {state['values'].shape[0]} rows; the training set has "
+                f"{self.num_samples} samples"
+            )
         mine = slice(self.rank, None, self.world)
         n = len(range(self.num_samples)[mine])
         self.values[:n] = state["values"][mine].to(self.device, self.dtype)

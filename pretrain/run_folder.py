@@ -6,6 +6,7 @@ already finished; ``--eval-only`` writes outputs named after the weights it eval
 refuses to replace them. Every check runs before the first training step and before anything is
 written.
 """
+
 import hashlib
 import os
 
@@ -50,7 +51,9 @@ def check_writable(output_dir):
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as exc:
-        raise OutputWriteError(f"cannot create OUTPUT_DIR {output_dir!r}: {exc.strerror or exc}") from exc
+        raise OutputWriteError(
+            f"cannot create OUTPUT_DIR {output_dir!r}: {exc.strerror or exc}"
+        ) from exc
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise OutputWriteError(f"OUTPUT_DIR {output_dir!r} is not writable")
 
@@ -60,15 +63,19 @@ def check_fresh(output_dir):
     held = [name for name in _entries(output_dir) if name not in SETUP_FILES]
     if held:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
-        raise ValueError(f"OUTPUT_DIR {output_dir!r} already holds a run ({shown}): add --resume to continue "
-                         f"that run, or set OUTPUT_DIR to a new or empty folder for a new run")
+        raise ValueError(
+            f"OUTPUT_DIR {output_dir!r} already holds a run ({shown}): add --resume to continue "
+            f"that run, or set OUTPUT_DIR to a new or empty folder for a new run"
+        )
 
 
 def check_unfinished(output_dir):
     """--resume of a run whose final outputs are written would only rewrite them."""
     if os.path.isfile(os.path.join(output_dir, FINISHED_MARKER)):
-        raise ValueError(f"OUTPUT_DIR {output_dir!r} holds a finished run ({FINISHED_MARKER}, model_final.pth): "
-                         f"nothing to resume; train longer or differently in a new OUTPUT_DIR")
+        raise ValueError(
+            f"OUTPUT_DIR {output_dir!r} holds a finished run ({FINISHED_MARKER}, model_final.pth): "
+            f"nothing to resume; train longer or differently in a new OUTPUT_DIR"
+        )
 
 
 def _flatten(node, prefix=""):
@@ -92,33 +99,43 @@ def config_differences(saved_yaml, cfg):
     saved = _as_plain(get_cfg().dump())
     saved.update(_as_plain(saved_yaml))
     current = _as_plain(cfg.dump())
-    return [(key, saved.get(key, "<absent>"), current.get(key, "<absent>"))
-            for key in sorted(saved.keys() | current.keys())
-            if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current.get(key)]
+    return [
+        (key, saved.get(key, "<absent>"), current.get(key, "<absent>"))
+        for key in sorted(saved.keys() | current.keys())
+        if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current.get(key)
+    ]
 
 
 def _check_same_config(source, saved_as, saved_yaml, cfg):
     diffs = config_differences(saved_yaml, cfg)
     if diffs:
-        listed = "; ".join(f"{key}: {old!r} in the {saved_as}, {new!r} now" for key, old, new in diffs)
-        raise ValueError(f"--resume: {source} was written with another config, and these keys define the run: "
-                         f"{listed}. Resume with the {saved_as}'s values, or start a new run in another "
-                         f"OUTPUT_DIR (keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)})")
+        listed = "; ".join(
+            f"{key}: {old!r} in the {saved_as}, {new!r} now" for key, old, new in diffs
+        )
+        raise ValueError(
+            f"--resume: {source} was written with another config, and these keys define the run: "
+            f"{listed}. Resume with the {saved_as}'s values, or start a new run in another "
+            f"OUTPUT_DIR (keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)})"
+        )
 
 
 def check_same_run(checkpoint_path, state, cfg, data_fingerprint):
     """Refuse to resume from ``state`` (a loaded checkpoint) unless it was written by this run:
     the same run-defining keys and the same training files."""
     if "config" not in state:
-        raise ValueError(f"checkpoint {checkpoint_path!r} holds no config: it is not a checkpoint of "
-                         f"tools/pretrain.py and cannot be resumed")
+        raise ValueError(
+            f"checkpoint {checkpoint_path!r} holds no config: it is not a checkpoint of "
+            f"tools/pretrain.py and cannot be resumed"
+        )
     _check_same_config(f"checkpoint {checkpoint_path!r}", "checkpoint", state["config"], cfg)
     saved = state.get("trainer", {}).get("data")
     if saved is not None and saved != data_fingerprint:
-        raise ValueError(f"--resume: checkpoint {checkpoint_path!r} was trained on other data: {saved['samples']} "
-                         f"training samples then, {data_fingerprint['samples']} now under DATA.ROOT "
-                         f"{cfg.DATA.ROOT!r} (or the same number with other files or labels); the prediction "
-                         f"table and the sampler are keyed by sample index, so the run cannot continue")
+        raise ValueError(
+            f"--resume: checkpoint {checkpoint_path!r} was trained on other data: {saved['samples']} "
+            f"training samples then, {data_fingerprint['samples']} now under DATA.ROOT "
+            f"{cfg.DATA.ROOT!r} (or the same number with other files or labels); the prediction "
+            f"table and the sampler are keyed by sample index, so the run cannot continue"
+        )
 
 
 def started_config(output_dir):
@@ -135,8 +152,13 @@ def check_same_started_run(output_dir, saved_yaml, cfg):
     (``saved_yaml``, None if none was written): refuse unless the run-defining keys are the
     ones in it, or the folder would hold a run that its config.yaml mislabels."""
     if saved_yaml is not None:
-        _check_same_config(f"{os.path.join(output_dir, CONFIG_FILE)!r} (no readable checkpoint: the run would "
-                           f"start over)", CONFIG_FILE, saved_yaml, cfg)
+        _check_same_config(
+            f"{os.path.join(output_dir, CONFIG_FILE)!r} (no readable checkpoint: the run would "
+            f"start over)",
+            CONFIG_FILE,
+            saved_yaml,
+            cfg,
+        )
 
 
 def dataset_fingerprint(dataset, root):
@@ -154,10 +176,16 @@ def eval_only_outputs(output_dir, weights):
     """The files --eval-only writes, named after the weights file, so that they never replace a
     training run's outputs nor an earlier evaluation; refuses if one exists."""
     stem = "eval_only_" + os.path.splitext(os.path.basename(weights))[0]
-    outputs = {"metrics": stem + ".json", "reliability": stem + "_reliability.png", "config": stem + "_config.yaml"}
+    outputs = {
+        "metrics": stem + ".json",
+        "reliability": stem + "_reliability.png",
+        "config": stem + "_config.yaml",
+    }
     outputs = {kind: os.path.join(output_dir, name) for kind, name in outputs.items()}
     existing = [path for path in outputs.values() if os.path.exists(path)]
     if existing:
-        raise ValueError(f"--eval-only would replace {existing[0]!r}, written by an earlier evaluation of "
-                         f"{os.path.basename(weights)!r}: set OUTPUT_DIR to another folder, or move that file away")
+        raise ValueError(
+            f"--eval-only would replace {existing[0]!r}, written by an earlier evaluation of "
+            f"{os.path.basename(weights)!r}: set OUTPUT_DIR to another folder, or move that file away"
+        )
     return outputs

@@ -5,6 +5,7 @@ on every rank): PS-KD's prediction table is addressed by it. Augmentation random
 per sample from (SEED, epoch, index), so a batch's pixels do not depend on the number of
 loader workers or on where a resumed run restarted.
 """
+
 import torch
 from torch.utils.data import Sampler
 
@@ -46,7 +47,7 @@ class ShardedSampler(Sampler):
         return order
 
     def local_order(self):
-        return self.global_order(self.epoch)[self.rank:: self.world_size]
+        return self.global_order(self.epoch)[self.rank :: self.world_size]
 
     def __len__(self):
         if self.pad:
@@ -54,5 +55,5 @@ class ShardedSampler(Sampler):
         return len(range(self.rank, self.num_samples, self.world_size)) - self.start
 
     def __iter__(self):
-        for index in self.local_order()[self.start:].tolist():
+        for index in self.local_order()[self.start :].tolist():
             yield index, sample_seed(self.seed, self.epoch, index)

@@ -4,6 +4,7 @@ Each class has its own colour and stripe orientation/frequency; every image adds
 offset, brightness and noise, so a ResNet learns it in a few epochs but not in one step.
 Used by the tests and the demo: the loading code they exercise is the real one.
 """
+
 import colorsys
 import math
 import os

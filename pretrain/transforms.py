@@ -1,4 +1,5 @@
 """Train/eval presets (in the style of torchvision's references/classification/presets.py)."""
+
 import torch
 from torchvision import transforms as T
 
@@ -9,11 +10,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 # AlexNet's PCA of ImageNet RGB pixels (on [0, 1] values), as used by the paper's pipeline.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 class Lighting(torch.nn.Module):
@@ -41,40 +38,48 @@ def build_train_transform(cfg):
     preset = cfg.INPUT.PRESET
     if preset == "imagenet":
         jitter = cfg.INPUT.COLOR_JITTER
-        return T.Compose([
-            T.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=(cfg.INPUT.MIN_SCALE, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-            T.PILToTensor(),
-            T.ConvertImageDtype(torch.float32),
-            Lighting(cfg.INPUT.LIGHTING_STD),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=(cfg.INPUT.MIN_SCALE, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+                T.PILToTensor(),
+                T.ConvertImageDtype(torch.float32),
+                Lighting(cfg.INPUT.LIGHTING_STD),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
     if preset == "cifar":
-        return T.Compose([
-            T.RandomCrop(cfg.INPUT.CROP_SIZE, padding=4),
-            T.RandomHorizontalFlip(),
-            T.PILToTensor(),
-            T.ConvertImageDtype(torch.float32),
-            T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-        ])
+        return T.Compose(
+            [
+                T.RandomCrop(cfg.INPUT.CROP_SIZE, padding=4),
+                T.RandomHorizontalFlip(),
+                T.PILToTensor(),
+                T.ConvertImageDtype(torch.float32),
+                T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+            ]
+        )
     raise ValueError(f"INPUT.PRESET: unknown preset {preset!r} (expected 'imagenet' or 'cifar')")
 
 
 def build_eval_transform(cfg):
     preset = cfg.INPUT.PRESET
     if preset == "imagenet":
-        return T.Compose([
-            T.Resize(cfg.INPUT.RESIZE_SIZE),
-            T.CenterCrop(cfg.INPUT.CROP_SIZE),
-            T.PILToTensor(),
-            T.ConvertImageDtype(torch.float32),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        return T.Compose(
+            [
+                T.Resize(cfg.INPUT.RESIZE_SIZE),
+                T.CenterCrop(cfg.INPUT.CROP_SIZE),
+                T.PILToTensor(),
+                T.ConvertImageDtype(torch.float32),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
     if preset == "cifar":
-        return T.Compose([
-            T.PILToTensor(),
-            T.ConvertImageDtype(torch.float32),
-            T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-        ])
+        return T.Compose(
+            [
+                T.PILToTensor(),
+                T.ConvertImageDtype(torch.float32),
+                T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+            ]
+        )
     raise ValueError(f"INPUT.PRESET: unknown preset {preset!r} (expected 'imagenet' or 'cifar')")

@@ -6,6 +6,7 @@ last ``error:`` line; the stages that do not depend on it still run. A run stage
 detection) that has written anything is only continued with ``--resume`` (the tools then load
 the newest checkpoint), never restarted over its own outputs.
 """
+
 import os
 import shlex
 import shutil
@@ -40,14 +41,30 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
     if stage.kind == "data" and os.path.isdir(stage.out):
         shutil.rmtree(stage.out)  # generated data, never finished (else not run): write it anew
     cmd = plan.command(stage, resume=resume, node=node)
-    write_record(plan, stage, command=plan.command(stage), status="running", executor=executor, pid=os.getpid(),
-                 job_id=job_id, log=log, started=time.strftime("%Y-%m-%d %H:%M:%S"), rc=None, error=None)
+    write_record(
+        plan,
+        stage,
+        command=plan.command(stage),
+        status="running",
+        executor=executor,
+        pid=os.getpid(),
+        job_id=job_id,
+        log=log,
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+        rc=None,
+        error=None,
+    )
     with open(log, "a") as f:
         f.write(f"\n$ {shlex.join(cmd)}\n")
         f.flush()
         # The child's pid goes into the record so that --status can tell running from killed.
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         write_record(plan, stage, pid=proc.pid)
         try:
             rc = proc.wait()
@@ -78,11 +95,15 @@ def run_local(plan, resume=False, out=print):
         states = all_states(plan)
         todo = [s for s in plan.stages if states[s.id][0] != "done"]
         if not todo:
-            out(f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done "
-                f"(report: {os.path.join(plan.report.out, 'table5_summary.md')})")
+            out(
+                f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done "
+                f"(report: {os.path.join(plan.report.out, 'table5_summary.md')})"
+            )
             return 0
-        out(f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages done, "
-            f"{len(todo)} to run (output root {plan.root})")
+        out(
+            f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages done, "
+            f"{len(todo)} to run (output root {plan.root})"
+        )
         problems = {}  # stage id -> why it did not finish in this run
         for n, stage in enumerate(todo, 1):
             state, detail = states[stage.id]
@@ -91,19 +112,27 @@ def run_local(plan, resume=False, out=print):
             if blocked:
                 problems[stage.id] = f"not run: {', '.join(blocked)} did not finish"
             elif state == "changed":
-                problems[stage.id] = f"its outputs were made by another command ({detail}); use another output_root"
+                problems[stage.id] = (
+                    f"its outputs were made by another command ({detail}); use another output_root"
+                )
             elif stage.resources["nodes"] > 1:
-                problems[stage.id] = f"{stage.resources['nodes']} nodes: run this study with --executor slurm"
+                problems[stage.id] = (
+                    f"{stage.resources['nodes']} nodes: run this study with --executor slurm"
+                )
             elif state in ("running", "queued"):
                 problems[stage.id] = f"already {state} ({detail})"
             elif stage.kind in RUN_KINDS and plan.started(stage) and not resume:
-                problems[stage.id] = (f"interrupted earlier ({state}); rerun with --resume to continue it from "
-                                      f"its last checkpoint (log {log_path(plan, stage)})")
+                problems[stage.id] = (
+                    f"interrupted earlier ({state}); rerun with --resume to continue it from "
+                    f"its last checkpoint (log {log_path(plan, stage)})"
+                )
             if stage.id in problems:
                 out(f"{prefix}: {problems[stage.id]}")
                 continue
             continuing = resume and stage.kind in RUN_KINDS and plan.started(stage)
-            out(f"{prefix}: {'resuming' if continuing else 'running'} (log {log_path(plan, stage)})")
+            out(
+                f"{prefix}: {'resuming' if continuing else 'running'} (log {log_path(plan, stage)})"
+            )
             sys.stdout.flush()
             t0 = time.time()
             ok, error = run_stage(plan, stage, resume=continuing)
@@ -117,5 +146,7 @@ def run_local(plan, resume=False, out=print):
             for sid, why in problems.items():
                 out(f"  {sid}: {why}")
             return 1
-        out(f"study {plan.study.name} finished; report: {os.path.join(plan.report.out, 'table5_summary.md')}")
+        out(
+            f"study {plan.study.name} finished; report: {os.path.join(plan.report.out, 'table5_summary.md')}"
+        )
         return 0

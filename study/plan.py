@@ -13,6 +13,7 @@ same seed, with TEACHER.WEIGHTS set to that run's model_final.pth. The seed is S
 pretraining and the detection fine-tune. A stage is done when its outputs are there and valid
 (``Stage.check``), never because of a marker alone.
 """
+
 import json
 import os
 import pickle
@@ -33,7 +34,9 @@ class Stage:
         self.deps = list(deps)
         self.resources = study.resources[kind]
         name = part or (backbone.name if backbone else None)
-        self.id = "/".join(p for p in (kind, name, None if seed is None else f"seed{seed}") if p is not None)
+        self.id = "/".join(
+            p for p in (kind, name, None if seed is None else f"seed{seed}") if p is not None
+        )
         self.out = None  # set by the plan
 
     @property
@@ -53,9 +56,13 @@ class Plan:
         self.stages = []
         synthetic = "synthetic" in study.data
         if synthetic:
-            self.cls_data = self._add(Stage(study, "data", part="classification"),
-                                      os.path.join(self.root, "data", "classification"))
-            self.voc_data = self._add(Stage(study, "data", part="voc"), os.path.join(self.root, "data", "voc"))
+            self.cls_data = self._add(
+                Stage(study, "data", part="classification"),
+                os.path.join(self.root, "data", "classification"),
+            )
+            self.voc_data = self._add(
+                Stage(study, "data", part="voc"), os.path.join(self.root, "data", "voc")
+            )
         self.pretrain, self.convert, self.detect = {}, {}, {}
         for seed in study.seeds:
             # Teachers first: a backbone's position never precedes its teacher's.
@@ -64,19 +71,26 @@ class Plan:
                 if b.teacher:
                     deps.append(self.pretrain[b.teacher, seed].id)
                 self.pretrain[b.name, seed] = self._add(
-                    Stage(study, "pretrain", b, seed, deps), os.path.join(self.root, "pretrain", b.name, f"seed{seed}"))
+                    Stage(study, "pretrain", b, seed, deps),
+                    os.path.join(self.root, "pretrain", b.name, f"seed{seed}"),
+                )
         for seed in study.seeds:
             for b in study.backbones:
                 self.convert[b.name, seed] = self._add(
                     Stage(study, "convert", b, seed, [self.pretrain[b.name, seed].id]),
-                    os.path.join(self.root, "weights", f"{b.name}_seed{seed}.pkl"))
+                    os.path.join(self.root, "weights", f"{b.name}_seed{seed}.pkl"),
+                )
         for seed in study.seeds:
             for b in study.backbones:
                 deps = [self.convert[b.name, seed].id] + ([self.voc_data.id] if synthetic else [])
                 self.detect[b.name, seed] = self._add(
-                    Stage(study, "detect", b, seed, deps), os.path.join(self.root, "detect", b.name, f"seed{seed}"))
-        self.report = self._add(Stage(study, "report", deps=[s.id for s in self.detect.values()]),
-                                os.path.join(self.root, "report"))
+                    Stage(study, "detect", b, seed, deps),
+                    os.path.join(self.root, "detect", b.name, f"seed{seed}"),
+                )
+        self.report = self._add(
+            Stage(study, "report", deps=[s.id for s in self.detect.values()]),
+            os.path.join(self.root, "report"),
+        )
         self.by_id = {s.id: s for s in self.stages}
 
     def _add(self, stage, out):
@@ -113,33 +127,78 @@ class Plan:
             return [PYTHON, "tools/make_synthetic_data.py", stage.part, stage.out] + args
         if stage.kind == "pretrain":
             b = stage.backbone
-            opts = list(b.opts) + ["DATA.ROOT", self.pretrain_root(), "OUTPUT_DIR", stage.out, "SEED", str(stage.seed)]
+            opts = list(b.opts) + [
+                "DATA.ROOT",
+                self.pretrain_root(),
+                "OUTPUT_DIR",
+                stage.out,
+                "SEED",
+                str(stage.seed),
+            ]
             if b.teacher:
-                opts += ["TEACHER.WEIGHTS", os.path.join(self.pretrain[b.teacher, stage.seed].out, "model_final.pth")]
-            return (self._torchrun(res, node) + ["tools/pretrain.py", "--config-file", b.config]
-                    + (["--resume"] if resume else []) + opts)
+                opts += [
+                    "TEACHER.WEIGHTS",
+                    os.path.join(self.pretrain[b.teacher, stage.seed].out, "model_final.pth"),
+                ]
+            return (
+                self._torchrun(res, node)
+                + ["tools/pretrain.py", "--config-file", b.config]
+                + (["--resume"] if resume else [])
+                + opts
+            )
         if stage.kind == "convert":
             pre = self.pretrain[stage.backbone.name, stage.seed].out
             # No --verify: the detect stage checks, before its first iteration, that the file
             # initialises every backbone tensor of its own config's model.
-            return [PYTHON, "tools/convert_to_d2.py", os.path.join(pre, "model_final.pth"), stage.out]
+            return [
+                PYTHON,
+                "tools/convert_to_d2.py",
+                os.path.join(pre, "model_final.pth"),
+                stage.out,
+            ]
         if stage.kind == "detect":
             launch = ["--num-gpus", str(res["processes_per_node"])]
             if res["nodes"] > 1:
                 nodes, rank, master, port, _ = node
-                launch += ["--num-machines", str(nodes), "--machine-rank", str(rank), "--dist-url",
-                           f"tcp://{master}:{port}"]
+                launch += [
+                    "--num-machines",
+                    str(nodes),
+                    "--machine-rank",
+                    str(rank),
+                    "--dist-url",
+                    f"tcp://{master}:{port}",
+                ]
             opts = list(self.study.detection_opts) + [
-                "MODEL.WEIGHTS", self.convert[stage.backbone.name, stage.seed].out,
-                "DATASETS.VOC_ROOT", self.voc_root(), "OUTPUT_DIR", stage.out, "SEED", str(stage.seed)]
-            return ([PYTHON, "tools/train_net.py", "--config-file", self.study.detection_config] + launch
-                    + (["--resume"] if resume else []) + opts)
+                "MODEL.WEIGHTS",
+                self.convert[stage.backbone.name, stage.seed].out,
+                "DATASETS.VOC_ROOT",
+                self.voc_root(),
+                "OUTPUT_DIR",
+                stage.out,
+                "SEED",
+                str(stage.seed),
+            ]
+            return (
+                [PYTHON, "tools/train_net.py", "--config-file", self.study.detection_config]
+                + launch
+                + (["--resume"] if resume else [])
+                + opts
+            )
         if stage.kind == "report":
             labels = self.labels()
-            runs = [self.detect[b.name, s].out for s in self.study.seeds for b in self.study.backbones]
-            return ([PYTHON, "tools/report.py"] + runs + ["--out", stage.out, "--bootstrap", str(self.study.bootstrap)]
-                    + [f"--label={self.detect[b.name, s].out}={labels[b.name]}"
-                       for s in self.study.seeds for b in self.study.backbones])
+            runs = [
+                self.detect[b.name, s].out for s in self.study.seeds for b in self.study.backbones
+            ]
+            return (
+                [PYTHON, "tools/report.py"]
+                + runs
+                + ["--out", stage.out, "--bootstrap", str(self.study.bootstrap)]
+                + [
+                    f"--label={self.detect[b.name, s].out}={labels[b.name]}"
+                    for s in self.study.seeds
+                    for b in self.study.backbones
+                ]
+            )
         raise ValueError(stage.kind)
 
     @staticmethod
@@ -151,15 +210,33 @@ class Plan:
         if nodes == 1:
             return run + ["--standalone"]
         num_nodes, rank, master, port, run_id = node
-        return run + ["--nnodes", str(num_nodes), "--node_rank", str(rank), "--rdzv_backend", "c10d",
-                      "--rdzv_endpoint", f"{master}:{port}", "--rdzv_id", str(run_id)]
+        return run + [
+            "--nnodes",
+            str(num_nodes),
+            "--node_rank",
+            str(rank),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"{master}:{port}",
+            "--rdzv_id",
+            str(run_id),
+        ]
 
     # -- completion -------------------------------------------------------------------------------
     def check(self, stage):
         """``(done, why_not)``: whether the stage's outputs are there and valid."""
         try:
             return getattr(self, f"_check_{stage.kind}")(stage)
-        except (OSError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError, yaml.YAMLError) as exc:
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            EOFError,
+            pickle.UnpicklingError,
+            yaml.YAMLError,
+        ) as exc:
             return False, f"unreadable output ({type(exc).__name__}: {exc})"
 
     def started(self, stage):
@@ -169,16 +246,21 @@ class Plan:
     def _check_data(self, stage):
         sizes = self.study.data["synthetic"][stage.part]
         if stage.part == "classification":
-            expected = {"train": sizes["classes"] * sizes["train_per_class"],
-                        "val": sizes["classes"] * sizes["val_per_class"]}
+            expected = {
+                "train": sizes["classes"] * sizes["train_per_class"],
+                "val": sizes["classes"] * sizes["val_per_class"],
+            }
             for split, n in expected.items():
                 folder = os.path.join(stage.out, split)
                 found = sum(len(files) for _, _, files in os.walk(folder))
                 if found != n:
                     return False, f"{folder}: {found} images, expected {n}"
             return True, ""
-        for folder, split, n in (("VOC2007", "test", sizes["test07"]), ("VOC2007", "trainval", sizes["trainval07"]),
-                                 ("VOC2012", "trainval", sizes["trainval12"])):
+        for folder, split, n in (
+            ("VOC2007", "test", sizes["test07"]),
+            ("VOC2007", "trainval", sizes["trainval07"]),
+            ("VOC2012", "trainval", sizes["trainval12"]),
+        ):
             path = os.path.join(stage.out, folder, "ImageSets", "Main", f"{split}.txt")
             if not os.path.isfile(path):
                 return False, f"{path} missing"
@@ -186,8 +268,13 @@ class Plan:
                 ids = [line for line in f if line.strip()]
             if len(ids) != n:
                 return False, f"{path}: {len(ids)} images, expected {n}"
-            missing = [i.strip() for i in ids if not os.path.isfile(os.path.join(stage.out, folder, "Annotations",
-                                                                               i.strip() + ".xml"))]
+            missing = [
+                i.strip()
+                for i in ids
+                if not os.path.isfile(
+                    os.path.join(stage.out, folder, "Annotations", i.strip() + ".xml")
+                )
+            ]
             if missing:
                 return False, f"{folder}: annotation of {missing[0]} missing"
         return True, ""
@@ -206,8 +293,10 @@ class Plan:
         with open(os.path.join(stage.out, "config.yaml")) as f:
             cfg = yaml.safe_load(f)
         if cfg["SEED"] != stage.seed or cfg["METHOD"]["NAME"] != stage.backbone.method:
-            return False, (f"{stage.out}/config.yaml: SEED {cfg['SEED']}, METHOD.NAME {cfg['METHOD']['NAME']}; "
-                           f"this stage is seed {stage.seed}, {stage.backbone.method}")
+            return False, (
+                f"{stage.out}/config.yaml: SEED {cfg['SEED']}, METHOD.NAME {cfg['METHOD']['NAME']}; "
+                f"this stage is seed {stage.seed}, {stage.backbone.method}"
+            )
         # Memory-mapped: reads the header and tensor index, not the weights.
         state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(state, dict) or not state.get("model"):
@@ -242,7 +331,10 @@ class Plan:
         weights = self.convert[stage.backbone.name, stage.seed].out
         if summary.get("weights") != os.path.abspath(weights):
             # An --eval-only run of model_final.pth names that file instead: not this stage's result.
-            return False, f"{result} evaluates {summary.get('weights')}, not the fine-tune from {weights}"
+            return (
+                False,
+                f"{result} evaluates {summary.get('weights')}, not the fine-tune from {weights}",
+            )
         if os.path.getmtime(result) < os.path.getmtime(final):
             return False, f"{result} is older than {final} (the final model was not evaluated)"
         import numpy as np
@@ -255,12 +347,16 @@ class Plan:
     def _check_report(self, stage):
         inputs = [os.path.join(s.out, "voc_eval.json") for s in self.detect.values()]
         newest = max(os.path.getmtime(p) for p in inputs)
-        for name in ("table5.md", "table5.csv", "table5_summary.md", "table5_summary.csv", "table5_diff.png"):
+        for name in (
+            "table5.md",
+            "table5.csv",
+            "table5_summary.md",
+            "table5_summary.csv",
+            "table5_diff.png",
+        ):
             path = os.path.join(stage.out, name)
             if not os.path.isfile(path):
                 return False, f"{path} missing"
             if os.path.getmtime(path) < newest:
                 return False, f"{path} is older than a detection result"
         return True, ""
-
-

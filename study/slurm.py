@@ -9,6 +9,7 @@ stage with ``--resume`` from the stage's last checkpoint. A multi-node stage run
 node, each starting torchrun (pretraining) or Detectron2's launcher (detection) with its node
 rank and the first node as rendezvous host.
 """
+
 import os
 import shlex
 
@@ -37,8 +38,15 @@ class StageJob(submitit.helpers.Checkpointable):
             return "done"
         node = (env.num_nodes, env.node, env.hostnames[0], RENDEZVOUS_PORT, env.job_id)
         resume = stage.kind in RUN_KINDS and plan.started(stage)
-        ok, error = run_stage(plan, stage, resume, executor="slurm", job_id=env.job_id, node=node,
-                              record=env.global_rank == 0)
+        ok, error = run_stage(
+            plan,
+            stage,
+            resume,
+            executor="slurm",
+            job_id=env.job_id,
+            node=node,
+            record=env.global_rank == 0,
+        )
         if not ok:
             raise RuntimeError(f"{stage.id}: {error} (log {log_path(plan, stage)})")
         return "done"
@@ -54,11 +62,16 @@ def _executor(plan, stage, dependencies):
     extra = {"kill-on-invalid-dep": "yes", **(study.slurm.get("additional_parameters") or {})}
     if dependencies:
         extra["dependency"] = "afterok:" + ":".join(dependencies)
-    params = dict(name=f"{study.name}:{stage.id}", nodes=res["nodes"], tasks_per_node=1,
-                  cpus_per_task=res["cpus_per_task"], timeout_min=res["timeout_min"],
-                  slurm_additional_parameters=extra,
-                  # The job unpickles StageJob: the project must be importable wherever it starts.
-                  slurm_setup=[f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"])
+    params = dict(
+        name=f"{study.name}:{stage.id}",
+        nodes=res["nodes"],
+        tasks_per_node=1,
+        cpus_per_task=res["cpus_per_task"],
+        timeout_min=res["timeout_min"],
+        slurm_additional_parameters=extra,
+        # The job unpickles StageJob: the project must be importable wherever it starts.
+        slurm_setup=[f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"],
+    )
     if res["gpus_per_node"]:
         params["gpus_per_node"] = res["gpus_per_node"]
     if res.get("mem_gb"):
@@ -89,23 +102,41 @@ def submit_slurm(plan, resume=False, out=print):
             if blocked:
                 problems[stage.id] = f"not submitted: {', '.join(blocked)} cannot run"
             elif state == "changed":
-                problems[stage.id] = f"its outputs were made by another command ({detail}); use another output_root"
+                problems[stage.id] = (
+                    f"its outputs were made by another command ({detail}); use another output_root"
+                )
             elif stage.kind in RUN_KINDS and plan.started(stage) and not resume:
-                problems[stage.id] = f"interrupted earlier ({state}); submit with --resume to continue it"
+                problems[stage.id] = (
+                    f"interrupted earlier ({state}); submit with --resume to continue it"
+                )
             if stage.id in problems:
                 out(f"{stage.id}: {problems[stage.id]}")
                 continue
             deps = [jobs[d] for d in stage.deps if d in jobs]
             job = _executor(plan, stage, deps).submit(StageJob(plan.study.path, stage.id))
             jobs[stage.id] = str(job.job_id)
-            write_record(plan, stage, command=plan.command(stage), status="submitted", executor="slurm",
-                         job_id=str(job.job_id), log=log_path(plan, stage), rc=None, error=None,
-                         slurm_output=str(job.paths.stdout))
+            write_record(
+                plan,
+                stage,
+                command=plan.command(stage),
+                status="submitted",
+                executor="slurm",
+                job_id=str(job.job_id),
+                log=log_path(plan, stage),
+                rc=None,
+                error=None,
+                slurm_output=str(job.paths.stdout),
+            )
             submitted += 1
-            out(f"{stage.id}: Slurm job {job.job_id}" + (f" (afterok:{':'.join(deps)})" if deps else ""))
+            out(
+                f"{stage.id}: Slurm job {job.job_id}"
+                + (f" (afterok:{':'.join(deps)})" if deps else "")
+            )
         if not submitted and not jobs and not problems:
             out(f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done")
         elif submitted:
-            out(f"submitted {submitted} job(s); follow them with: tools/study.py --config-file "
-                f"{plan.study.path} --status")
+            out(
+                f"submitted {submitted} job(s); follow them with: tools/study.py --config-file "
+                f"{plan.study.path} --status"
+            )
         return 1 if problems else 0

@@ -7,6 +7,7 @@ pretraining config is assembled here with the project's own config code, so its 
 (METHOD.NAME) is checked against the method registry and teacher-based methods are recognised
 by the method class, not by a list kept here.
 """
+
 import copy
 import os
 from dataclasses import dataclass, field
@@ -20,8 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGE_KINDS = ("data", "pretrain", "convert", "detect", "report")
 # Slurm resources per stage, in submitit's names (also read by the local executor).
-RESOURCE_KEYS = {"nodes": int, "gpus_per_node": int, "processes_per_node": int, "cpus_per_task": int,
-                 "mem_gb": (int, float), "timeout_min": int}
+RESOURCE_KEYS = {
+    "nodes": int,
+    "gpus_per_node": int,
+    "processes_per_node": int,
+    "cpus_per_task": int,
+    "mem_gb": (int, float),
+    "timeout_min": int,
+}
 DEFAULT_RESOURCES = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 2, "timeout_min": 60}
 SYNTHETIC_DEFAULTS = {
     "classification": {"classes": 4, "train_per_class": 24, "val_per_class": 8, "size": 64},
@@ -35,10 +42,10 @@ class StudyError(ValueError):
 
 @dataclass
 class Backbone:
-    name: str            # the folder name of its runs, e.g. "pskd_cutmix"
-    config: str          # pretraining config file (absolute)
-    opts: list           # KEY VALUE overrides of the pretraining config, flat
-    method: str          # METHOD.NAME
+    name: str  # the folder name of its runs, e.g. "pskd_cutmix"
+    config: str  # pretraining config file (absolute)
+    opts: list  # KEY VALUE overrides of the pretraining config, flat
+    method: str  # METHOD.NAME
     cutmix: bool
     arch: str
     teacher: str = None  # name of the backbone whose model (same seed) is the teacher
@@ -53,8 +60,8 @@ class Study:
     backbones: list
     detection_config: str
     detection_opts: list
-    data: dict           # pretrain / voc roots (absolute), or synthetic sizes to generate
-    resources: dict      # stage kind -> resource dict
+    data: dict  # pretrain / voc roots (absolute), or synthetic sizes to generate
+    resources: dict  # stage kind -> resource dict
     slurm: dict = field(default_factory=dict)
     bootstrap: int = 1000
 
@@ -69,7 +76,10 @@ def _flat_opts(value, where):
     if isinstance(value, dict):
         out = []
         for k, v in value.items():
-            out += [str(k), v if isinstance(v, str) else repr(v) if isinstance(v, (list, tuple)) else str(v)]
+            out += [
+                str(k),
+                v if isinstance(v, str) else repr(v) if isinstance(v, (list, tuple)) else str(v),
+            ]
         return out
     if isinstance(value, list) and len(value) % 2 == 0:
         return [str(v) for v in value]
@@ -90,7 +100,10 @@ class _Reader:
             self.fail(key, f"expected a mapping, got {type(node).__name__}")
         for k in node:
             if k not in allowed:
-                self.fail(f"{key}.{k}" if key else k, f"unknown key (expected one of: {', '.join(allowed)})")
+                self.fail(
+                    f"{key}.{k}" if key else k,
+                    f"unknown key (expected one of: {', '.join(allowed)})",
+                )
         for k in required:
             if k not in node:
                 self.fail(f"{key}.{k}" if key else k, "missing (required)")
@@ -102,8 +115,11 @@ class _Reader:
         for candidate in (os.path.join(base, value), os.path.join(ROOT, value)):
             if os.path.isfile(candidate):
                 return os.path.abspath(candidate)
-        self.fail(key, f"file {value!r} not found (relative paths are taken from the study file's "
-                       f"folder, then from the project root)")
+        self.fail(
+            key,
+            f"file {value!r} not found (relative paths are taken from the study file's "
+            f"folder, then from the project root)",
+        )
 
 
 def _read_backbones(r, node, base, pretrain_opts):
@@ -124,29 +140,43 @@ def _read_backbones(r, node, base, pretrain_opts):
             r.fail(key, str(exc))
         method = cfg.METHOD.NAME
         if method not in METHODS:
-            r.fail(f"{key}.config", f"METHOD.NAME {method!r} is not a method of this project "
-                                    f"({', '.join(sorted(METHODS))})")
+            r.fail(
+                f"{key}.config",
+                f"METHOD.NAME {method!r} is not a method of this project "
+                f"({', '.join(sorted(METHODS))})",
+            )
         teacher = entry.get("teacher")
         if METHODS[method].needs_teacher:
             teacher = teacher or "baseline"
         elif teacher is not None:
             r.fail(f"{key}.teacher", f"method {method!r} takes no teacher")
-        backbones.append(Backbone(name, config, opts, method, bool(cfg.AUG.CUTMIX.ENABLED), cfg.MODEL.ARCH,
-                                  teacher))
+        backbones.append(
+            Backbone(
+                name, config, opts, method, bool(cfg.AUG.CUTMIX.ENABLED), cfg.MODEL.ARCH, teacher
+            )
+        )
     names = [b.name for b in backbones]
     for b in backbones:
         if b.teacher is None:
             continue
         key = f"backbones.{b.name}.teacher"
         if b.teacher not in names:
-            r.fail(key, f"{b.teacher!r} is not a backbone of this study ({', '.join(names)}); method "
-                        f"{b.method!r} needs a trained teacher of the same seed")
+            r.fail(
+                key,
+                f"{b.teacher!r} is not a backbone of this study ({', '.join(names)}); method "
+                f"{b.method!r} needs a trained teacher of the same seed",
+            )
         teacher = backbones[names.index(b.teacher)]
         if teacher.teacher is not None:
-            r.fail(key, f"the teacher {b.teacher!r} itself needs a teacher; chains are not supported")
+            r.fail(
+                key, f"the teacher {b.teacher!r} itself needs a teacher; chains are not supported"
+            )
         if teacher.arch != b.arch:
-            r.fail(key, f"the teacher {b.teacher!r} is a {teacher.arch}, the student a {b.arch} "
-                        "(TEACHER.WEIGHTS is loaded into MODEL.ARCH)")
+            r.fail(
+                key,
+                f"the teacher {b.teacher!r} is a {teacher.arch}, the student a {b.arch} "
+                "(TEACHER.WEIGHTS is loaded into MODEL.ARCH)",
+            )
     return backbones
 
 
@@ -163,7 +193,9 @@ def _read_resources(r, node):
         if res["nodes"] < 1:
             r.fail(f"resources.{kind}.nodes", "must be at least 1")
         res.setdefault("processes_per_node", max(1, res["gpus_per_node"]))
-        if kind in ("data", "convert", "report") and (res["nodes"] > 1 or res["processes_per_node"] > 1):
+        if kind in ("data", "convert", "report") and (
+            res["nodes"] > 1 or res["processes_per_node"] > 1
+        ):
             r.fail(f"resources.{kind}", "this stage runs as one process on one node")
         resources[kind] = res
     return resources
@@ -173,11 +205,18 @@ def _read_data(r, node):
     node = r.mapping(node, "data", allowed=("pretrain", "voc", "synthetic"))
     if "synthetic" in node:
         if "pretrain" in node or "voc" in node:
-            r.fail("data", "either synthetic (generated into the output root) or the roots pretrain and voc")
-        synthetic = r.mapping(node["synthetic"] or {}, "data.synthetic", allowed=tuple(SYNTHETIC_DEFAULTS))
+            r.fail(
+                "data",
+                "either synthetic (generated into the output root) or the roots pretrain and voc",
+            )
+        synthetic = r.mapping(
+            node["synthetic"] or {}, "data.synthetic", allowed=tuple(SYNTHETIC_DEFAULTS)
+        )
         sizes = {}
         for kind, defaults in SYNTHETIC_DEFAULTS.items():
-            entry = r.mapping(synthetic.get(kind) or {}, f"data.synthetic.{kind}", allowed=tuple(defaults))
+            entry = r.mapping(
+                synthetic.get(kind) or {}, f"data.synthetic.{kind}", allowed=tuple(defaults)
+            )
             for k, v in entry.items():
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     r.fail(f"data.synthetic.{kind}.{k}", f"expected a positive integer, got {v!r}")
@@ -186,9 +225,15 @@ def _read_data(r, node):
     data = {}
     for k in ("pretrain", "voc"):
         if not isinstance(node.get(k), str) or not node[k]:
-            r.fail(f"data.{k}", "missing: the folder of the "
-                   + ("ImageNet train/ and val/ trees (DATA.ROOT)" if k == "pretrain" else
-                      "VOC2007/ and VOC2012/ folders (DATASETS.VOC_ROOT)"))
+            r.fail(
+                f"data.{k}",
+                "missing: the folder of the "
+                + (
+                    "ImageNet train/ and val/ trees (DATA.ROOT)"
+                    if k == "pretrain"
+                    else "VOC2007/ and VOC2012/ folders (DATASETS.VOC_ROOT)"
+                ),
+            )
         data[k] = os.path.abspath(os.path.expanduser(node[k]))
     return data
 
@@ -204,27 +249,53 @@ def load_study(path):
         raise StudyError(f"{path}: not valid YAML ({exc})") from None
     r = _Reader(path)
     base = os.path.dirname(os.path.abspath(path))
-    node = r.mapping(raw, "", allowed=("name", "output_root", "seeds", "data", "pretrain", "backbones",
-                                       "detection", "report", "resources", "slurm"),
-                     required=("name", "output_root", "seeds", "data", "backbones", "detection"))
+    node = r.mapping(
+        raw,
+        "",
+        allowed=(
+            "name",
+            "output_root",
+            "seeds",
+            "data",
+            "pretrain",
+            "backbones",
+            "detection",
+            "report",
+            "resources",
+            "slurm",
+        ),
+        required=("name", "output_root", "seeds", "data", "backbones", "detection"),
+    )
     if not isinstance(node["name"], str) or not node["name"]:
         r.fail("name", "expected a non-empty string")
     seeds = node["seeds"]
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         r.fail("seeds", f"expected a list of non-negative integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         r.fail("seeds", f"a seed is listed twice: {seeds}")
     if not isinstance(node["output_root"], str) or not node["output_root"]:
         r.fail("output_root", "expected a folder path")
     pretrain = r.mapping(node.get("pretrain") or {}, "pretrain", allowed=("opts",))
-    backbones = _read_backbones(r, node["backbones"], base, _flat_opts(pretrain.get("opts"), "pretrain.opts"))
-    detection = r.mapping(node["detection"], "detection", allowed=("config", "opts"), required=("config",))
+    backbones = _read_backbones(
+        r, node["backbones"], base, _flat_opts(pretrain.get("opts"), "pretrain.opts")
+    )
+    detection = r.mapping(
+        node["detection"], "detection", allowed=("config", "opts"), required=("config",)
+    )
     report = r.mapping(node.get("report") or {}, "report", allowed=("bootstrap",))
     bootstrap = report.get("bootstrap", 1000)
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 10:
-        r.fail("report.bootstrap", f"expected an integer >= 10 (bootstrap resamples), got {bootstrap!r}")
-    slurm = r.mapping(node.get("slurm") or {}, "slurm", allowed=("partition", "account", "additional_parameters"))
+        r.fail(
+            "report.bootstrap",
+            f"expected an integer >= 10 (bootstrap resamples), got {bootstrap!r}",
+        )
+    slurm = r.mapping(
+        node.get("slurm") or {}, "slurm", allowed=("partition", "account", "additional_parameters")
+    )
     return Study(
         path=os.path.abspath(path),
         name=node["name"],

@@ -6,6 +6,7 @@ Completion is never read from the record: a stage is ``done`` when ``Plan.check`
 outputs valid. The record only tells the other states apart (running, failed, interrupted) and
 catches a study file edited after a stage started (``changed``).
 """
+
 import fcntl
 import json
 import os
@@ -55,8 +56,12 @@ def _pid_alive(pid):
 def slurm_job_state(job_id):
     """The job's state as squeue shows it (PENDING, RUNNING, ...), or None once it left the queue."""
     try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.split()
@@ -76,12 +81,16 @@ def stage_state(plan, stage, states):
         if record.get("executor") == "slurm":
             job_state = slurm_job_state(record["job_id"])
             if job_state:
-                return ("running" if job_state in ("RUNNING", "COMPLETING") else "queued"), \
-                    f"Slurm job {record['job_id']} {job_state}; log {record['log']}"
+                return (
+                    "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
+                ), f"Slurm job {record['job_id']} {job_state}; log {record['log']}"
         elif _pid_alive(record.get("pid", -1)):
             return "running", f"pid {record['pid']}; log {record['log']}"
     if record and record.get("status") == "failed":
-        return "failed", f"{record.get('error') or 'exit code ' + str(record.get('rc'))}; log {record['log']}"
+        return (
+            "failed",
+            f"{record.get('error') or 'exit code ' + str(record.get('rc'))}; log {record['log']}",
+        )
     if started:
         return "interrupted", why_not
     deps = [states[d][0] for d in stage.deps]
@@ -107,7 +116,9 @@ def print_status(plan, out=print):
     counts = {}
     for state, _ in states.values():
         counts[state] = counts.get(state, 0) + 1
-    out("  " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(plan.stages)} stages)")
+    out(
+        "  " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(plan.stages)} stages)"
+    )
     return states
 
 
@@ -115,13 +126,17 @@ def print_plan(plan, out=print):
     """The stages, their dependencies and exact commands, as --dry-run prints them."""
     states = all_states(plan)
     out(f"study {plan.study.name}: {len(plan.stages)} stages, output root {plan.root}")
-    out(f"(commands run from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}; "
-        "an interrupted run stage is continued by the same command with --resume)")
+    out(
+        f"(commands run from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}; "
+        "an interrupted run stage is continued by the same command with --resume)"
+    )
     for n, stage in enumerate(plan.stages, 1):
         state, _ = states[stage.id]
         res = stage.resources
-        out(f"\n[{n}] {stage.id}  ({state})  nodes {res['nodes']}, GPUs/node {res['gpus_per_node']}, "
-            f"processes/node {res['processes_per_node']}, {res['timeout_min']} min")
+        out(
+            f"\n[{n}] {stage.id}  ({state})  nodes {res['nodes']}, GPUs/node {res['gpus_per_node']}, "
+            f"processes/node {res['processes_per_node']}, {res['timeout_min']} min"
+        )
         if stage.deps:
             out(f"    after: {', '.join(stage.deps)}")
         out(f"    output: {stage.out}")

@@ -17,14 +17,44 @@ baseline b, both run with seeds s = 1..S (the same seed pairs a run of m with on
 ImageNet metrics (top-1 error, ECE, AURC, ...) have no saved per-image predictions: their
 interval is D +- t(0.975, S - 1) * sd_s(d_s) / sqrt(S), seed variation only.
 """
+
 import math
 
 import numpy as np
 
 # t quantiles (0.975) for 1..30 degrees of freedom; above, 1.96 + 2.5 / dof (within 0.002).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 THRESHOLDS = np.arange(0.0, 1.1, 0.1)  # VOC2007's 11 recall points, as voc_eval builds them
 
 
@@ -62,8 +92,11 @@ def _match_class(det, c, iou):
             iw = np.maximum(np.minimum(g[:, 2], bb[2]) - np.maximum(g[:, 0], bb[0]) + 1.0, 0.0)
             ih = np.maximum(np.minimum(g[:, 3], bb[3]) - np.maximum(g[:, 1], bb[1]) + 1.0, 0.0)
             inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                   + (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0) - inters)
+            uni = (
+                (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
+                + (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0)
+                - inters
+            )
             overlaps = inters / uni
             ovmax, jmax = overlaps.max(), cand[int(overlaps.argmax())]
         if ovmax > iou:
@@ -75,7 +108,9 @@ def _match_class(det, c, iou):
                     used.add(jmax)
         else:
             fp[n] = 1
-    npos = np.bincount(det["gt_image"][gt_sel & ~det["gt_difficult"]], minlength=len(det["image_ids"]))
+    npos = np.bincount(
+        det["gt_image"][gt_sel & ~det["gt_difficult"]], minlength=len(det["image_ids"])
+    )
     return det["det_image"][order], tp, fp, npos
 
 
@@ -123,7 +158,9 @@ class ScoredRun:
 def bootstrap_weights(num_images, resamples, seed=0):
     """(resamples, num_images) image counts, each row a resample with replacement."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=resamples).astype(np.float64)
+    return rng.multinomial(
+        num_images, np.full(num_images, 1.0 / num_images), size=resamples
+    ).astype(np.float64)
 
 
 def seed_interval(values, baseline):
@@ -151,7 +188,9 @@ def paired_ap_interval(runs, baseline, weights):
         if not np.array_equal(runs[s].image_ids, baseline[s].image_ids):
             raise ValueError(f"seed {s}: the runs were evaluated on different test images")
     d = np.array([runs[s].ap50() - baseline[s].ap50() for s in seeds])
-    boot = np.mean([runs[s].bootstrap(weights) - baseline[s].bootstrap(weights) for s in seeds], axis=0)
+    boot = np.mean(
+        [runs[s].bootstrap(weights) - baseline[s].bootstrap(weights) for s in seeds], axis=0
+    )
     v_img = float(boot.var(ddof=1))
     mean = float(d.mean())
     if len(seeds) > 1:
@@ -160,7 +199,14 @@ def paired_ap_interval(runs, baseline, weights):
     else:
         v_seed = None
         half = 1.96 * math.sqrt(v_img)
-    return {"diff": mean, "lo": mean - half, "hi": mean + half, "seeds": seeds, "v_img": v_img, "v_seed": v_seed}
+    return {
+        "diff": mean,
+        "lo": mean - half,
+        "hi": mean + half,
+        "seeds": seeds,
+        "v_img": v_img,
+        "v_seed": v_seed,
+    }
 
 
 def mean_std(values):

@@ -1,5 +1,6 @@
 """One step of the demo (study/demo.py): a tool of the project run as a subprocess, its output
 streamed to the console and, in full, to the step's log file."""
+
 import os
 import queue
 import resource
@@ -37,8 +38,15 @@ def run_tool(step, name, args, show=None):
     with open(step.log, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         lines = queue.Queue()
 
         def pump():
@@ -54,8 +62,10 @@ def run_tool(step, name, args, show=None):
                     line = lines.get(timeout=1.0)
                 except queue.Empty:
                     if time.time() - last_shown >= HEARTBEAT_S:
-                        print(f"      ... still running ({fmt_time(time.time() - started)} in this step)",
-                              flush=True)
+                        print(
+                            f"      ... still running ({fmt_time(time.time() - started)} in this step)",
+                            flush=True,
+                        )
                         last_shown = time.time()
                     continue
                 if line is None:
@@ -73,7 +83,9 @@ def run_tool(step, name, args, show=None):
             proc.wait()
             raise
     if rc != 0:
-        raise StepFailed(f"{name} exited with code {rc}" + (f"\n  {last_error}" if last_error else ""))
+        raise StepFailed(
+            f"{name} exited with code {rc}" + (f"\n  {last_error}" if last_error else "")
+        )
 
 
 def children_cpu():

@@ -60,8 +60,13 @@ def synthetic_root(tmp_path_factory):
     """A small generated ImageFolder tree (4 classes, 96 train / 32 val JPEGs)."""
     from pretrain.synthetic import write_imagefolder
 
-    return write_imagefolder(str(tmp_path_factory.mktemp("synthetic")), num_classes=4,
-                             train_per_class=24, val_per_class=8, size=64)
+    return write_imagefolder(
+        str(tmp_path_factory.mktemp("synthetic")),
+        num_classes=4,
+        train_per_class=24,
+        val_per_class=8,
+        size=64,
+    )
 
 
 def file_rendezvous(folder):
@@ -75,20 +80,32 @@ def run_tool(args, nproc=1, timeout=300, check=True, env=None):
     rendezvous binds a port of the system's choosing). ``env``: variables to add."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + args
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+        ] + args
     else:
         cmd = [sys.executable] + args
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} did not end within {timeout} s:\n{stdout[-4000:]}\n"
-                             f"{stderr[-4000:]}") from None
+        raise AssertionError(
+            f"{' '.join(cmd)} did not end within {timeout} s:\n{stdout[-4000:]}\n{stderr[-4000:]}"
+        ) from None
     proc = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}"
+        )
     return proc
 
 
@@ -98,7 +115,10 @@ def descendants(pid):
     out = []
     with contextlib.suppress(FileNotFoundError):
         for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/children") as f:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(f"/proc/{pid}/task/{task}/children") as f,
+            ):
                 for child in map(int, f.read().split()):
                     out += [child] + descendants(child)
     return out

@@ -1,6 +1,7 @@
 """A one-node Slurm cluster on localhost for the tests: munged, slurmctld and slurmd started from
 Debian's slurm-wlm and munge packages (.ci/install_slurm.sh), without cgroups
 (proctrack/linuxproc, task/none) or accounting, all state in one temporary folder."""
+
 import os
 import shutil
 import socket
@@ -75,23 +76,46 @@ class SlurmCluster:
         with open(key, "wb") as f:
             f.write(os.urandom(1024))
         os.chmod(key, 0o600)
-        self._spawn(["munged", "--foreground", "--force", f"--socket={d}/munge.sock", f"--key-file={key}",
-                     f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed"])
+        self._spawn(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={d}/munge.sock",
+                f"--key-file={key}",
+                f"--pid-file={d}/munged.pid",
+                f"--log-file={d}/munged.log",
+                f"--seed-file={d}/munged.seed",
+            ]
+        )
         with open(self.conf, "w") as f:
-            f.write(CONF.format(host=host, d=d, ctld_port=_free_port(), slurmd_port=_free_port(),
-                                cpus=os.cpu_count()))
+            f.write(
+                CONF.format(
+                    host=host,
+                    d=d,
+                    ctld_port=_free_port(),
+                    slurmd_port=_free_port(),
+                    cpus=os.cpu_count(),
+                )
+            )
         self._spawn(["slurmctld", "-D", "-i", "-f", self.conf])
         self._spawn(["slurmd", "-D", "-f", self.conf, "-N", host])
         deadline = time.time() + timeout
         while time.time() < deadline:
-            out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True,
-                                 check=False)
+            out = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if out.stdout.strip() in ("idle", "mixed", "allocated"):
                 return self
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"the Slurm test cluster did not come up in {timeout} s; logs in {d}: "
-                           + self.logs())
+        raise RuntimeError(
+            f"the Slurm test cluster did not come up in {timeout} s; logs in {d}: " + self.logs()
+        )
 
     def _spawn(self, cmd):
         log = open(os.path.join(self.dir, os.path.basename(cmd[0]) + ".out"), "w")
@@ -106,8 +130,13 @@ class SlurmCluster:
         return "\n".join(text)
 
     def squeue(self):
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], env=self.env, capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T %j"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return [line.split() for line in out.stdout.splitlines() if line.strip()]
 
     def stop(self):

@@ -1,6 +1,7 @@
 """The project's module structure: imports between its modules go one way (no cycle, counting
 imports inside functions too), every module imports, and no pretraining module outgrows one
 concept (400 lines)."""
+
 import ast
 import functools
 import importlib
@@ -50,7 +51,9 @@ def imported_modules(name, path, modules):
                 base = node.module
             targets.add(base)
             # ``from package import name``: a submodule when there is one, else an attribute.
-            targets.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules)
+            targets.update(
+                f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules
+            )
     found = set()
     for target in targets:
         parts = target.split(".")
@@ -91,7 +94,7 @@ def find_cycle(graph):
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt, stack)
                 if cycle:
@@ -110,7 +113,12 @@ def find_cycle(graph):
 
 def test_the_import_graph_has_no_cycle():
     graph, _ = import_graph()
-    assert {"pretrain.data", "pretrain.gpu_input", "pretrain.methods.pskd", "tools.benchmark"} <= set(graph)
+    assert {
+        "pretrain.data",
+        "pretrain.gpu_input",
+        "pretrain.methods.pskd",
+        "tools.benchmark",
+    } <= set(graph)
     assert "pretrain.samplers" in graph["pretrain.methods.base"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
@@ -121,7 +129,9 @@ def test_the_cycle_finder_sees_lazy_and_relative_imports(tmp_path):
     (tmp_path / "a.py").write_text("from pkg import b\n")
     (tmp_path / "b.py").write_text("def f():\n    from . import a\n")
     modules = {"pkg": "", "pkg.a": str(tmp_path / "a.py"), "pkg.b": str(tmp_path / "b.py")}
-    graph = {name: imported_modules(name, path, modules)[0] for name, path in modules.items() if path}
+    graph = {
+        name: imported_modules(name, path, modules)[0] for name, path in modules.items() if path
+    }
     graph["pkg"] = set()
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"}
     assert find_cycle(graph) in (["pkg.a", "pkg.b", "pkg.a"], ["pkg.b", "pkg.a", "pkg.b"])
@@ -130,7 +140,12 @@ def test_the_cycle_finder_sees_lazy_and_relative_imports(tmp_path):
 def test_methods_import_their_samplers_without_the_input_pipeline():
     reached = reachable(import_graph()[0], "pretrain.methods")
     assert "pretrain.samplers" in reached
-    assert not reached & {"pretrain.data", "pretrain.datasets", "pretrain.gpu_input", "pretrain.transforms"}
+    assert not reached & {
+        "pretrain.data",
+        "pretrain.datasets",
+        "pretrain.gpu_input",
+        "pretrain.transforms",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(project_modules()))

@@ -1,20 +1,45 @@
 """tools/benchmark.py: a tiny CPU run of the training benchmark (JSON schema), the table-memory
 figures, and the method spec syntax."""
+
 import json
 
 import pytest
 
+from conftest import run_tool
 from pretrain.benchmark import parse_method, table_memory
 from tools.benchmark import main
-
-from conftest import run_tool
 
 
 def test_tiny_training_benchmark_writes_the_json_schema(tmp_path):
     out = tmp_path / "bench.json"
-    main(["--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch-size", "4",
-          "--methods", "baseline,pskd:PSKD.TOPK=2", "--iters", "2", "--warmup", "1", "--rounds", "2",
-          "--num-classes", "10", "--num-samples", "64", "--threads", "1", "--json", str(out)])
+    main(
+        [
+            "--device",
+            "cpu",
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--methods",
+            "baseline,pskd:PSKD.TOPK=2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "2",
+            "--num-classes",
+            "10",
+            "--num-samples",
+            "64",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["mode"] == "training"
     assert {"cpu", "cpus_usable", "torch"} <= set(report["machine"])
@@ -32,18 +57,27 @@ def test_tiny_training_benchmark_writes_the_json_schema(tmp_path):
 
 
 def test_imagenet_table_memory_per_node_meets_the_targets():
-    rows = {(r["mode"], r["dtype"]): r for r in table_memory(1_281_167, 1000, world=8, ranks_per_node=8)}
-    assert rows[("authors: full fp32 table per process", "float32")]["per_node_gb"] == pytest.approx(41.0, abs=0.05)
+    rows = {
+        (r["mode"], r["dtype"]): r for r in table_memory(1_281_167, 1000, world=8, ranks_per_node=8)
+    }
+    assert rows[("authors: full fp32 table per process", "float32")][
+        "per_node_gb"
+    ] == pytest.approx(41.0, abs=0.05)
     assert rows[("sharded dense", "bfloat16")]["per_node_gb"] <= 2.6
     assert rows[("sharded top-10", "bfloat16")]["per_node_mb"] <= 60
     # a node of a 2-node job holds half of the table
-    two = {(r["mode"], r["dtype"]): r for r in table_memory(1_281_167, 1000, world=16, ranks_per_node=8)}
+    two = {
+        (r["mode"], r["dtype"]): r
+        for r in table_memory(1_281_167, 1000, world=16, ranks_per_node=8)
+    }
     assert two[("sharded dense", "bfloat16")]["per_node_gb"] == pytest.approx(1.281, abs=0.01)
 
 
 def test_method_spec_syntax():
     assert parse_method("pskd:PSKD.TOPK=10:PSKD.TABLE_DTYPE=float32") == (
-        "pskd", ["METHOD.NAME", "pskd", "PSKD.TOPK", "10", "PSKD.TABLE_DTYPE", "float32"])
+        "pskd",
+        ["METHOD.NAME", "pskd", "PSKD.TOPK", "10", "PSKD.TABLE_DTYPE", "float32"],
+    )
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_method("pskd:PSKD.TOPK")
 
@@ -52,8 +86,28 @@ def test_command_line_help():
     assert "--input-pipeline" in run_tool(["tools/benchmark.py", "--help"]).stdout
 
 
-TINY = ["--device", "cpu", "--arch", "resnet18", "--image-size", "32", "--batch-size", "4", "--iters", "1",
-        "--warmup", "1", "--rounds", "1", "--num-classes", "10", "--num-samples", "64", "--threads", "1"]
+TINY = [
+    "--device",
+    "cpu",
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--iters",
+    "1",
+    "--warmup",
+    "1",
+    "--rounds",
+    "1",
+    "--num-classes",
+    "10",
+    "--num-samples",
+    "64",
+    "--threads",
+    "1",
+]
 
 
 def test_check_syncs_runs_every_method(tmp_path):

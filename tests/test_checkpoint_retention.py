@@ -2,6 +2,7 @@
 remain, ``last_checkpoint`` names the newest, and pruning deletes nothing but this run's older
 periodic checkpoints: not model_final.pth, not other files, not another run's folder. The
 engine's own retention is asserted in tests/test_resume_branches.py (it shares that file's run)."""
+
 import os
 
 import pytest
@@ -56,16 +57,28 @@ def test_iterations_are_ordered_by_number_not_by_name(tmp_path):
 def test_pruning_spares_every_other_file(tmp_path):
     out = tmp_path / "run"
     os.makedirs(out / "sub")
-    others = ["model_final.pth", "eval_final.json", "metrics.json", "config.yaml", "log.txt",
-              "eval_only_model_0000001.json", "model_0000001.pth.bak", "my_model_0000001.pth",
-              "model_best.pth", "sub/model_0000001.pth"]
+    others = [
+        "model_final.pth",
+        "eval_final.json",
+        "metrics.json",
+        "config.yaml",
+        "log.txt",
+        "eval_only_model_0000001.json",
+        "model_0000001.pth.bak",
+        "my_model_0000001.pth",
+        "model_best.pth",
+        "sub/model_0000001.pth",
+    ]
     for name in others:
         (out / name).write_bytes(b"kept")
     for iteration in (2, 4, 6):
         save_checkpoint(str(out), iteration, {}, max_to_keep=1)
     for name in others:
         assert (out / name).read_bytes() == b"kept", name
-    assert sorted(n for n in names(out) if n.startswith("model_0")) == ["model_0000001.pth.bak", ckpt(6)]
+    assert sorted(n for n in names(out) if n.startswith("model_0")) == [
+        "model_0000001.pth.bak",
+        ckpt(6),
+    ]
 
 
 def test_pruning_never_reaches_another_runs_folder(tmp_path):

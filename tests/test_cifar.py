@@ -2,6 +2,7 @@
 cifar-100-python/ that torchvision.datasets.CIFAR100 reads) is loaded by the project's data code
 with the shipped CIFAR config: both splits, their labels and class names, the 32x32 padded-crop
 and flip augmentation, CIFAR-100 normalisation, and the CIFAR stem of the model."""
+
 import hashlib
 import os
 import pickle
@@ -11,11 +12,10 @@ import pytest
 import torch
 import torchvision
 
+from conftest import ROOT
 from pretrain import engine
 from pretrain.cli import setup_cfg
 from pretrain.data import build_dataset
-
-from conftest import ROOT
 from test_reliability import run_in_process
 
 CIFAR_CONFIG = os.path.join(ROOT, "configs/pretrain/cifar100_R_18_baseline.yaml")
@@ -45,14 +45,22 @@ def cifar(tmp_path_factory):
     for split, count in (("train", TRAIN), ("test", TEST)):
         rows = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
         labels = [int(x) for x in rng.integers(0, 100, size=count)]
-        batch = {"filenames": [f"{split}_{i}.png" for i in range(count)], "batch_label": f"{split} batch",
-                 "fine_labels": labels, "coarse_labels": [label // 5 for label in labels], "data": rows}
+        batch = {
+            "filenames": [f"{split}_{i}.png" for i in range(count)],
+            "batch_label": f"{split} batch",
+            "fine_labels": labels,
+            "coarse_labels": [label // 5 for label in labels],
+            "data": rows,
+        }
         with open(os.path.join(folder, split), "wb") as f:
             pickle.dump(batch, f, protocol=2)
         splits[split] = (rows, labels)
     with open(os.path.join(folder, "meta"), "wb") as f:
-        pickle.dump({"fine_label_names": NAMES, "coarse_label_names": [f"coarse_{i}" for i in range(20)]}, f,
-                    protocol=2)
+        pickle.dump(
+            {"fine_label_names": NAMES, "coarse_label_names": [f"coarse_{i}" for i in range(20)]},
+            f,
+            protocol=2,
+        )
     return root, splits
 
 
@@ -67,8 +75,10 @@ def checksums_of_the_generated_files(cifar, monkeypatch):
 
 
 def cifar_cfg(root, *overrides):
-    return setup_cfg(CIFAR_CONFIG, ["DATA.ROOT", root, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
-                                    *overrides])
+    return setup_cfg(
+        CIFAR_CONFIG,
+        ["DATA.ROOT", root, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", *overrides],
+    )
 
 
 def as_image(row):
@@ -109,33 +119,70 @@ def test_training_images_are_padded_crops_and_flips_seeded_per_sample(cifar):
         # Which 32x32 window of the 4-pixel zero-padded image, flipped or not, this is.
         pixels = image * STD + MEAN
         padded = torch.nn.functional.pad(as_image(rows[index]), (4, 4, 4, 4))
-        windows = {(dy, dx): padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)}
-        matches = [(dy, dx, flip) for (dy, dx), window in windows.items() for flip in (False, True)
-                   if torch.allclose(pixels, window.flip(-1) if flip else window, atol=1e-5)]
+        windows = {
+            (dy, dx): padded[:, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)
+        }
+        matches = [
+            (dy, dx, flip)
+            for (dy, dx), window in windows.items()
+            for flip in (False, True)
+            if torch.allclose(pixels, window.flip(-1) if flip else window, atol=1e-5)
+        ]
         assert len(matches) == 1, (index, matches)
         found.add(matches[0])
     # The draws vary: shifted and unshifted, flipped and not.
-    assert len({(dy, dx) for dy, dx, _ in found}) > 5 and {flip for _, _, flip in found} == {False, True}
+    assert len({(dy, dx) for dy, dx, _ in found}) > 5 and {flip for _, _, flip in found} == {
+        False,
+        True,
+    }
 
 
-def test_the_cifar_run_builds_a_cifar_stem_and_evaluates_the_test_split(cifar, tmp_path, monkeypatch, one_thread):
+def test_the_cifar_run_builds_a_cifar_stem_and_evaluates_the_test_split(
+    cifar, tmp_path, monkeypatch, one_thread
+):
     """The set-up of tools/pretrain.py with the CIFAR config (training stops where it would
     start), then one evaluation of the untrained model."""
     root, splits = cifar
     built = []
     monkeypatch.setattr(engine.Trainer, "train", lambda self, resume=False: built.append(self))
-    run_in_process(["tools/pretrain.py", "--config-file", CIFAR_CONFIG, "DATA.ROOT", root, "MODEL.DEVICE", "cpu",
-                    "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "10", "TEST.IMS_PER_BATCH", "6",
-                    "OUTPUT_DIR", str(tmp_path / "run")], fails=False)
+    run_in_process(
+        [
+            "tools/pretrain.py",
+            "--config-file",
+            CIFAR_CONFIG,
+            "DATA.ROOT",
+            root,
+            "MODEL.DEVICE",
+            "cpu",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SOLVER.IMS_PER_BATCH",
+            "10",
+            "TEST.IMS_PER_BATCH",
+            "6",
+            "OUTPUT_DIR",
+            str(tmp_path / "run"),
+        ],
+        fails=False,
+    )
     (trainer,) = built
-    assert (len(trainer.train_set), len(trainer.val_set), trainer.iters_per_epoch) == (TRAIN, TEST, 2)
+    assert (len(trainer.train_set), len(trainer.val_set), trainer.iters_per_epoch) == (
+        TRAIN,
+        TEST,
+        2,
+    )
     stem = trainer.model.conv1
     assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1))
-    assert isinstance(trainer.model.maxpool, torch.nn.Identity) and trainer.model.fc.out_features == 100
+    assert (
+        isinstance(trainer.model.maxpool, torch.nn.Identity)
+        and trainer.model.fc.out_features == 100
+    )
     logits = []
     trainer.model.fc.register_forward_hook(lambda module, inputs, output: logits.append(output))
     metrics, stats = trainer.evaluate()
     assert metrics["num_samples"] == TEST and stats.shape == (TEST, 4)
     # Each sample's NLL is that of its own label in the test split.
-    nll = torch.nn.functional.cross_entropy(torch.cat(logits), torch.tensor(splits["test"][1]), reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        torch.cat(logits), torch.tensor(splits["test"][1]), reduction="none"
+    )
     torch.testing.assert_close(stats[:, 0], nll.double())

@@ -1,13 +1,13 @@
 """Config assembly: shipped files load, _BASE_ chains, unknown keys are named."""
+
 import glob
 import os
 
 import pytest
 
+from conftest import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.config import get_cfg
-
-from conftest import ROOT
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "pretrain", "*.yaml")))
 
@@ -21,13 +21,19 @@ def test_shipped_configs_load(path):
 def test_paper_recipe_in_imagenet_configs():
     cfg = setup_cfg(os.path.join(ROOT, "configs/pretrain/imagenet_R_152_pskd.yaml"))
     assert (cfg.MODEL.ARCH, cfg.SOLVER.EPOCHS, cfg.SOLVER.IMS_PER_BATCH) == ("resnet152", 90, 256)
-    assert (cfg.SOLVER.BASE_LR, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WEIGHT_DECAY) == (0.1, (30, 60), 1e-4)
+    assert (cfg.SOLVER.BASE_LR, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WEIGHT_DECAY) == (
+        0.1,
+        (30, 60),
+        1e-4,
+    )
     assert cfg.METHOD.NAME == "pskd"
 
 
 def test_overrides_apply_and_cfg_is_frozen():
-    cfg = setup_cfg(os.path.join(ROOT, "configs/pretrain/imagenet_R_152_baseline.yaml"),
-                    ["SOLVER.EPOCHS", "3", "OUTPUT_DIR", "/tmp/x"])
+    cfg = setup_cfg(
+        os.path.join(ROOT, "configs/pretrain/imagenet_R_152_baseline.yaml"),
+        ["SOLVER.EPOCHS", "3", "OUTPUT_DIR", "/tmp/x"],
+    )
     assert cfg.SOLVER.EPOCHS == 3 and cfg.OUTPUT_DIR == "/tmp/x"
     with pytest.raises(Exception):
         cfg.SOLVER.EPOCHS = 4
@@ -63,7 +69,11 @@ def config_text(name):
 @pytest.mark.parametrize("name", ["imagenet_R_152_pskd.yaml", "imagenet_R_152_pskd_cutmix.yaml"])
 def test_imagenet_pskd_uses_the_previous_epoch_model(name):
     cfg = pretrain_cfg(name)
-    assert (cfg.METHOD.NAME, cfg.PSKD.SOURCE, cfg.PSKD.PREVIOUS_MODEL_BN) == ("pskd", "previous_model", "eval")
+    assert (cfg.METHOD.NAME, cfg.PSKD.SOURCE, cfg.PSKD.PREVIOUS_MODEL_BN) == (
+        "pskd",
+        "previous_model",
+        "eval",
+    )
     assert cfg.PSKD.ALPHA_T == 0.3
     assert cfg.AUG.CUTMIX.ENABLED == name.endswith("_cutmix.yaml")
 
@@ -75,17 +85,28 @@ def test_imagenet_pskd_cutmix_follows_the_half_rule():
 
 def test_the_table_stays_the_default_and_the_cifar_source():
     assert pretrain_cfg("cifar100_R_18_pskd.yaml").PSKD.SOURCE == "table"
-    cfg = pretrain_cfg("imagenet_R_152_pskd.yaml", "PSKD.SOURCE", "table", "PSKD.TABLE_DTYPE", "float32")
+    cfg = pretrain_cfg(
+        "imagenet_R_152_pskd.yaml", "PSKD.SOURCE", "table", "PSKD.TABLE_DTYPE", "float32"
+    )
     assert (cfg.PSKD.SOURCE, cfg.PSKD.TABLE_DTYPE) == ("table", "float32")  # each one key away
     defaults = get_cfg().PSKD
-    assert (defaults.SOURCE, defaults.PREVIOUS_MODEL_BN, defaults.TABLE_DTYPE) == ("table", "eval", "bfloat16")
+    assert (defaults.SOURCE, defaults.PREVIOUS_MODEL_BN, defaults.TABLE_DTYPE) == (
+        "table",
+        "eval",
+        "bfloat16",
+    )
 
 
 def test_imagenet_tfkd_follows_the_paper_equation():
     cfg = pretrain_cfg("imagenet_R_152_tfkd.yaml")
     assert (cfg.TFKD.KL_REDUCTION, cfg.TFKD.ALPHA, cfg.TFKD.TEMPERATURE) == ("batchmean", 0.1, 20.0)
-    assert pretrain_cfg("imagenet_R_152_tfkd.yaml", "TFKD.KL_REDUCTION", "mean").TFKD.KL_REDUCTION == "mean"
-    assert "our reading" in config_text("imagenet_R_152_tfkd.yaml")  # the teacher choice is an inference
+    assert (
+        pretrain_cfg("imagenet_R_152_tfkd.yaml", "TFKD.KL_REDUCTION", "mean").TFKD.KL_REDUCTION
+        == "mean"
+    )
+    assert "our reading" in config_text(
+        "imagenet_R_152_tfkd.yaml"
+    )  # the teacher choice is an inference
 
 
 def test_configs_say_where_unreported_values_come_from():

@@ -3,17 +3,17 @@ the assembled config is the one the project has always had: tests/golden/ holds 
 config's YAML dump and the ordered ranges as they were when the keys still lived in
 pretrain/config.py and pretrain/config_check.py. A change of a default shows here first; update
 the golden file with it."""
+
 import os
 
 import pytest
 import yaml
 
+from conftest import ROOT
 from pretrain.config import _C as GENERAL_DEFAULTS
 from pretrain.config import get_cfg
 from pretrain.config_check import RANGES, numeric_keys
 from pretrain.methods import METHODS, method_label
-
-from conftest import ROOT
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")
 

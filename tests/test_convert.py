@@ -100,7 +100,11 @@ def test_resnet152_names_and_values_match_detectron2_rules(r152_state_dict, tmp_
     assert isinstance(data["__author__"], str)
     assert data["__source__"] == str(src.resolve())
     model = data["model"]
-    reference = {detectron2_reference_name(k): v.numpy() for k, v in r152_state_dict.items() if not k.startswith("fc.")}
+    reference = {
+        detectron2_reference_name(k): v.numpy()
+        for k, v in r152_state_dict.items()
+        if not k.startswith("fc.")
+    }
     assert list(model) == list(reference)  # same names, same order, fc dropped
     assert not any("fc" in k for k in model)
     for k, ref in reference.items():
@@ -144,7 +148,11 @@ ACCEPTED = {
     "model_attr": lambda sd: {"state_dict": _prefixed(sd, "model.")},
     "ddp_compiled": lambda sd: {"model": _prefixed(sd, "module._orig_mod.")},
     "no_fc": lambda sd: {k: v for k, v in sd.items() if not k.startswith("fc.")},
-    "other_num_classes": lambda sd: {**sd, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)},
+    "other_num_classes": lambda sd: {
+        **sd,
+        "fc.weight": torch.zeros(10, 512),
+        "fc.bias": torch.zeros(10),
+    },
 }
 
 
@@ -155,7 +163,11 @@ def test_accepted_inputs_give_identical_output(form, r18_state_dict, tmp_path):
     out = tmp_path / "out.pkl"
     assert convert(str(src), str(out)) == "resnet18"
     model = load_pkl(out)["model"]
-    reference = {detectron2_reference_name(k): v.numpy() for k, v in r18_state_dict.items() if not k.startswith("fc.")}
+    reference = {
+        detectron2_reference_name(k): v.numpy()
+        for k, v in r18_state_dict.items()
+        if not k.startswith("fc.")
+    }
     assert list(model) == list(reference)
     assert all(np.array_equal(model[k], v) for k, v in reference.items())
 

@@ -1,5 +1,6 @@
 """The link from a converted Detectron2 file back to its pretraining checkpoint: present only in
 our dict payloads; any other pickle has none."""
+
 import pickle
 
 from detection.convert import read_source

@@ -1,12 +1,13 @@
 """CS-KD units the loss tests leave open: the loader's pair batches, the anchor/partner split of a
 4-D image batch, and the pair sampler's defaults, seed and first epoch."""
+
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import make_method
 
-from pretrain.samplers import ShardedSampler
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
+from pretrain.samplers import ShardedSampler
+from test_methods import make_method
 
 LABELS = [0, 1, 1, 2, 0, 2, 1, 0, 2, 1]
 
@@ -19,7 +20,9 @@ def test_loader_batches_an_anchor_and_a_partner_per_sample():
 def test_step_splits_a_batch_of_images_into_anchors_then_partners():
     """Two anchors then their two partners, each a distinct 3-channel image; the network averages
     each channel, so every image gives its own logits."""
-    m = make_method("cskd", labels=[0, 2], num_classes=3, batch=2, CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.7)
+    m = make_method(
+        "cskd", labels=[0, 2], num_classes=3, batch=2, CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.7
+    )
     images = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).view(4, 3, 2, 2).sin()
 
     def net(x):
@@ -43,7 +46,9 @@ def test_sampler_defaults_are_one_process_seed_0_epoch_0():
 def test_sampler_anchors_follow_the_sharded_order_of_its_seed(seed):
     """Anchors are the keys ShardedSampler(seed) gives this rank, partners drawn per position."""
     for rank in (0, 1):
-        pairs = ClassPairSampler(LABELS, 5, rank=rank, world_size=2, seed=seed)  # one step per epoch
+        pairs = ClassPairSampler(
+            LABELS, 5, rank=rank, world_size=2, seed=seed
+        )  # one step per epoch
         anchors = ShardedSampler(len(LABELS), rank, 2, seed=seed)
         for epoch in (0, 3):
             pairs.set_epoch(epoch)

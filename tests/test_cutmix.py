@@ -1,5 +1,6 @@
 """CutMix: the clipped box and its lambda, pasting, target mixing by area, the two rules, and
 reproducibility from the global RNG."""
+
 import pytest
 import torch
 
@@ -24,10 +25,12 @@ def test_mix_pastes_the_partner_box_and_mixes_targets_by_area():
     targets = torch.eye(3)
     mix = Mix(which=torch.tensor([0, 2]), partner=torch.tensor([2, 0]), box=(0, 2, 0, 2), lam=0.75)
     out = mix.images(images)
-    assert out[0, 0, :2, :2].eq(3).all() and out[0, 0, 2:].eq(1).all() and out[0, 0, :, 2:].eq(1).all()
+    assert (
+        out[0, 0, :2, :2].eq(3).all() and out[0, 0, 2:].eq(1).all() and out[0, 0, :, 2:].eq(1).all()
+    )
     assert out[2, 0, :2, :2].eq(1).all() and out[2, 0, 2:].eq(3).all()
-    assert torch.equal(out[1], images[1])                       # not mixed
-    assert torch.equal(images[0], torch.full((1, 4, 4), 1.0))   # the input is left alone
+    assert torch.equal(out[1], images[1])  # not mixed
+    assert torch.equal(images[0], torch.full((1, 4, 4), 1.0))  # the input is left alone
     mixed = mix.targets(targets)
     assert torch.allclose(mixed, torch.tensor([[0.75, 0, 0.25], [0, 1, 0], [0.25, 0, 0.75]]))
     assert mix.unmixed(3).tolist() == [1]
@@ -59,7 +62,9 @@ def test_half_rule_mixes_half_of_every_batch_among_themselves():
     for _ in range(10):
         mix = CutMix(prob=0.5, mode="half").draw(8, 6, 6)
         assert len(mix.which) == 4 and len(set(mix.which.tolist())) == 4
-        assert sorted(mix.partner.tolist()) == sorted(mix.which.tolist())  # partners among the mixed
+        assert sorted(mix.partner.tolist()) == sorted(
+            mix.which.tolist()
+        )  # partners among the mixed
         assert len(mix.unmixed(8)) == 4
 
 
@@ -72,8 +77,10 @@ def test_draws_are_reproducible_from_the_global_rng():
     assert (a.box, a.lam) == (b.box, b.lam)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"prob": 1.5}, "PROB"), ({"beta": 0.0}, "BETA"), ({"mode": "sample"}, "PSKD_MODE")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"prob": 1.5}, "PROB"), ({"beta": 0.0}, "BETA"), ({"mode": "sample"}, "PSKD_MODE")],
+)
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CutMix(**kwargs)

@@ -1,15 +1,15 @@
 """Data: stable sample indices, sharded samplers, per-sample augmentation seeds, presets."""
+
 import os
 
 import pytest
 import torch
 
+from conftest import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.data import build_dataset, build_loader
 from pretrain.samplers import ShardedSampler
-from pretrain.transforms import Lighting, PCA_EIGVAL, PCA_EIGVEC
-
-from conftest import ROOT
+from pretrain.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 
@@ -88,6 +88,8 @@ def test_missing_root_and_class_count_mismatch_are_named(tmp_path, synthetic_roo
 
 
 def test_cifar100_absent_gives_clear_error(tmp_path):
-    cfg = setup_cfg(os.path.join(ROOT, "configs/pretrain/cifar100_R_18_pskd.yaml"), ["DATA.ROOT", str(tmp_path)])
+    cfg = setup_cfg(
+        os.path.join(ROOT, "configs/pretrain/cifar100_R_18_pskd.yaml"), ["DATA.ROOT", str(tmp_path)]
+    )
     with pytest.raises(FileNotFoundError, match="cifar-100-python.*never downloaded"):
         build_dataset(cfg, "train", train=True)

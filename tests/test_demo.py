@@ -1,6 +1,7 @@
 """tools/demo.py (study/demo.py) end to end at its smallest size, the way a newcomer meets it: first without
 Detectron2 (every step that does not need it, then the install instructions), then, where
 Detectron2 is installed, the remaining steps with --from detection on the same output folder."""
+
 import argparse
 import contextlib
 import io
@@ -45,14 +46,22 @@ def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_witho
     status = {s["stage"]: set() for s in summary["steps"]}
     for s in summary["steps"]:
         status[s["stage"]].add(s["status"])
-    assert status == {"data": {"done"}, "pretrain": {"done"}, "convert": {"done"},
-                      "detection": {"skipped"}, "report": {"done"}}
+    assert status == {
+        "data": {"done"},
+        "pretrain": {"done"},
+        "convert": {"done"},
+        "detection": {"skipped"},
+        "report": {"done"},
+    }
     assert sum(s["stage"] == "detection" for s in summary["steps"]) == len(METHODS)
     # Step headers with their number, and the exact install command and the re-run command.
     assert "[3/" in stdout and "pretraining Baseline backbone (resnet18, 2 epochs)" in stdout
     assert "Detectron2 is not installed" in stdout
     assert "`make venv` builds it at the pinned commit" in stdout
-    assert f"make demo DEMO_ARGS=\"--out {out} --size tiny --methods baseline,pskd --from detection\"" in stdout
+    assert (
+        f'make demo DEMO_ARGS="--out {out} --size tiny --methods baseline,pskd --from detection"'
+        in stdout
+    )
     assert stdout.rstrip().endswith(f"Output folder: {out}")
     # What exists without detection: metrics, diagrams, converted weights, a Table 5 without AP50.
     for m in METHODS:
@@ -60,7 +69,9 @@ def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_witho
         assert os.path.getsize(os.path.join(out, "d2", f"r18_{m}.pkl")) > 0
     for name in ("table5.md", "table5.csv", "table5.png", "pretraining.md"):
         assert os.path.getsize(os.path.join(out, name)) > 0
-    assert "No VOC evaluation (voc_eval.json) yet for" in open(os.path.join(out, "table5.md")).read()
+    assert (
+        "No VOC evaluation (voc_eval.json) yet for" in open(os.path.join(out, "table5.md")).read()
+    )
     rows = table_rows(os.path.join(out, "table5.md"))
     assert [r[0] for r in rows] == ["Baseline", "PS-KD"]
     assert all(r[3] == "" and r[4] for r in rows)  # AP50 (ours) empty, the paper's there
@@ -73,8 +84,23 @@ def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
     require_detectron2()
     out, rc, _ = demo_without_d2
     assert rc == 0
-    assert demo_main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS), "--det-iters", "2",
-                      "--from", "detection"]) == 0
+    assert (
+        demo_main(
+            [
+                "--out",
+                out,
+                "--size",
+                "tiny",
+                "--methods",
+                ",".join(METHODS),
+                "--det-iters",
+                "2",
+                "--from",
+                "detection",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "fine-tuning Faster R-CNN R-18 FPN from the PS-KD backbone (2 iterations)" in stdout
     assert "Detectron2 is not installed" not in stdout
@@ -93,7 +119,10 @@ def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
 def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(demo.CONFIGS, "baseline", "no_such_config.yaml")
     out = str(tmp_path / "out")
-    assert demo_main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"]) == 1
+    assert (
+        demo_main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"])
+        == 1
+    )
     err = capsys.readouterr().err
     log = os.path.join(out, "logs", "03_pretrain.log")
     assert "DEMO FAILED at step [3/7] pretraining Baseline backbone" in err

@@ -34,8 +34,8 @@ from detection.report import protocol, read_run  # noqa: E402
 from detection.synthetic_voc import VOC_CLASSES, write_voc  # noqa: E402
 from detection.verify import verify_d2_weights  # noqa: E402
 from detection.voc import VOCEvaluator, VOCFormatError, load_voc_split, register_voc  # noqa: E402
-from tools.convert_to_d2 import main as convert_main  # noqa: E402
 from pretrain.config import get_cfg as get_pretrain_cfg  # noqa: E402
+from tools.convert_to_d2 import main as convert_main  # noqa: E402
 
 pytestmark = pytest.mark.detectron2
 
@@ -55,7 +55,9 @@ def load_cfg(name, *opts):
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
-    return write_voc(str(tmp_path_factory.mktemp("voc")), trainval07=8, test07=24, trainval12=4, seed=1)
+    return write_voc(
+        str(tmp_path_factory.mktemp("voc")), trainval07=8, test07=24, trainval12=4, seed=1
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +76,10 @@ def voc(tmp_path_factory):
 def test_configs_are_set_up_for_torchvision_weights(name):
     cfg = load_cfg(name)
     assert cfg.INPUT.FORMAT == "RGB"
-    assert list(cfg.MODEL.PIXEL_MEAN) == TORCHVISION_MEAN and list(cfg.MODEL.PIXEL_STD) == TORCHVISION_STD
+    assert (
+        list(cfg.MODEL.PIXEL_MEAN) == TORCHVISION_MEAN
+        and list(cfg.MODEL.PIXEL_STD) == TORCHVISION_STD
+    )
     assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False and cfg.MODEL.RESNETS.NORM == "FrozenBN"
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 20
     assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval", "voc_2012_trainval")
@@ -102,8 +107,16 @@ def test_paper_protocol_follows_faster_rcnn_pytorch():
     assert [list(r) for r in anchors.ASPECT_RATIOS] == [[0.5, 1.0, 2.0]]
     heads, rpn = cfg.MODEL.ROI_HEADS, cfg.MODEL.RPN
     assert (heads.BATCH_SIZE_PER_IMAGE, heads.POSITIVE_FRACTION) == (128, 0.25)
-    assert (heads.NMS_THRESH_TEST, heads.SCORE_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == (0.3, 0.0, 100)
-    assert (rpn.POST_NMS_TOPK_TEST, rpn.PRE_NMS_TOPK_TEST, rpn.POST_NMS_TOPK_TRAIN) == (300, 6000, 2000)
+    assert (heads.NMS_THRESH_TEST, heads.SCORE_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == (
+        0.3,
+        0.0,
+        100,
+    )
+    assert (rpn.POST_NMS_TOPK_TEST, rpn.PRE_NMS_TOPK_TEST, rpn.POST_NMS_TOPK_TRAIN) == (
+        300,
+        6000,
+        2000,
+    )
     assert cfg.MODEL.RESNETS.DEPTH == 152 and cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
 
 
@@ -115,7 +128,13 @@ def test_paper_protocol_builds_trains_and_infers(voc):
     from detectron2.engine import DefaultTrainer
     from detectron2.utils.events import EventStorage
 
-    cfg = load_cfg("faster_rcnn_R_152_C4_voc0712_paper.yaml", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "50")
+    cfg = load_cfg(
+        "faster_rcnn_R_152_C4_voc0712_paper.yaml",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.RESNETS.DEPTH",
+        "50",
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     assert model.proposal_generator.rpn_head.conv.out_channels == 512
@@ -151,12 +170,19 @@ def test_paper_protocol_builds_trains_and_infers(voc):
     assert len(out) <= 100
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("faster_rcnn_R_152_C4_voc0712.yaml",
-     "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px"),
-    ("faster_rcnn_R_152_C4_voc0712_paper.yaml",
-     "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "faster_rcnn_R_152_C4_voc0712.yaml",
+            "batch 16, lr 0.02, 18,000 it (x0.1 at 12,000, 16,000), train 480-800 / test 800 px",
+        ),
+        (
+            "faster_rcnn_R_152_C4_voc0712_paper.yaml",
+            "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px",
+        ),
+    ],
+)
 def test_report_names_the_protocol_of_a_detectron2_dump(name, expected):
     assert protocol(yaml.safe_load(load_cfg(name).dump())) == expected
 
@@ -178,7 +204,9 @@ def _flatten(node, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("ours,theirs", [("C4", "faster_rcnn_R_50_C4"), ("FPN", "faster_rcnn_R_50_FPN")])
+@pytest.mark.parametrize(
+    "ours,theirs", [("C4", "faster_rcnn_R_50_C4"), ("FPN", "faster_rcnn_R_50_FPN")]
+)
 def test_bases_hold_what_detectron2_voc_configs_hold(ours, theirs):
     mine = _flatten(load_cfg(f"Base-RCNN-{ours}-VOC.yaml"))
     ref = get_cfg()
@@ -192,7 +220,10 @@ def test_bases_hold_what_detectron2_voc_configs_hold(ours, theirs):
 def test_voc_root_key_overrides_environment(monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", "/from/env")
     assert voc_root(load_cfg("faster_rcnn_R_152_C4_voc0712.yaml")) == "/from/env"
-    assert voc_root(load_cfg("faster_rcnn_R_152_C4_voc0712.yaml", "DATASETS.VOC_ROOT", "/data/voc")) == "/data/voc"
+    assert (
+        voc_root(load_cfg("faster_rcnn_R_152_C4_voc0712.yaml", "DATASETS.VOC_ROOT", "/data/voc"))
+        == "/data/voc"
+    )
     monkeypatch.delenv("DETECTRON2_DATASETS")
     assert voc_root(load_cfg("faster_rcnn_R_152_C4_voc0712.yaml")) == "datasets"
 
@@ -234,7 +265,10 @@ def _broken_copy(voc, tmp_path, edit):
         (lambda t: t.replace("<xmax>", "<xmax>x", 1), "<xmax> is 'x"),
         (lambda t: t.replace("<size>", "<sizes>").replace("</size>", "</sizes>"), "no <size>"),
         (lambda t: t.replace("<name>", "<name>zebra_", 1), "not one of the 20 classes"),
-        (lambda t: t.replace("<bndbox>", "<box>", 1).replace("</bndbox>", "</box>", 1), "has no <bndbox>"),
+        (
+            lambda t: t.replace("<bndbox>", "<box>", 1).replace("</bndbox>", "</box>", 1),
+            "has no <bndbox>",
+        ),
     ],
 )
 def test_malformed_annotation_is_named(voc, tmp_path, edit, message):
@@ -295,7 +329,11 @@ def test_evaluator_matches_detectron2_and_returns_per_class(voc, tmp_path):
     inputs, outputs = _noisy_predictions(DatasetCatalog.get("voc_2007_test"))
     theirs, ours = (
         PascalVOCDetectionEvaluator("voc_2007_test"),
-        VOCEvaluator("voc_2007_test", output_file=str(tmp_path / "voc_eval.json"), weights="some/backbone.pkl"),
+        VOCEvaluator(
+            "voc_2007_test",
+            output_file=str(tmp_path / "voc_eval.json"),
+            weights="some/backbone.pkl",
+        ),
     )
     results = []
     for ev in (theirs, ours):
@@ -359,10 +397,17 @@ def _rel_err(a, b):
 def test_converted_r152_reproduces_torchvision_features(tmp_path):
     torch.manual_seed(0)
     tv = _calibrated(torchvision.models.resnet152(weights=None))
-    torch.save({"model": {"module." + k: v for k, v in tv.state_dict().items()}}, tmp_path / "model_final.pth")
+    torch.save(
+        {"model": {"module." + k: v for k, v in tv.state_dict().items()}},
+        tmp_path / "model_final.pth",
+    )
     pkl = str(tmp_path / "r152.pkl")
     convert(str(tmp_path / "model_final.pth"), pkl)
-    n = sum(1 for k in tv.state_dict() if not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+    n = sum(
+        1
+        for k in tv.state_dict()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    )
     assert f"all {n} weights" in verify_d2_weights(pkl, 152)
 
     cfg = load_cfg("faster_rcnn_R_152_C4_voc0712.yaml", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", pkl)
@@ -388,7 +433,13 @@ def test_converted_r152_reproduces_torchvision_features(tmp_path):
     assert _rel_err(res5, layer4) < 1e-4
     # The same weights with the wrong stride convention load silently but compute something else.
     wrong = build_model(
-        load_cfg("faster_rcnn_R_152_C4_voc0712.yaml", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.STRIDE_IN_1X1", True)
+        load_cfg(
+            "faster_rcnn_R_152_C4_voc0712.yaml",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+            True,
+        )
     ).eval()
     DetectionCheckpointer(wrong).load(pkl)
     with torch.no_grad():
@@ -435,7 +486,10 @@ def random_r18_pkl(tmp_path_factory):
     """A converted, randomly initialised ResNet-18 (seeded)."""
     folder = tmp_path_factory.mktemp("r18")
     torch.manual_seed(0)
-    torch.save({"model": torchvision.models.resnet18(weights=None).state_dict()}, folder / "model_final.pth")
+    torch.save(
+        {"model": torchvision.models.resnet18(weights=None).state_dict()},
+        folder / "model_final.pth",
+    )
     convert(str(folder / "model_final.pth"), str(folder / "r18.pkl"))
     return str(folder / "r18.pkl")
 
@@ -468,12 +522,25 @@ def test_tiny_config_is_seeded(voc, random_r18_pkl, tmp_path):
 
 
 def test_divergence_ends_with_an_error_line(voc, random_r18_pkl, tmp_path):
-    proc = _tiny_run(random_r18_pkl, voc, tmp_path / "det", "SOLVER.MAX_ITER", "20", "SOLVER.BASE_LR", "1e6",
-                     "SOLVER.CLIP_GRADIENTS.ENABLED", "False", check=False)
+    proc = _tiny_run(
+        random_r18_pkl,
+        voc,
+        tmp_path / "det",
+        "SOLVER.MAX_ITER",
+        "20",
+        "SOLVER.BASE_LR",
+        "1e6",
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        "False",
+        check=False,
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: training diverged: the loss became Inf/NaN at iteration \d+ \(run folder .*\)\. "
-                        r"Try a lower SOLVER\.BASE_LR, .*SOLVER\.CLIP_GRADIENTS\.ENABLED True\.", last), last
+    assert re.fullmatch(
+        r"error: training diverged: the loss became Inf/NaN at iteration \d+ \(run folder .*\)\. "
+        r"Try a lower SOLVER\.BASE_LR, .*SOLVER\.CLIP_GRADIENTS\.ENABLED True\.",
+        last,
+    ), last
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -487,7 +554,9 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     (pre / "config.yaml").write_text(pcfg.dump())
     (pre / "eval_final.json").write_text(json.dumps({"top1_err": 30.5, "ece": 2.0}))
     torch.manual_seed(0)
-    torch.save({"model": torchvision.models.resnet18(weights=None).state_dict()}, pre / "model_final.pth")
+    torch.save(
+        {"model": torchvision.models.resnet18(weights=None).state_dict()}, pre / "model_final.pth"
+    )
     pkl = str(tmp_path / "r18.pkl")
     convert(str(pre / "model_final.pth"), pkl)
 
@@ -510,8 +579,17 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     # second fresh run there: either would rewrite the finished run's config.yaml and voc_eval.json.
     config_before = (out / "config.yaml").read_text()
     for extra in (["--eval-only"], []):
-        refused = _train_net("--config-file", config, *extra, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                             "OUTPUT_DIR", str(out), env={"DETECTRON2_DATASETS": voc}, check=False)
+        refused = _train_net(
+            "--config-file",
+            config,
+            *extra,
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(out),
+            env={"DETECTRON2_DATASETS": voc},
+            check=False,
+        )
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines()[-1].startswith(f"error: OUTPUT_DIR {out} ")
     assert (out / "config.yaml").read_text() == config_before

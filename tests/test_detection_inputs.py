@@ -56,7 +56,9 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
-    return write_voc(str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2)
+    return write_voc(
+        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2
+    )
 
 
 # -- MODEL.WEIGHTS --------------------------------------------------------------------------------
@@ -69,17 +71,24 @@ def test_matching_backbone_is_accepted(weights):
     check_backbone_weights(load_cfg(TINY), weights["resnet18"])
 
 
-@pytest.mark.parametrize("config,file,found,expected", [
-    (TINY, "resnet50", "R-50", 18),
-    (TINY, "torchvision", "torchvision key names", 18),
-    (os.path.join(CONFIGS, "faster_rcnn_R_152_C4_voc0712.yaml"), "resnet18", "R-18", 152),
-    (os.path.join(CONFIGS, "Base-RCNN-C4-VOC.yaml"), "resnet18", "R-18", 50),
-])
-def test_backbone_of_another_depth_or_unconverted_is_refused(config, file, found, expected, weights):
+@pytest.mark.parametrize(
+    "config,file,found,expected",
+    [
+        (TINY, "resnet50", "R-50", 18),
+        (TINY, "torchvision", "torchvision key names", 18),
+        (os.path.join(CONFIGS, "faster_rcnn_R_152_C4_voc0712.yaml"), "resnet18", "R-18", 152),
+        (os.path.join(CONFIGS, "Base-RCNN-C4-VOC.yaml"), "resnet18", "R-18", 50),
+    ],
+)
+def test_backbone_of_another_depth_or_unconverted_is_refused(
+    config, file, found, expected, weights
+):
     with pytest.raises(WeightsError) as info:
         check_backbone_weights(load_cfg(config), weights[file])
     message = str(info.value)
-    assert weights[file] in message and found in message and f"expects R-{expected}" in message, message
+    assert weights[file] in message and found in message and f"expects R-{expected}" in message, (
+        message
+    )
     assert re.search(r"\d+ of \d+ backbone tensors would keep random values", message), message
 
 
@@ -98,7 +107,9 @@ def test_depth_is_found_without_the_arch_entry(weights, tmp_path):
 # -- tools/train_net.py before its first iteration ------------------------------------------------
 def train_net_tool():
     """tools/train_net.py as a module (by path: Detectron2's wheel may install a ``tools`` package)."""
-    spec = importlib.util.spec_from_file_location("train_net_tool", os.path.join(ROOT, "tools", "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_net_tool", os.path.join(ROOT, "tools", "train_net.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -123,32 +134,72 @@ def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     with open(bad, "w") as f:
         f.write(re.sub(r"<name>\w+</name>", "<name>unicorn</name>", text, count=1))
     out = tmp_path / "det"
-    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", str(out),
-                        "DATASETS.VOC_ROOT", root)
+    message = train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights["resnet18"],
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.VOC_ROOT",
+        root,
+    )
     assert message.startswith(f"error: {bad}: object 0 has class 'unicorn'"), message
     assert not any(n.startswith("model_") for n in os.listdir(out))
 
 
 def test_wrong_or_missing_weights_are_one_error_line(weights, voc, tmp_path):
     out = str(tmp_path / "det")
-    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet50"], "OUTPUT_DIR", out,
-                        "DATASETS.VOC_ROOT", voc)
-    assert message.startswith(f"error: MODEL.WEIGHTS {weights['resnet50']!r} does not initialise"), message
+    message = train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights["resnet50"],
+        "OUTPUT_DIR",
+        out,
+        "DATASETS.VOC_ROOT",
+        voc,
+    )
+    assert message.startswith(
+        f"error: MODEL.WEIGHTS {weights['resnet50']!r} does not initialise"
+    ), message
     missing = str(tmp_path / "nowhere.pkl")
-    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", missing, "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc)
+    message = train_net(
+        "--config-file", TINY, "MODEL.WEIGHTS", missing, "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc
+    )
     assert message == f"error: MODEL.WEIGHTS {missing!r} does not exist"
 
 
 def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
-    message = train_net("--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "TEST.AUG.ENABLED", "True",
-                        "OUTPUT_DIR", str(tmp_path / "det"), "DATASETS.VOC_ROOT", voc)
+    message = train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights["resnet18"],
+        "TEST.AUG.ENABLED",
+        "True",
+        "OUTPUT_DIR",
+        str(tmp_path / "det"),
+        "DATASETS.VOC_ROOT",
+        voc,
+    )
     assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
 
 
 def test_saved_config_is_read_by_plain_detectron2(weights, voc, tmp_path):
     out = str(tmp_path / "det")
     args = default_argument_parser().parse_args(
-        ["--config-file", TINY, "MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc])
+        [
+            "--config-file",
+            TINY,
+            "MODEL.WEIGHTS",
+            weights["resnet18"],
+            "OUTPUT_DIR",
+            out,
+            "DATASETS.VOC_ROOT",
+            voc,
+        ]
+    )
     _, root = train_net_tool().setup(args)
     assert root == voc
     plain = get_cfg()
@@ -179,7 +230,9 @@ def test_undecodable_training_image_is_named(voc, tmp_path):
 
 def test_evaluation_during_training_names_iteration_and_checkpoint(tmp_path):
     trained_model = train_net_tool().trained_model
-    cfg = load_cfg(TINY, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path))
+    cfg = load_cfg(
+        TINY, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "10", "OUTPUT_DIR", str(tmp_path)
+    )
     for storage_iter in (29, 30):  # the last after_step hook, and the after_train one
         with EventStorage(storage_iter):
             assert trained_model(cfg) == (30, str(tmp_path / "model_final.pth"))

@@ -4,6 +4,7 @@ counted once, in sample order, and every rank evaluates rank 0's model even when
 BatchNorm statistics differ (as they do after a training step: each rank updates them from its
 own batch). Also when a rank has no validation sample at all, and for --eval-only (every rank
 loads the weights file)."""
+
 import json
 import os
 
@@ -12,21 +13,29 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import ROOT, file_rendezvous
 from pretrain.cli import setup_cfg
 from pretrain.data import build_dataset, build_loader
-from pretrain.samplers import ShardedSampler
 from pretrain.metrics import per_sample_stats, summarize
 from pretrain.models import build_resnet
+from pretrain.samplers import ShardedSampler
 from pretrain.synthetic import write_imagefolder
-
-from conftest import ROOT, file_rendezvous
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18_baseline.yaml")
 WORLD = 2
 # Batches of 4 per rank (8, 7 samples: 4+4 and 4+3) and of 8 in one process (8+7). No batch holds
 # a single sample: CPU convolutions then give each sample the same result whatever its batch
 # (a batch of one takes other kernels), so sharded and single-process stats are bit-identical.
-SMALL = ["INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "32", "SOLVER.IMS_PER_BATCH", "8", "TEST.IMS_PER_BATCH", "8"]
+SMALL = [
+    "INPUT.CROP_SIZE",
+    "32",
+    "INPUT.RESIZE_SIZE",
+    "32",
+    "SOLVER.IMS_PER_BATCH",
+    "8",
+    "TEST.IMS_PER_BATCH",
+    "8",
+]
 
 
 def _opts(root, out):
@@ -63,11 +72,23 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
         du.barrier()
         eval_only = trainer.evaluate_weights(weights)
         # A validation set of one sample: rank 1 has none.
-        trainer.val_loader = build_loader(trainer.val_set, ShardedSampler(1, rank, world, shuffle=False, pad=False),
-                                          4, 0, False)
+        trainer.val_loader = build_loader(
+            trainer.val_set, ShardedSampler(1, rank, world, shuffle=False, pad=False), 4, 0, False
+        )
         one_metrics, one_stats = trainer.evaluate()
-        torch.save({"gathered": gathered, "before": before, "after": after, "metrics": metrics, "stats": stats,
-                    "eval_only": eval_only, "one_metrics": one_metrics, "one_stats": one_stats}, f"{result}.{rank}")
+        torch.save(
+            {
+                "gathered": gathered,
+                "before": before,
+                "after": after,
+                "metrics": metrics,
+                "stats": stats,
+                "eval_only": eval_only,
+                "one_metrics": one_metrics,
+                "one_stats": one_stats,
+            },
+            f"{result}.{rank}",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -75,8 +96,13 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
 @pytest.fixture(scope="module")
 def odd_root(tmp_path_factory):
     """16 training and 15 validation images (4 classes; one validation image removed)."""
-    root = write_imagefolder(str(tmp_path_factory.mktemp("odd")), num_classes=4, train_per_class=4,
-                             val_per_class=4, size=32)
+    root = write_imagefolder(
+        str(tmp_path_factory.mktemp("odd")),
+        num_classes=4,
+        train_per_class=4,
+        val_per_class=4,
+        size=32,
+    )
     folder = os.path.join(root, "val", "class_003")
     os.remove(os.path.join(folder, sorted(os.listdir(folder))[0]))
     return root
@@ -90,12 +116,16 @@ def _single_process_stats(opts, state):
     model.load_state_dict(state)
     model.eval()
     data = build_dataset(cfg, cfg.DATA.VAL_SPLIT, train=False)
-    loader = build_loader(data, ShardedSampler(len(data), shuffle=False, pad=False), cfg.TEST.IMS_PER_BATCH, 0, False)
+    loader = build_loader(
+        data, ShardedSampler(len(data), shuffle=False, pad=False), cfg.TEST.IMS_PER_BATCH, 0, False
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            return torch.cat([per_sample_stats(model(images), labels) for images, labels, _, _ in loader])
+            return torch.cat(
+                [per_sample_stats(model(images), labels) for images, labels, _, _ in loader]
+            )
     finally:
         torch.set_num_threads(threads)
 
@@ -103,8 +133,12 @@ def _single_process_stats(opts, state):
 def test_two_ranks_evaluate_rank_0s_model_like_one_process(odd_root, tmp_path):
     opts = _opts(odd_root, str(tmp_path / "out"))
     result = str(tmp_path / "result")
-    mp.start_processes(_evaluate_worker, args=(WORLD, file_rendezvous(tmp_path), opts, result), nprocs=WORLD,
-                       start_method="spawn")
+    mp.start_processes(
+        _evaluate_worker,
+        args=(WORLD, file_rendezvous(tmp_path), opts, result),
+        nprocs=WORLD,
+        start_method="spawn",
+    )
     ranks = [torch.load(f"{result}.{rank}", weights_only=True) for rank in range(WORLD)]
     rank0 = ranks[0]["before"]
     buffers = [k for k in rank0 if "running_" in k]
@@ -124,7 +158,9 @@ def test_two_ranks_evaluate_rank_0s_model_like_one_process(odd_root, tmp_path):
         # ... and gets the metrics of one process: each of the 15 samples once, in sample order.
         assert torch.equal(out["stats"], expected), rank
         assert out["metrics"] == summarize(expected) and out["metrics"]["num_samples"] == 15
-        assert out["eval_only"] == dict(summarize(weights_expected), weights=str(tmp_path / "weights.pth"))
+        assert out["eval_only"] == dict(
+            summarize(weights_expected), weights=str(tmp_path / "weights.pth")
+        )
         # One validation sample (evaluated with the weights loaded last), none of it on rank 1: the
         # same sample's stats, counted once (a batch of one: equal up to rounding).
         assert out["one_metrics"]["num_samples"] == 1

@@ -1,6 +1,7 @@
 """PRETRAIN_FAULT (pretrain/faults.py) acts at its point and rank only, and a malformed value is
 named. The kill and hang themselves stop real runs in tests/test_reliability.py; here they are
 replaced by an exception, so a wrong match cannot stop the test process."""
+
 import signal
 
 import pytest
@@ -26,17 +27,20 @@ def actions(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.parametrize("spec,point,fired", [
-    (None, "checkpoint 8", None),
-    ("kill at checkpoint 8", "checkpoint 8", "SIGKILL"),
-    ("kill at checkpoint 8", "checkpoint 80", None),
-    ("kill at checkpoint 8", "step 8", None),
-    ("kill at checkpoint 8 on rank 0", "checkpoint 8", "SIGKILL"),
-    ("kill at checkpoint 8 on rank 1", "checkpoint 8", None),  # this process is rank 0
-    ("hang at step 1", "step 1", "hang"),
-    ("kill at write model_0000008.pth", "write model_0000008.pth", "SIGKILL"),
-    ("kill at write model_0000008.pth", "write last_checkpoint", None),
-])
+@pytest.mark.parametrize(
+    "spec,point,fired",
+    [
+        (None, "checkpoint 8", None),
+        ("kill at checkpoint 8", "checkpoint 8", "SIGKILL"),
+        ("kill at checkpoint 8", "checkpoint 80", None),
+        ("kill at checkpoint 8", "step 8", None),
+        ("kill at checkpoint 8 on rank 0", "checkpoint 8", "SIGKILL"),
+        ("kill at checkpoint 8 on rank 1", "checkpoint 8", None),  # this process is rank 0
+        ("hang at step 1", "step 1", "hang"),
+        ("kill at write model_0000008.pth", "write model_0000008.pth", "SIGKILL"),
+        ("kill at write model_0000008.pth", "write last_checkpoint", None),
+    ],
+)
 def test_fault_acts_at_its_point_and_rank_only(actions, spec, point, fired):
     if spec is None:
         actions.delenv(faults.VARIABLE, raising=False)

@@ -10,6 +10,7 @@ it. ``raw_decode_corruptions`` runs the same loop on a bare ``decode_jpeg`` call
 given GPU that the loop does catch the hazard (it is printed, not asserted: whether the bare call
 corrupts depends on the GPU's nvjpeg backend and timing).
 """
+
 import io
 
 import pytest
@@ -29,7 +30,9 @@ NUMEL = 3 * 512 * 512 // 4
 def _jpegs(count, size=512):
     out = []
     for i in range(count):
-        image = Image.effect_mandelbrot((size, size), (-2 + i / count, -1.5, 1, 1.5), 60).convert("RGB")
+        image = Image.effect_mandelbrot((size, size), (-2 + i / count, -1.5, 1, 1.5), 60).convert(
+            "RGB"
+        )
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=90)
         out.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))

@@ -1,5 +1,6 @@
 """DATALOADER.DECODE device (pretrain/gpu_input.py), on the CPU: batch order, shapes, per-sample
 determinism, closeness to the PIL pipeline, and files nvjpeg cannot take."""
+
 import glob
 import io
 import os
@@ -10,13 +11,12 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from conftest import ROOT
 from pretrain import gpu_input
 from pretrain.cli import setup_cfg
 from pretrain.data import build_dataset, build_loader
 from pretrain.images import UnreadableImage
 from pretrain.samplers import ShardedSampler
-
-from conftest import ROOT
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 
@@ -29,7 +29,9 @@ def _first_batch(cfg, train, batch=16, workers=0, epoch=1, seed=3):
     data = build_dataset(cfg, "train" if train else "val", train=train)
     sampler = ShardedSampler(len(data), seed=seed, shuffle=train, pad=train)
     sampler.set_epoch(epoch)
-    images, labels, indices, skipped = next(iter(build_loader(data, sampler, batch, workers, False)))
+    images, labels, indices, skipped = next(
+        iter(build_loader(data, sampler, batch, workers, False))
+    )
     if not isinstance(images, torch.Tensor):
         images = images.to("cpu", memory_format=torch.channels_last)
     return images, labels, indices, skipped
@@ -117,7 +119,7 @@ def _truncated_copy(tmp_path, synthetic_root, keep):
     shutil.copytree(synthetic_root, root)
     path = sorted((root / "train" / "class_001").iterdir())[0]
     data = path.read_bytes()
-    path.write_bytes(data[:keep(len(data))])
+    path.write_bytes(data[: keep(len(data))])
     return str(root), path
 
 
@@ -134,7 +136,9 @@ def test_jpeg_cut_in_its_data_is_named_by_the_device_decode(tmp_path, synthetic_
     dataset = build_dataset(_cfg(root, "DATALOADER.DECODE", "device"), "train", train=True)
     good = dataset.samples[0]
     batch, labels, indices, skipped = _items(dataset, [good, path])
-    assert len(batch) == 2 and not skipped and all(e.dim() == 1 for e in batch.encoded)  # still encoded
+    assert (
+        len(batch) == 2 and not skipped and all(e.dim() == 1 for e in batch.encoded)
+    )  # still encoded
     with pytest.raises(UnreadableImage) as info:
         batch.to("cpu")
     message = str(info.value)

@@ -1,6 +1,7 @@
 """pretrain/host_syncs.py: the CPU stand-in for CUDA's sync debug mode flags host reads of device
 tensors and data-dependent output sizes, not host-side draws; and no method's training step
 (engine.train_step, with and without CutMix) contains any."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,21 +42,49 @@ def test_check_ignores_host_draws_and_one_hot():
 
 def _step_syncs(name, cutmix, teacher, **opts):
     cfg = get_cfg()
-    cfg.merge_from_list(["METHOD.NAME", name, "MODEL.ARCH", "resnet18", "MODEL.NUM_CLASSES", "5",
-                         "MODEL.DEVICE", "cpu", "AUG.CUTMIX.ENABLED", str(cutmix), "AUG.CUTMIX.PROB", "1.0"]
-                        + [str(v) for kv in opts.items() for v in kv])
+    cfg.merge_from_list(
+        [
+            "METHOD.NAME",
+            name,
+            "MODEL.ARCH",
+            "resnet18",
+            "MODEL.NUM_CLASSES",
+            "5",
+            "MODEL.DEVICE",
+            "cpu",
+            "AUG.CUTMIX.ENABLED",
+            str(cutmix),
+            "AUG.CUTMIX.PROB",
+            "1.0",
+        ]
+        + [str(v) for kv in opts.items() for v in kv]
+    )
     if METHODS[name].needs_teacher:
         cfg.TEACHER.WEIGHTS = teacher
     labels = [i % 5 for i in range(20)]
     model = build_resnet("resnet18", 5, cfg.MODEL.CIFAR_STEM)
-    method = build_method(MethodContext(cfg=cfg, num_classes=5, train_labels=labels, device=torch.device("cpu"),
-                                        per_rank_batch=4, epochs=2))
+    method = build_method(
+        MethodContext(
+            cfg=cfg,
+            num_classes=5,
+            train_labels=labels,
+            device=torch.device("cpu"),
+            per_rank_batch=4,
+            epochs=2,
+        )
+    )
     module = method.wrap_model(model)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
     method.on_epoch_start(1, model)
     keys = method.loader_batch_size(4)
-    images, targets, indices = torch.randn(keys, 3, 32, 32), torch.tensor(labels[:keys]), torch.arange(keys)
-    train_step(method, module, optimizer, None, images, targets, indices)  # creates the optimizer state
+    images, targets, indices = (
+        torch.randn(keys, 3, 32, 32),
+        torch.tensor(labels[:keys]),
+        torch.arange(keys),
+    )
+    train_step(
+        method, module, optimizer, None, images, targets, indices
+    )  # creates the optimizer state
     with HostSyncCheck() as check:
         train_step(method, module, optimizer, None, images, targets, indices)
     return check.syncs
@@ -77,6 +106,8 @@ def test_no_training_step_synchronises(name, cutmix, teacher):
     assert _step_syncs(name, cutmix, teacher) == []
 
 
-@pytest.mark.parametrize("opts", [{"PSKD.TOPK": 2}, {"PSKD.SOURCE": "previous_model"}], ids=["topk", "previous"])
+@pytest.mark.parametrize(
+    "opts", [{"PSKD.TOPK": 2}, {"PSKD.SOURCE": "previous_model"}], ids=["topk", "previous"]
+)
 def test_no_pskd_variant_synchronises(opts, teacher):
     assert _step_syncs("pskd", True, teacher, **opts) == []

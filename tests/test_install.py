@@ -1,6 +1,7 @@
 """tools/install_detectron2.sh where Detectron2 cannot be built: one paragraph saying why and how to
 fix it, the reason recorded for the tests' skip message, exit 0 (the rest of the venv stays usable)
 except under CI=true, and no stamp (so the next `make venv` tries again)."""
+
 import os
 import subprocess
 import sys
@@ -25,15 +26,26 @@ def install(venv, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "DETECTRON2_SRC", "CXX")}
     environ.update(env)
     stamp = venv / f".detectron2-{COMMIT}"
-    proc = subprocess.run(["bash", SCRIPT, str(venv / "bin" / "python"), COMMIT, str(stamp)],
-                          env=environ, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", SCRIPT, str(venv / "bin" / "python"), COMMIT, str(stamp)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc, stamp
 
 
-@pytest.mark.parametrize("env, why", [
-    ({"DETECTRON2_SRC": "/nonexistent/detectron2"}, "DETECTRON2_SRC=/nonexistent/detectron2 does not exist"),
-    ({"CXX": "no-such-compiler"}, "no C++ compiler found (no-such-compiler)"),
-])
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        (
+            {"DETECTRON2_SRC": "/nonexistent/detectron2"},
+            "DETECTRON2_SRC=/nonexistent/detectron2 does not exist",
+        ),
+        ({"CXX": "no-such-compiler"}, "no C++ compiler found (no-such-compiler)"),
+    ],
+)
 def test_unbuildable_detectron2_is_explained_and_recorded(venv, env, why):
     proc, stamp = install(venv, **env)
     assert proc.returncode == 0, proc.stderr

@@ -1,11 +1,11 @@
 """LSSKD: the rotated batch and its joint labels, each loss term against a hand-computed value,
 the branches on every ResNet depth, the previous-epoch network, and the export."""
+
 import math
 
 import pytest
 import torch
 import torchvision
-from test_methods import make_method
 
 from pretrain.methods.lsskd import (
     ROTATIONS,
@@ -16,6 +16,7 @@ from pretrain.methods.lsskd import (
     rotate_batch,
 )
 from pretrain.models import build_resnet
+from test_methods import make_method
 
 LN = math.log
 
@@ -53,7 +54,9 @@ def test_joint_targets_put_each_class_weight_on_class_times_m_plus_rotation():
         assert torch.equal(out[j], expected)
     # Hard labels: the joint label of image i at rotation j is y_i * M + j (HSAKD's).
     hard = joint_targets(torch.eye(3)[[2, 0]])
-    assert hard.argmax(dim=1).tolist() == [2 * 4 + j for j in range(4)] + [0 * 4 + j for j in range(4)]
+    assert hard.argmax(dim=1).tolist() == [2 * 4 + j for j in range(4)] + [
+        0 * 4 + j for j in range(4)
+    ]
 
 
 def test_deep_to_shallow_kl_sums_neighbouring_pairs_with_the_deeper_as_constant():
@@ -110,15 +113,23 @@ for _j in range(ROTATIONS):
 
 def step(m, net=None):
     net = net or Fixed(CUR_LOGITS, CUR_SAD)
-    loss, logits = m.training_step(net, torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0]))
+    loss, logits = m.training_step(
+        net, torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
+    )
     assert torch.equal(logits, CUR_LOGITS[:1])
     return loss.item()
 
 
 def lsskd(**overrides):
     """A one-image method with the KL and feature terms off unless ``overrides`` set them."""
-    return make_method("lsskd", labels=[1], num_classes=2, batch=1, epochs=2,
-                       **{"LSSKD__KD_WEIGHT": 0.0, "LSSKD__FEAT_WEIGHT": 0.0, **overrides})
+    return make_method(
+        "lsskd",
+        labels=[1],
+        num_classes=2,
+        batch=1,
+        epochs=2,
+        **{"LSSKD__KD_WEIGHT": 0.0, "LSSKD__FEAT_WEIGHT": 0.0, **overrides},
+    )
 
 
 def test_first_epoch_trains_on_hard_labels_and_joint_labels():
@@ -132,7 +143,9 @@ def test_later_epochs_soften_both_targets_with_the_previous_network():
     m = lsskd(LSSKD__ALPHA_T=0.5)
     m.epoch = 1  # alpha_1 = 0.5 * 2 / 2 = 0.5
     # Previous network: [0, ln 3] -> [1/4, 3/4] on the unrotated image; uniform joint distribution.
-    m.previous = Fixed(torch.tensor([[0.0, LN(3)]] * ROTATIONS), torch.zeros(ROTATIONS, 2 * ROTATIONS))
+    m.previous = Fixed(
+        torch.tensor([[0.0, LN(3)]] * ROTATIONS), torch.zeros(ROTATIONS, 2 * ROTATIONS)
+    )
     y_s = [0.5 * 0 + 0.5 / 4, 0.5 * 1 + 0.5 * 3 / 4]  # [1/8, 7/8]
     main = -(y_s[0] * LN(3 / 4) + y_s[1] * LN(1 / 4))
     # Joint target: 0.5 on class M + j plus 0.5 / 8 everywhere -> 9/16 there, 1/16 on the 7 others.
@@ -142,7 +155,11 @@ def test_later_epochs_soften_both_targets_with_the_previous_network():
 
 def test_kd_and_feature_weights_add_their_terms():
     shallow = torch.zeros(ROTATIONS, 2 * ROTATIONS)
-    net = Fixed(CUR_LOGITS, [shallow, CUR_SAD], features=[torch.ones(ROTATIONS, 2), torch.zeros(ROTATIONS, 2)])
+    net = Fixed(
+        CUR_LOGITS,
+        [shallow, CUR_SAD],
+        features=[torch.ones(ROTATIONS, 2), torch.zeros(ROTATIONS, 2)],
+    )
     plain = step(lsskd(), net)
     kl = deep_to_shallow_kl([shallow, CUR_SAD], 3.0).item()
     assert kl > 0
@@ -151,13 +168,23 @@ def test_kd_and_feature_weights_add_their_terms():
     assert step(lsskd(LSSKD__FEAT_WEIGHT=0.5), net) == pytest.approx(plain + 0.5)
 
 
-@pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
-                                         ("resnet101", 2048), ("resnet152", 2048)])
+@pytest.mark.parametrize(
+    "arch, width",
+    [
+        ("resnet18", 512),
+        ("resnet34", 512),
+        ("resnet50", 2048),
+        ("resnet101", 2048),
+        ("resnet152", 2048),
+    ],
+)
 def test_a_branch_on_every_stage_of_every_depth(arch, width):
     with torch.device("meta"):  # shapes only
         net = ResNetWithBranches(build_resnet(arch, 5), 5)
     assert len(net.branches) == 4
-    assert all(b["fc"].in_features == width and b["fc"].out_features == 5 * ROTATIONS for b in net.branches)
+    assert all(
+        b["fc"].in_features == width and b["fc"].out_features == 5 * ROTATIONS for b in net.branches
+    )
 
 
 def test_branches_leave_the_logits_alone_and_the_export_is_a_plain_resnet():
@@ -180,10 +207,14 @@ def test_branches_and_previous_network_are_trained_checkpointed_and_restored():
     module = m.wrap_model(build_resnet("resnet18", 4))
     m.on_epoch_start(0, module.model)
     assert m.previous is None
-    loss, logits = m.training_step(module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4))
+    loss, logits = m.training_step(
+        module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4)
+    )
     loss.backward()
     assert logits.shape == (4, 4)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.branches[0]["fc"].parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in module.branches[0]["fc"].parameters()
+    )
     m.on_epoch_start(1, module.model)
     snapshot = m.previous.branches[0]["fc"].weight.clone()
     assert torch.equal(snapshot, module.branches[0]["fc"].weight)
@@ -196,5 +227,8 @@ def test_branches_and_previous_network_are_trained_checkpointed_and_restored():
     other.wrap_model(build_resnet("resnet18", 4))
     other.load_state_dict(m.state_dict())
     assert torch.equal(other.net.branches[0]["fc"].weight, module.branches[0]["fc"].weight)
-    assert torch.equal(other.previous.branches[0]["fc"].weight, snapshot) and not other.previous.training
+    assert (
+        torch.equal(other.previous.branches[0]["fc"].weight, snapshot)
+        and not other.previous.training
+    )
     assert "branches on layer1-4" in m.describe()

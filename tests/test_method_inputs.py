@@ -9,11 +9,11 @@ different, so feeding the unmixed batch, another draw or other images changes wh
 and the loss. The expected batch and targets are built here from the draw's fields, not with
 ``Mix.images`` / ``Mix.targets``.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_methods import make_method
 
 from pretrain.methods.lsskd import (
     ROTATIONS,
@@ -23,6 +23,7 @@ from pretrain.methods.lsskd import (
     rotate_batch,
 )
 from pretrain.methods.uskd import uskd_loss
+from test_methods import make_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,10 +58,15 @@ def mixing_draw(method, labels=LABELS):
     for seed in range(1000):
         torch.manual_seed(seed)
         mix = method.cutmix.draw(len(labels), H, W)
-        if (mix is not None and 0.1 < mix.lam < 0.45
-                and (labels[mix.which] != labels[mix.partner]).all()):
+        if (
+            mix is not None
+            and 0.1 < mix.lam < 0.45
+            and (labels[mix.which] != labels[mix.partner]).all()
+        ):
             y0, y1, x0, x1 = mix.box
-            assert mix.lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / (H * W))  # lambda is the box's
+            assert mix.lam == pytest.approx(
+                1 - (y1 - y0) * (x1 - x0) / (H * W)
+            )  # lambda is the box's
             return seed, mix
     raise AssertionError("no seed below 1000 gives a mixing draw")
 
@@ -102,13 +108,19 @@ def soft_ce(logits, targets):
 def kl_sum(student, teacher, temperature):
     """sum over the batch and classes of T^2 KL(softmax(teacher / T) || softmax(student / T))."""
     p = F.softmax(teacher / temperature, dim=1)
-    return (p * (p.log() - F.log_softmax(student / temperature, dim=1))).sum() * temperature ** 2
+    return (p * (p.log() - F.log_softmax(student / temperature, dim=1))).sum() * temperature**2
 
 
 def cutmix(name, **overrides):
     """The method with CutMix on every batch (PS-KD's rules are chosen by the caller)."""
-    options = {"AUG__CUTMIX__ENABLED": True, "AUG__CUTMIX__PROB": 1.0, "AUG__CUTMIX__PSKD_MODE": "batch"}
-    return make_method(name, labels=LABELS.tolist(), num_classes=K, batch=B, epochs=2, **{**options, **overrides})
+    options = {
+        "AUG__CUTMIX__ENABLED": True,
+        "AUG__CUTMIX__PROB": 1.0,
+        "AUG__CUTMIX__PSKD_MODE": "batch",
+    }
+    return make_method(
+        name, labels=LABELS.tolist(), num_classes=K, batch=B, epochs=2, **{**options, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +155,24 @@ def test_pskd_batch_rule_trains_on_the_mixed_batch_with_plain_cutmix_targets():
     model = Probe()
     loss, logits, _, images, targets = step(m, model)
     assert len(model.seen) == 1 and torch.equal(model.seen[0], images)
-    assert loss.item() == pytest.approx(soft_ce(logits, targets).item(), rel=1e-6)  # no PS-KD target
-    torch.testing.assert_close(m.source.table.read(torch.arange(B), B), past)  # nothing stored from it
+    assert loss.item() == pytest.approx(
+        soft_ce(logits, targets).item(), rel=1e-6
+    )  # no PS-KD target
+    torch.testing.assert_close(
+        m.source.table.read(torch.arange(B), B), past
+    )  # nothing stored from it
 
 
 @pytest.mark.parametrize("source", ["table", "previous_model"])
 def test_pskd_half_rule_mixes_half_and_softens_the_other_half(source):
-    m = cutmix("pskd", AUG__CUTMIX__PSKD_MODE="half", AUG__CUTMIX__PROB=0.5, PSKD__ALPHA_T=0.5,
-               PSKD__SOURCE=source, PSKD__TABLE_DTYPE="float32")
+    m = cutmix(
+        "pskd",
+        AUG__CUTMIX__PSKD_MODE="half",
+        AUG__CUTMIX__PROB=0.5,
+        PSKD__ALPHA_T=0.5,
+        PSKD__SOURCE=source,
+        PSKD__TABLE_DTYPE="float32",
+    )
     m.epoch = 1  # alpha 0.5 * 2 / 2
     previous = Probe(seed=1)
     if source == "table":
@@ -180,10 +202,12 @@ def test_cskd_mixes_anchors_and_partners_with_one_draw():
     m = cutmix("cskd", CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.5)
     anchors, partners = distinct_images(), distinct_images(seed=1)
     model = Probe()
-    loss, logits, mix, images, targets = step(m, model, torch.cat([anchors, partners]), LABELS.repeat(2))
+    loss, logits, mix, images, targets = step(
+        m, model, torch.cat([anchors, partners]), LABELS.repeat(2)
+    )
     assert len(model.seen) == 2
-    assert torch.equal(model.seen[0], images)                  # the mixed anchors
-    assert torch.equal(model.seen[1], pasted(partners, mix))   # the partners: same box, same pairs
+    assert torch.equal(model.seen[0], images)  # the mixed anchors
+    assert torch.equal(model.seen[1], pasted(partners, mix))  # the partners: same box, same pairs
     partner_logits = model(pasted(partners, mix))
     expected = soft_ce(logits, targets) + 0.5 * kl_sum(logits, partner_logits, 2.0) / B
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -191,8 +215,13 @@ def test_cskd_mixes_anchors_and_partners_with_one_draw():
 
 # -- teachers ------------------------------------------------------------------------------------
 def test_tfkd_teacher_and_student_see_the_same_mixed_batch(teacher_file):
-    m = cutmix("tfkd", TEACHER__WEIGHTS=teacher_file, TFKD__ALPHA=0.5, TFKD__TEMPERATURE=2.0,
-               TFKD__KL_REDUCTION="batchmean")
+    m = cutmix(
+        "tfkd",
+        TEACHER__WEIGHTS=teacher_file,
+        TFKD__ALPHA=0.5,
+        TFKD__TEMPERATURE=2.0,
+        TFKD__KL_REDUCTION="batchmean",
+    )
     m.teacher = teacher = Probe(seed=1)
     model = Probe()
     loss, logits, _, images, targets = step(m, model)
@@ -212,7 +241,7 @@ def nkd_reference(logits, teacher_logits, target, temperature, gamma):
     n = len(target)
     log_n_s = F.log_softmax(logits[keep].view(n, -1) / temperature, dim=1)
     n_p = F.softmax(teacher_logits[keep].view(n, -1) / temperature, dim=1)
-    return loss_target - gamma * temperature ** 2 * (n_p * log_n_s).sum(dim=1).mean()
+    return loss_target - gamma * temperature**2 * (n_p * log_n_s).sum(dim=1).mean()
 
 
 def test_nkd_teacher_sees_the_mixed_batch_and_the_loss_the_larger_area_class(teacher_file):
@@ -250,7 +279,8 @@ def test_uskd_gets_the_mixed_batch_and_the_mixed_targets():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # With the hard labels instead the loss differs: the mixed samples' two classes both count.
     assert expected.item() != pytest.approx(
-        (soft_ce(logits, targets) + uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)).item(), rel=1e-4)
+        (soft_ce(logits, targets) + uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)).item(), rel=1e-4
+    )
 
 
 class BranchesProbe(torch.nn.Module):
@@ -274,11 +304,15 @@ def test_lsskd_rotates_the_mixed_batch_and_trains_on_unsoftened_mixed_targets():
     m.epoch, m.previous = 1, previous  # a previous network exists ...
     model = BranchesProbe()
     loss, logits, _, images, targets = step(m, model)
-    assert previous.main.seen == []                      # ... but a mixed batch is not softened
+    assert previous.main.seen == []  # ... but a mixed batch is not softened
     rotated = rotate_batch(images)
     assert len(model.main.seen) == 1 and torch.equal(model.main.seen[0], rotated)
     full, sad, feats, final = model(rotated)
     assert torch.equal(logits, full[::ROTATIONS])
-    expected = (soft_ce(logits, targets) + sum(soft_ce(s, joint_targets(targets)) for s in sad)
-                + 0.5 * deep_to_shallow_kl(sad, 2.0) + 0.25 * feature_alignment(feats, final))
+    expected = (
+        soft_ce(logits, targets)
+        + sum(soft_ce(s, joint_targets(targets)) for s in sad)
+        + 0.5 * deep_to_shallow_kl(sad, 2.0)
+        + 0.25 * feature_alignment(feats, final)
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

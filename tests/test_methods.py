@@ -1,6 +1,7 @@
 """Each method's loss against its definition (docs/methods.md, the papers' equations) on fixed tensors
 with hand-computed values; PS-KD with CutMix and with the previous-epoch model; CS-KD's pair
 sampler; USKD's head; config validation and describe()."""
+
 import math
 import os
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from conftest import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.config import get_cfg
 from pretrain.cutmix import CutMix
@@ -18,8 +20,6 @@ from pretrain.methods.cskd import ClassPairSampler, cskd_loss
 from pretrain.methods.tfkd import tfkd_kl
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
 from pretrain.models import build_resnet
-
-from conftest import ROOT
 
 LN = math.log
 
@@ -37,8 +37,16 @@ def make_method(name, labels=(0, 1, 2, 0), num_classes=3, batch=4, epochs=4, **o
         for part in node.split("__"):
             target = getattr(target, part)
         setattr(target, attr, value)
-    return build_method(MethodContext(cfg=cfg, num_classes=num_classes, train_labels=list(labels),
-                                      device=torch.device("cpu"), per_rank_batch=batch, epochs=epochs))
+    return build_method(
+        MethodContext(
+            cfg=cfg,
+            num_classes=num_classes,
+            train_labels=list(labels),
+            device=torch.device("cpu"),
+            per_rank_batch=batch,
+            epochs=epochs,
+        )
+    )
 
 
 def fixed(logits):
@@ -53,13 +61,17 @@ TWO = torch.tensor([[0.0, LN(3)]])
 
 def test_baseline_is_cross_entropy():
     m = make_method("baseline", labels=[1], num_classes=2, batch=1)
-    loss, _ = m.training_step(fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0]))
+    loss, _ = m.training_step(
+        fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
+    )
     assert loss.item() == pytest.approx(-LN(0.75))
 
 
 def test_label_smoothing_puts_eps_over_k_on_every_class():
     m = make_method("ls", labels=[1], num_classes=2, batch=1, LS__EPSILON=0.1)
-    loss, _ = m.training_step(fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0]))
+    loss, _ = m.training_step(
+        fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
+    )
     # target [0.05, 0.95] (torch's convention), not [0.1, 0.9] (eps / (K - 1) on non-targets)
     assert loss.item() == pytest.approx(-(0.05 * LN(0.25) + 0.95 * LN(0.75)))
 
@@ -69,7 +81,9 @@ def test_label_smoothing_differs_from_the_tfkd_convention_by_1e4_on_the_label():
     k = 1000
     m = make_method("ls", labels=[7], num_classes=k, batch=1, LS__EPSILON=0.1)
     z = torch.randn(1, k, requires_grad=True)
-    loss, _ = m.training_step(lambda images: z, torch.zeros(1, 3, 4, 4), torch.tensor([7]), torch.tensor([0]))
+    loss, _ = m.training_step(
+        lambda images: z, torch.zeros(1, 3, 4, 4), torch.tensor([7]), torch.tensor([0])
+    )
     loss.backward()
     target = (z.softmax(1) - z.grad).detach().double()[0]
     tfkd = torch.full((k,), 0.1 / (k - 1), dtype=torch.float64)
@@ -81,13 +95,21 @@ def test_label_smoothing_differs_from_the_tfkd_convention_by_1e4_on_the_label():
 
 
 def test_baseline_with_cutmix_mixes_targets_by_area():
-    m = make_method("baseline", labels=[0, 1], num_classes=2, batch=2,
-                    AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PROB=1.0)
+    m = make_method(
+        "baseline",
+        labels=[0, 1],
+        num_classes=2,
+        batch=2,
+        AUG__CUTMIX__ENABLED=True,
+        AUG__CUTMIX__PROB=1.0,
+    )
     logits = torch.tensor([[0.0, LN(3)], [LN(3), 0.0]])
     torch.manual_seed(1)
     mix = m.cutmix.draw(2, 8, 8)
     torch.manual_seed(1)
-    loss, _ = m.training_step(fixed(logits), torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    loss, _ = m.training_step(
+        fixed(logits), torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1])
+    )
     lam, swapped = mix.lam, mix.partner.tolist() == [1, 0]
     own = lam if swapped else 1.0  # identity partners leave the batch unchanged
     # sample 0 (label 0) holds (1 - lam) of sample 1 (label 1) when the partners are swapped
@@ -106,11 +128,15 @@ def test_cskd_kl_term():
 
 
 def test_cskd_step_is_ce_plus_lambda_kl_and_no_gradient_through_the_partner():
-    m = make_method("cskd", labels=[1, 1], num_classes=2, batch=1, CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.5)
+    m = make_method(
+        "cskd", labels=[1, 1], num_classes=2, batch=1, CSKD__TEMPERATURE=2.0, CSKD__LAMBDA=0.5
+    )
     assert m.loader_batch_size(1) == 2
     # The "network" is the identity on (B, 2) inputs: anchor row, then partner row.
     images = torch.tensor([[0.0, 2 * LN(3)], [0.0, 0.0]], requires_grad=True)
-    loss, logits = m.training_step(lambda x: x * 1.0, images, torch.tensor([1, 1]), torch.tensor([0, 1]))
+    loss, logits = m.training_step(
+        lambda x: x * 1.0, images, torch.tensor([1, 1]), torch.tensor([0, 1])
+    )
     p1 = 9 / 10  # softmax([0, 2 ln 3])[1]
     assert loss.item() == pytest.approx(-LN(p1) + 0.5 * 4 * 0.5 * LN(4 / 3))
     loss.backward()
@@ -132,8 +158,8 @@ def steps(sampler, batch):
     out = []
     while keys:
         n = min(2 * batch, len(keys)) // 2
-        out.append((keys[:n], keys[n: 2 * n]))
-        keys = keys[2 * n:]
+        out.append((keys[:n], keys[n : 2 * n]))
+        keys = keys[2 * n :]
     return out
 
 
@@ -195,9 +221,13 @@ def test_pair_sampler_draws_every_class_member():
 def test_tfkd_kl_reductions(reduction, divisor):
     # B = 1, K = 2: student [1/4, 3/4], teacher [1/2, 1/2]: KL = 1/2 ln(4/3); "mean" divides by B*K.
     student, teacher = torch.tensor([[0.0, LN(3)]]), torch.zeros(1, 2)
-    assert tfkd_kl(student, teacher, 1.0, reduction).item() == pytest.approx(0.5 * LN(4 / 3) / divisor)
+    assert tfkd_kl(student, teacher, 1.0, reduction).item() == pytest.approx(
+        0.5 * LN(4 / 3) / divisor
+    )
     # T = 2 on doubled logits: the same distributions, times T^2 = 4
-    assert tfkd_kl(2 * student, teacher, 2.0, reduction).item() == pytest.approx(2 * LN(4 / 3) / divisor)
+    assert tfkd_kl(2 * student, teacher, 2.0, reduction).item() == pytest.approx(
+        2 * LN(4 / 3) / divisor
+    )
 
 
 def test_tfkd_mean_reduction_weakens_the_imagenet_kd_term_to_004_kl():
@@ -207,8 +237,12 @@ def test_tfkd_mean_reduction_weakens_the_imagenet_kd_term_to_004_kl():
     student, teacher = torch.randn(8, 1000) * 5, torch.randn(8, 1000) * 5
     p_t = F.softmax(teacher / 20, 1)
     kl = (p_t * (p_t.log() - F.log_softmax(student / 20, 1))).sum(1).mean()
-    assert 0.1 * tfkd_kl(student, teacher, 20.0, "mean").item() == pytest.approx(0.04 * kl.item(), rel=1e-4)
-    assert 0.1 * tfkd_kl(student, teacher, 20.0, "batchmean").item() == pytest.approx(40 * kl.item(), rel=1e-4)
+    assert 0.1 * tfkd_kl(student, teacher, 20.0, "mean").item() == pytest.approx(
+        0.04 * kl.item(), rel=1e-4
+    )
+    assert 0.1 * tfkd_kl(student, teacher, 20.0, "batchmean").item() == pytest.approx(
+        40 * kl.item(), rel=1e-4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +254,22 @@ def teacher_file(tmp_path_factory):
 
 @pytest.mark.parametrize("reduction", ["mean", "batchmean"])
 def test_tfkd_step(teacher_file, reduction):
-    m = make_method("tfkd", labels=[1], num_classes=2, batch=1, TEACHER__WEIGHTS=teacher_file,
-                    TFKD__ALPHA=0.1, TFKD__TEMPERATURE=1.0, TFKD__KL_REDUCTION=reduction)
+    m = make_method(
+        "tfkd",
+        labels=[1],
+        num_classes=2,
+        batch=1,
+        TEACHER__WEIGHTS=teacher_file,
+        TFKD__ALPHA=0.1,
+        TFKD__TEMPERATURE=1.0,
+        TFKD__KL_REDUCTION=reduction,
+    )
     assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
     assert teacher_file in m.describe() and reduction in m.describe()
     m.teacher = fixed(torch.zeros(1, 2))
-    loss, _ = m.training_step(fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0]))
+    loss, _ = m.training_step(
+        fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
+    )
     kl = 0.5 * LN(4 / 3) / (2 if reduction == "mean" else 1)
     assert loss.item() == pytest.approx(0.9 * -LN(0.75) + 0.1 * kl)
 
@@ -238,7 +282,12 @@ def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
     with pytest.raises(ValueError, match="TEACHER.WEIGHTS"):
         make_method("tfkd", num_classes=2)
     with pytest.raises(ValueError, match="KL_REDUCTION"):
-        make_method("tfkd", num_classes=2, TEACHER__WEIGHTS=str(tmp_path / "tv.pth"), TFKD__KL_REDUCTION="sum")
+        make_method(
+            "tfkd",
+            num_classes=2,
+            TEACHER__WEIGHTS=str(tmp_path / "tv.pth"),
+            TFKD__KL_REDUCTION="sum",
+        )
 
 
 # -- USKD -----------------------------------------------------------------------------------
@@ -261,8 +310,12 @@ def test_uskd_weak_term_is_label_smoothed_ce_of_the_head():
     e = 0.1 / 3  # eps / K on every class
     row0 = -((0.9 + e) * LN(1 / 4) + e * LN(1 / 2) + e * LN(1 / 4))
     row1 = -(e * LN(2 / 5) + (0.9 + e) * LN(1 / 5) + e * LN(2 / 5))
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 1.0).item() == pytest.approx((row0 + row1) / 2)
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 0.005).item() == pytest.approx(0.005 * (row0 + row1) / 2)
+    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 1.0).item() == pytest.approx(
+        (row0 + row1) / 2
+    )
+    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 0.005).item() == pytest.approx(
+        0.005 * (row0 + row1) / 2
+    )
 
 
 def test_uskd_non_target_term_uses_zipf_over_the_rank():
@@ -274,7 +327,9 @@ def test_uskd_non_target_term_uses_zipf_over_the_rank():
     #   -> Zipf class 2: 1, class 0: 1/2; non-targets {0, 2}: [1/2, 1] / (3/2) = [1/3, 2/3];
     #   their logits [0, ln 2] -> [1/3, 2/3].
     row1 = -(1 / 3 * LN(1 / 3) + 2 / 3 * LN(2 / 3))
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 1.0, 0.0).item() == pytest.approx((row0 + row1) / 2)
+    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 1.0, 0.0).item() == pytest.approx(
+        (row0 + row1) / 2
+    )
 
 
 def _uskd_non_target_by_indexing(logits, weak_logits, label):
@@ -300,20 +355,30 @@ def test_uskd_non_target_term_and_its_gradient_match_the_indexing_form():
     reference = _uskd_non_target_by_indexing(logits, weak, labels.view(-1, 1))
     (ref_grad,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(ours, reference)
-    torch.testing.assert_close(grad, ref_grad)  # finite, and zero where no softmax term depends on it
+    torch.testing.assert_close(
+        grad, ref_grad
+    )  # finite, and zero where no softmax term depends on it
 
 
 def test_uskd_mixed_labels_use_the_two_largest_with_their_weights():
     gt = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.6, 0.4]])
     # s_t: row 0 (labels 0, 1) [1/2, 1/4]; row 1 (labels 1, 2) [1/4, 1/2];
     # per-column batch means of s_t^2: 5/32 and 5/32
-    w = [[1 / 4 + 0.7 - 5 / 32, 1 / 16 + 0.3 - 5 / 32], [1 / 16 + 0.6 - 5 / 32, 1 / 4 + 0.4 - 5 / 32]]
-    expected = -((w[0][0] * LN(1 / 2) + w[0][1] * LN(1 / 4)) + (w[1][0] * LN(1 / 4) + w[1][1] * LN(1 / 2))) / 2
+    w = [
+        [1 / 4 + 0.7 - 5 / 32, 1 / 16 + 0.3 - 5 / 32],
+        [1 / 16 + 0.6 - 5 / 32, 1 / 4 + 0.4 - 5 / 32],
+    ]
+    expected = (
+        -((w[0][0] * LN(1 / 2) + w[0][1] * LN(1 / 4)) + (w[1][0] * LN(1 / 4) + w[1][1] * LN(1 / 2)))
+        / 2
+    )
     assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("arch, channels", [("resnet18", 256), ("resnet34", 256), ("resnet50", 1024),
-                                            ("resnet152", 1024)])
+@pytest.mark.parametrize(
+    "arch, channels",
+    [("resnet18", 256), ("resnet34", 256), ("resnet50", 1024), ("resnet152", 1024)],
+)
 def test_uskd_head_sits_on_layer3(arch, channels):
     with torch.device("meta"):  # shapes only
         net = ResNetWithWeakHead(build_resnet(arch, 5), 5)
@@ -334,7 +399,9 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     m = make_method("uskd", labels=[0, 1, 2, 3], num_classes=4)
     model = build_resnet("resnet18", 4)
     module = m.wrap_model(model)
-    loss, logits = m.training_step(module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4))
+    loss, logits = m.training_step(
+        module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4)
+    )
     loss.backward()
     assert module.head.weight.grad.abs().sum() > 0 and logits.shape == (4, 4)
     state = m.state_dict()
@@ -346,27 +413,52 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
 
 
 @pytest.mark.parametrize("name", ["uskd", "lsskd"])
-def test_the_trainer_optimizes_the_methods_own_parts(name, synthetic_root, tmp_path, restore_logging):
+def test_the_trainer_optimizes_the_methods_own_parts(
+    name, synthetic_root, tmp_path, restore_logging
+):
     """USKD's head and LSSKD's branches train with the network: the Trainer's optimizer holds
     every parameter of the module the method wraps, and one training step changes them."""
-    trainer = Trainer(setup_cfg(os.path.join(ROOT, "configs", "pretrain", f"cpu_synthetic_R_18_{name}.yaml"), [
-        "DATA.ROOT", synthetic_root, "OUTPUT_DIR", str(tmp_path), "SOLVER.IMS_PER_BATCH", "2",
-        "INPUT.CROP_SIZE", "16"]))
+    trainer = Trainer(
+        setup_cfg(
+            os.path.join(ROOT, "configs", "pretrain", f"cpu_synthetic_R_18_{name}.yaml"),
+            [
+                "DATA.ROOT",
+                synthetic_root,
+                "OUTPUT_DIR",
+                str(tmp_path),
+                "SOLVER.IMS_PER_BATCH",
+                "2",
+                "INPUT.CROP_SIZE",
+                "16",
+            ],
+        )
+    )
     own = trainer.method.net.head if name == "uskd" else trainer.method.net.branches
     optimized = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in optimized} == {id(p) for p in trainer.method.net.parameters()}
     assert {id(p) for p in own.parameters()} < {id(p) for p in optimized}
     before = [p.detach().clone() for p in own.parameters()]
     images, labels, indices, _ = next(iter(trainer.train_loader))
-    train_step(trainer.method, trainer.train_module, trainer.optimizer, None, images, labels, indices)
+    train_step(
+        trainer.method, trainer.train_module, trainer.optimizer, None, images, labels, indices
+    )
     assert all(not torch.equal(b, p) for b, p in zip(before, own.parameters()))
 
 
 # -- PS-KD with CutMix and with the previous-epoch model ------------------------------------
 def test_pskd_cutmix_half_rule_targets_and_mixed_predictions_not_stored():
     labels = [0, 1, 2, 0, 1, 2, 0, 1]
-    m = make_method("pskd", labels=labels, num_classes=3, batch=8, epochs=2, PSKD__ALPHA_T=0.5,
-                    PSKD__TABLE_DTYPE="float32", AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PSKD_MODE="half")
+    m = make_method(
+        "pskd",
+        labels=labels,
+        num_classes=3,
+        batch=8,
+        epochs=2,
+        PSKD__ALPHA_T=0.5,
+        PSKD__TABLE_DTYPE="float32",
+        AUG__CUTMIX__ENABLED=True,
+        AUG__CUTMIX__PSKD_MODE="half",
+    )
     m.on_epoch_start(1, None)  # alpha = 0.5
     y = torch.tensor(labels)
     idx = torch.arange(8)
@@ -382,30 +474,53 @@ def test_pskd_cutmix_half_rule_targets_and_mixed_predictions_not_stored():
     mixed, own = mix.which.tolist(), mix.unmixed(8).tolist()
     assert len(mixed) == 4 and len(own) == 4
     onehot = F.one_hot(y, 3).float()
-    targets = 0.5 * onehot + 0.5 * past                                   # PS-KD half
-    targets[mix.which] = mix.lam * onehot[mix.which] + (1 - mix.lam) * onehot[mix.partner]  # CutMix half
+    targets = 0.5 * onehot + 0.5 * past  # PS-KD half
+    targets[mix.which] = (
+        mix.lam * onehot[mix.which] + (1 - mix.lam) * onehot[mix.partner]
+    )  # CutMix half
     expected = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
     stored = m.source.table.read(idx, 8)
-    assert torch.allclose(stored[own], torch.softmax(logits, 1)[own], atol=1e-6)   # PS-KD half: updated
-    assert torch.allclose(stored[mixed], past[mixed], atol=1e-6)                   # CutMix half: untouched
+    assert torch.allclose(
+        stored[own], torch.softmax(logits, 1)[own], atol=1e-6
+    )  # PS-KD half: updated
+    assert torch.allclose(stored[mixed], past[mixed], atol=1e-6)  # CutMix half: untouched
 
 
 def test_pskd_cutmix_batch_rule_stores_nothing_from_a_mixed_batch():
-    m = make_method("pskd", labels=[0, 1, 2, 0], num_classes=3, batch=4, AUG__CUTMIX__ENABLED=True,
-                    AUG__CUTMIX__PROB=1.0, AUG__CUTMIX__PSKD_MODE="batch")
+    m = make_method(
+        "pskd",
+        labels=[0, 1, 2, 0],
+        num_classes=3,
+        batch=4,
+        AUG__CUTMIX__ENABLED=True,
+        AUG__CUTMIX__PROB=1.0,
+        AUG__CUTMIX__PSKD_MODE="batch",
+    )
     m.on_epoch_start(0, None)
     before = m.source.table.read(torch.arange(4), 4)
-    m.training_step(fixed(torch.randn(4, 3)), torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]), torch.arange(4))
+    m.training_step(
+        fixed(torch.randn(4, 3)),
+        torch.zeros(4, 3, 8, 8),
+        torch.tensor([0, 1, 2, 0]),
+        torch.arange(4),
+    )
     assert torch.equal(m.source.table.read(torch.arange(4), 4), before)  # still the one-hot rows
 
 
 def test_pskd_previous_model_source():
     torch.manual_seed(0)
     labels = [0, 1, 2, 3]
-    m = make_method("pskd", labels=labels, num_classes=4, batch=4, epochs=2, PSKD__SOURCE="previous_model",
-                    PSKD__ALPHA_T=0.5)
+    m = make_method(
+        "pskd",
+        labels=labels,
+        num_classes=4,
+        batch=4,
+        epochs=2,
+        PSKD__SOURCE="previous_model",
+        PSKD__ALPHA_T=0.5,
+    )
     model = build_resnet("resnet18", 4)
     images, y = torch.randn(4, 3, 16, 16), torch.tensor(labels)
 
@@ -424,7 +539,9 @@ def test_pskd_previous_model_source():
         with torch.no_grad():
             past = teacher(images).softmax(1)
         targets = 0.5 * F.one_hot(y, 4).float() + 0.5 * past
-        assert loss.item() == pytest.approx(-(targets * F.log_softmax(logits, 1)).sum(1).mean().item(), rel=1e-5)
+        assert loss.item() == pytest.approx(
+            -(targets * F.log_softmax(logits, 1)).sum(1).mean().item(), rel=1e-5
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -433,7 +550,9 @@ def test_pskd_previous_model_source():
     assert m.source.model.fc.weight.grad is None
 
     # Resume mid-epoch: the copy travels in the method's state.
-    other = make_method("pskd", labels=labels, num_classes=4, batch=4, epochs=2, PSKD__SOURCE="previous_model")
+    other = make_method(
+        "pskd", labels=labels, num_classes=4, batch=4, epochs=2, PSKD__SOURCE="previous_model"
+    )
     other.load_state_dict(m.state_dict())
     assert other.source.ready and torch.equal(other.source.model.fc.weight, snapshot["fc.weight"])
     assert "previous epoch's model" in m.describe()
@@ -449,15 +568,24 @@ def test_pskd_previous_model_batchnorm_mode(bn_mode):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-1, 1)
                 module.running_var.uniform_(0.5, 2)
-    m = make_method("pskd", labels=labels, num_classes=4, batch=4, epochs=2, PSKD__SOURCE="previous_model",
-                    PSKD__PREVIOUS_MODEL_BN=bn_mode)
+    m = make_method(
+        "pskd",
+        labels=labels,
+        num_classes=4,
+        batch=4,
+        epochs=2,
+        PSKD__SOURCE="previous_model",
+        PSKD__PREVIOUS_MODEL_BN=bn_mode,
+    )
     m.on_epoch_start(1, model)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.randn(4, 3, 16, 16)
     reference = build_resnet("resnet18", 4)
     reference.load_state_dict(snapshot)
     with torch.no_grad():
-        expected = {mode: reference.train(mode == "train")(images).softmax(1) for mode in ("eval", "train")}
+        expected = {
+            mode: reference.train(mode == "train")(images).softmax(1) for mode in ("eval", "train")
+        }
     assert not torch.allclose(expected["eval"], expected["train"], atol=1e-3)
     for _ in range(2):
         past = m.source.read(images, torch.tensor(labels), torch.arange(4))
@@ -488,8 +616,16 @@ def test_pskd_cutmix_table_staleness_on_a_toy_run():
     half rule, 512 samples, batch 32. The stand-in model predicts class e + 1 in epoch e, so a row
     read back names the epoch that wrote it (class 0, every sample's label: never written)."""
     n, batch, classes, epochs = 512, 32, 16, 6
-    m = make_method("pskd", labels=[0] * n, num_classes=classes, batch=batch, epochs=epochs,
-                    PSKD__TABLE_DTYPE="float32", AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PSKD_MODE="half")
+    m = make_method(
+        "pskd",
+        labels=[0] * n,
+        num_classes=classes,
+        batch=batch,
+        epochs=epochs,
+        PSKD__TABLE_DTYPE="float32",
+        AUG__CUTMIX__ENABLED=True,
+        AUG__CUTMIX__PSKD_MODE="half",
+    )
     read, ages = m.source.read, []
 
     def spy(images, labels, indices):
@@ -505,16 +641,22 @@ def test_pskd_cutmix_table_staleness_on_a_toy_run():
         logits = 20 * F.one_hot(torch.full((batch,), epoch + 1), classes).float()
         order = torch.randperm(n)
         for step in range(n // batch):
-            m.training_step(fixed(logits), torch.zeros(batch, 3, 8, 8), torch.zeros(batch, dtype=torch.long),
-                            order[step * batch:(step + 1) * batch])
+            m.training_step(
+                fixed(logits),
+                torch.zeros(batch, 3, 8, 8),
+                torch.zeros(batch, dtype=torch.long),
+                order[step * batch : (step + 1) * batch],
+            )
     for epoch, age in enumerate(ages):
         age = torch.cat(age).float()
         assert age.numel() == n // 2  # the PS-KD half of every batch
         stale, label = (age >= 2).float().mean().item(), (age == epoch + 1).float().mean().item()
         print(f"epoch {epoch}: {stale:.1%} two or more epochs old, {label:.1%} the one-hot label")
         if epoch >= 1:
-            assert stale == pytest.approx(0.5, abs=0.1)  # CutMix-ed in epoch e-1: no prediction from it
-            assert label == pytest.approx(0.5 ** epoch, abs=0.1)
+            assert stale == pytest.approx(
+                0.5, abs=0.1
+            )  # CutMix-ed in epoch e-1: no prediction from it
+            assert label == pytest.approx(0.5**epoch, abs=0.1)
 
 
 # -- registry, validation, describe -----------------------------------------------------------
@@ -522,10 +664,13 @@ def test_every_method_is_registered():
     assert set(METHODS) == {"baseline", "ls", "pskd", "cskd", "tfkd", "uskd", "nkd", "lsskd"}
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"PSKD__SOURCE": "disk"}, "PSKD.SOURCE"),
-    ({"AUG__CUTMIX__ENABLED": True, "AUG__CUTMIX__PSKD_MODE": "quarter"}, "PSKD_MODE"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"PSKD__SOURCE": "disk"}, "PSKD.SOURCE"),
+        ({"AUG__CUTMIX__ENABLED": True, "AUG__CUTMIX__PSKD_MODE": "quarter"}, "PSKD_MODE"),
+    ],
+)
 def test_pskd_bad_settings_are_named(overrides, match):
     with pytest.raises(ValueError, match=match):
         make_method("pskd", **overrides)
@@ -533,7 +678,11 @@ def test_pskd_bad_settings_are_named(overrides, match):
 
 def test_describe_names_the_method_its_options_and_cutmix():
     text = make_method("pskd", AUG__CUTMIX__ENABLED=True).describe()
-    assert text.startswith("pskd: alpha_T 0.8") and "table" in text and "CutMix on 0.5 of every batch" in text
+    assert (
+        text.startswith("pskd: alpha_T 0.8")
+        and "table" in text
+        and "CutMix on 0.5 of every batch" in text
+    )
     assert "never stored" in text
     text = make_method("cskd").describe()
     assert text.startswith("cskd: T 4, lambda 1") and "no CutMix" in text

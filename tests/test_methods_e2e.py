@@ -1,6 +1,7 @@
 """Every method trains two epochs end to end on generated data on CPU: in one process (and,
 for methods with state of their own, resumes mid-epoch bit-exactly), and with 2 processes
 under torchrun (gloo)."""
+
 import json
 import os
 import shutil
@@ -17,9 +18,28 @@ CONFIGS = os.path.join(ROOT, "configs", "pretrain")
 
 # 24 training images, 8 per step: 3 iterations an epoch; checkpoints at each epoch end and at
 # iteration 4 (step 1 of epoch 1), where the resume test restarts.
-SMALL = ["INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "36", "SOLVER.EPOCHS", "2", "SOLVER.STEPS", "(1,)",
-         "SOLVER.WARMUP_EPOCHS", "0.0", "SOLVER.IMS_PER_BATCH", "8", "TEST.IMS_PER_BATCH", "8",
-         "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.MAX_TO_KEEP", "0", "LOG_PERIOD", "1"]
+SMALL = [
+    "INPUT.CROP_SIZE",
+    "32",
+    "INPUT.RESIZE_SIZE",
+    "36",
+    "SOLVER.EPOCHS",
+    "2",
+    "SOLVER.STEPS",
+    "(1,)",
+    "SOLVER.WARMUP_EPOCHS",
+    "0.0",
+    "SOLVER.IMS_PER_BATCH",
+    "8",
+    "TEST.IMS_PER_BATCH",
+    "8",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "4",
+    "SOLVER.MAX_TO_KEEP",
+    "0",
+    "LOG_PERIOD",
+    "1",
+]
 
 # run name: (config file, overrides): the shipped per-method CPU configs (plain PS-KD,
 # cpu_synthetic_R_18.yaml, is trained by test_train_e2e.py), the other PS-KD source, and CutMix
@@ -28,12 +48,21 @@ RUNS = {
     "baseline": ("cpu_synthetic_R_18_baseline.yaml", []),
     "ls": ("cpu_synthetic_R_18_ls.yaml", []),
     "pskd_cutmix": ("cpu_synthetic_R_18_pskd_cutmix.yaml", []),
-    "pskd_previous_model": ("cpu_synthetic_R_18_pskd_cutmix.yaml", ["PSKD.SOURCE", "previous_model"]),
-    "cskd": ("cpu_synthetic_R_18_cskd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
+    "pskd_previous_model": (
+        "cpu_synthetic_R_18_pskd_cutmix.yaml",
+        ["PSKD.SOURCE", "previous_model"],
+    ),
+    "cskd": (
+        "cpu_synthetic_R_18_cskd.yaml",
+        ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"],
+    ),
     "tfkd": ("cpu_synthetic_R_18_tfkd.yaml", []),
     "uskd": ("cpu_synthetic_R_18_uskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
     "lsskd": ("cpu_synthetic_R_18_lsskd.yaml", ["AUG.CUTMIX.ENABLED", "True"]),
-    "nkd": ("cpu_synthetic_R_18_nkd.yaml", ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"]),
+    "nkd": (
+        "cpu_synthetic_R_18_nkd.yaml",
+        ["AUG.CUTMIX.ENABLED", "True", "AUG.CUTMIX.PROB", "1.0"],
+    ),
 }
 # Method state or a sampler of their own, or a teacher reloaded from its file.
 STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd", "lsskd"]
@@ -43,8 +72,13 @@ STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd", "lsskd"]
 def data_root(tmp_path_factory):
     from pretrain.synthetic import write_imagefolder
 
-    return write_imagefolder(str(tmp_path_factory.mktemp("synthetic")), num_classes=4,
-                             train_per_class=6, val_per_class=2, size=40)
+    return write_imagefolder(
+        str(tmp_path_factory.mktemp("synthetic")),
+        num_classes=4,
+        train_per_class=6,
+        val_per_class=2,
+        size=40,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +90,12 @@ def teacher(tmp_path_factory):
 
 def run_args(name, data_root, teacher, output_dir):
     config, overrides = RUNS[name]
-    return (os.path.join(CONFIGS, config),
-            SMALL + overrides + ["DATA.ROOT", data_root, "TEACHER.WEIGHTS", teacher, "OUTPUT_DIR", output_dir])
+    return (
+        os.path.join(CONFIGS, config),
+        SMALL
+        + overrides
+        + ["DATA.ROOT", data_root, "TEACHER.WEIGHTS", teacher, "OUTPUT_DIR", output_dir],
+    )
 
 
 def check_outputs(output_dir, method):
@@ -88,7 +126,9 @@ def test_method_trains_two_epochs_in_one_process(single_runs, name):
 
 
 @pytest.mark.parametrize("name", STATEFUL)
-def test_method_resumes_mid_epoch_bit_exactly(single_runs, data_root, teacher, tmp_path, one_thread, name):
+def test_method_resumes_mid_epoch_bit_exactly(
+    single_runs, data_root, teacher, tmp_path, one_thread, name
+):
     # Iteration 4 is step 1 of epoch 1 (3 iterations an epoch).
     out = str(tmp_path / "resumed")
     os.makedirs(out)

@@ -1,5 +1,6 @@
 """One list of pretraining metrics: what ``summarize`` computes is what the logs, the detection
 report and the study summary show."""
+
 import torch
 
 from pretrain.metrics import METRIC_KEYS, per_sample_stats, summarize
@@ -15,5 +16,9 @@ def test_reports_take_their_pretraining_columns_from_the_list():
     from detection.report import COLUMNS
     from study.summary import CSV_COLUMNS
 
-    assert [c for c in COLUMNS if c.startswith("pretrain_")] == [f"pretrain_{k}" for k in METRIC_KEYS]
-    assert [c[: -len("_mean")] for c in CSV_COLUMNS if c.endswith("_mean") and c != "AP50_mean"] == list(METRIC_KEYS)
+    assert [c for c in COLUMNS if c.startswith("pretrain_")] == [
+        f"pretrain_{k}" for k in METRIC_KEYS
+    ]
+    assert [
+        c[: -len("_mean")] for c in CSV_COLUMNS if c.endswith("_mean") and c != "AP50_mean"
+    ] == list(METRIC_KEYS)

@@ -1,12 +1,20 @@
 """Every metric against hand-computed cases, as the PS-KD authors' code computes them (ECE over 10
 equal-width confidence bins; AURC / E-AURC from the confidence ranking, x1000)."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from pretrain.metrics import aurc_eaurc, ece, optimal_aurc, per_sample_stats, plot_reliability_diagram, summarize
+from pretrain.metrics import (
+    aurc_eaurc,
+    ece,
+    optimal_aurc,
+    per_sample_stats,
+    plot_reliability_diagram,
+    summarize,
+)
 
 CONF = torch.tensor([0.85, 0.75, 0.6, 0.55], dtype=torch.float64)
 CORRECT = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
@@ -77,15 +85,19 @@ def test_ties_are_ordered_as_an_ascending_argsort_reversed():
 
 
 def test_per_sample_stats_and_summary_from_logits():
-    probs = torch.tensor([[0.5, 0.2, 0.1, 0.09, 0.06, 0.05],
-                          [0.5, 0.2, 0.1, 0.09, 0.06, 0.05],
-                          [0.1, 0.6, 0.1, 0.1, 0.05, 0.05]])
+    probs = torch.tensor(
+        [
+            [0.5, 0.2, 0.1, 0.09, 0.06, 0.05],
+            [0.5, 0.2, 0.1, 0.09, 0.06, 0.05],
+            [0.1, 0.6, 0.1, 0.1, 0.05, 0.05],
+        ]
+    )
     labels = torch.tensor([5, 4, 1])
     stats = per_sample_stats(probs.log(), labels)
     torch.testing.assert_close(stats[:, 0], -probs[torch.arange(3), labels].log().double())
     torch.testing.assert_close(stats[:, 1], torch.tensor([0.5, 0.5, 0.6], dtype=torch.float64))
-    assert stats[:, 2].tolist() == [0, 0, 1]   # top-1 correct
-    assert stats[:, 3].tolist() == [0, 1, 1]   # top-5 correct (label 5 is 6th)
+    assert stats[:, 2].tolist() == [0, 0, 1]  # top-1 correct
+    assert stats[:, 3].tolist() == [0, 1, 1]  # top-5 correct (label 5 is 6th)
     m = summarize(stats)
     assert m["top1_err"] == pytest.approx(200 / 3)
     assert m["top5_err"] == pytest.approx(100 / 3)

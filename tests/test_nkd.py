@@ -1,16 +1,17 @@
 """NKD: the loss against the paper's equation on hand-computed values and against a
 transcription of the authors' loss on identical logits (hard and CutMix targets); the method
 with a real teacher network: eval mode, no gradients, fed the student's (mixed) images."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from test_methods import make_method
 
 from pretrain.cutmix import Mix
 from pretrain.methods.nkd import nkd_loss
+from test_methods import make_method
 
 LN = math.log
 
@@ -31,12 +32,14 @@ def authors_nkd(logit_s, logit_t, gt_label, temp, gamma):
     logit_s, logit_t = logit_s[mask].reshape(n, -1), logit_t[mask].reshape(n, -1)
     s_i = F.log_softmax(logit_s / temp, dim=1)
     t_i = F.softmax(logit_t / temp, dim=1)
-    return loss_t - gamma * temp ** 2 * (t_i * s_i).sum(dim=1).mean()
+    return loss_t - gamma * temp**2 * (t_i * s_i).sum(dim=1).mean()
 
 
 def random_logits(seed, batch=32, classes=1000):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, classes, generator=g) * 3, torch.randn(batch, classes, generator=g) * 3
+    return torch.randn(batch, classes, generator=g) * 3, torch.randn(
+        batch, classes, generator=g
+    ) * 3
 
 
 def cutmix_targets(labels, classes, lam, seed):
@@ -54,11 +57,14 @@ def test_nkd_on_hand_computed_values():
     student, teacher = torch.tensor([[LN(2), 0.0, 0.0]]), torch.tensor([[LN(6), LN(3), 0.0]])
     target = -0.6 * LN(0.5)
     non = -(0.75 * LN(0.5) + 0.25 * LN(0.5))
-    assert nkd_loss(student, teacher, torch.tensor([0]), 1.0, 1.5).item() == pytest.approx(target + 1.5 * non)
+    assert nkd_loss(student, teacher, torch.tensor([0]), 1.0, 1.5).item() == pytest.approx(
+        target + 1.5 * non
+    )
     # T = 2 on doubled logits: the same tempered distributions; the target term (no T) changes.
     target2 = -(36 / 46) * LN(4 / 6)  # s = [4, 1, 1] / 6, p = [36, 9, 1] / 46
     assert nkd_loss(2 * student, 2 * teacher, torch.tensor([0]), 2.0, 1.5).item() == pytest.approx(
-        target2 + 1.5 * 4 * non)
+        target2 + 1.5 * 4 * non
+    )
 
 
 def test_nkd_non_target_term_ignores_the_target_logit():
@@ -134,8 +140,14 @@ class Recorder(torch.nn.Module):
 
 
 def test_nkd_step_with_cutmix_teacher_frozen_and_fed_the_mixed_images(teacher_file):
-    m = make_method("nkd", labels=[0, 1, 2, 3], num_classes=4, TEACHER__WEIGHTS=teacher_file,
-                    AUG__CUTMIX__ENABLED=True, AUG__CUTMIX__PROB=1.0)
+    m = make_method(
+        "nkd",
+        labels=[0, 1, 2, 3],
+        num_classes=4,
+        TEACHER__WEIGHTS=teacher_file,
+        AUG__CUTMIX__ENABLED=True,
+        AUG__CUTMIX__PROB=1.0,
+    )
     assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
     teacher_net, buffers = m.teacher, {k: v.clone() for k, v in m.teacher.state_dict().items()}
     m.teacher = Recorder(teacher_net)
@@ -152,7 +164,9 @@ def test_nkd_step_with_cutmix_teacher_frozen_and_fed_the_mixed_images(teacher_fi
     assert torch.equal(m.teacher.seen[0], mixed) and torch.equal(student.seen[0], mixed)
     with torch.no_grad():
         teacher_logits = teacher_net(mixed)
-    expected = F.cross_entropy(logits, targets) + authors_nkd(logits, teacher_logits, targets, 1.0, 1.5)
+    expected = F.cross_entropy(logits, targets) + authors_nkd(
+        logits, teacher_logits, targets, 1.0, 1.5
+    )
     assert abs(loss.item() - expected.item()) <= 1e-6
     loss.backward()
     assert all(p.grad is None for p in teacher_net.parameters())
@@ -165,10 +179,14 @@ def test_nkd_loads_torchvision_weights_needs_a_teacher_and_describes_itself(tmp_
     torch.save(net.state_dict(), tmp_path / "tv.pth")
     m = make_method("nkd", num_classes=2, TEACHER__WEIGHTS=str(tmp_path / "tv.pth"))
     assert torch.equal(m.teacher.fc.weight, net.fc.weight)
-    assert m.describe().startswith(f"nkd: teacher {tmp_path / 'tv.pth'} (resnet18, eval mode, no grad); T 1, gamma 1.5")
+    assert m.describe().startswith(
+        f"nkd: teacher {tmp_path / 'tv.pth'} (resnet18, eval mode, no grad); T 1, gamma 1.5"
+    )
     with pytest.raises(ValueError, match="METHOD.NAME nkd needs TEACHER.WEIGHTS"):
         make_method("nkd", num_classes=2)
     with pytest.raises(ValueError, match="does not fit"):  # a 4-class teacher for a 2-class run
         make_method("nkd", num_classes=2, TEACHER__WEIGHTS=teacher_file)
     with pytest.raises(ValueError, match="NKD.TEMPERATURE"):
-        make_method("nkd", num_classes=2, TEACHER__WEIGHTS=str(tmp_path / "tv.pth"), NKD__TEMPERATURE=0.0)
+        make_method(
+            "nkd", num_classes=2, TEACHER__WEIGHTS=str(tmp_path / "tv.pth"), NKD__TEMPERATURE=0.0
+        )

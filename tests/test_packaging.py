@@ -1,5 +1,6 @@
 """The project as a distribution (pyproject.toml): its dependencies are requirements.txt's and
 its packages the project's own."""
+
 import os
 
 import pytest
@@ -29,4 +30,3 @@ def test_packages_are_the_project_s_and_not_tools():
     assert {"pretrain", "pretrain.methods", "detection", "study"} <= packages
     # An installed `tools` would overwrite the one Detectron2 puts into site-packages.
     assert not {p for p in packages if p.split(".")[0] in ("tools", "tests", "configs")}
-

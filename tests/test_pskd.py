@@ -1,5 +1,6 @@
 """PS-KD: alpha schedule, soft targets, the gradient identity of the paper's eq. 7, and the
 prediction table (one-hot start, updates, top-k, checkpoints, and DDP with 2 CPU processes)."""
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -8,10 +9,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from conftest import file_rendezvous
 from pretrain.methods.pskd import alpha_at, soft_targets
 from pretrain.prediction_table import PredictionTable, table_bytes
-
-from conftest import file_rendezvous
 
 
 def test_alpha_schedule_grows_linearly_and_ends_at_alpha_T():
@@ -83,7 +83,9 @@ def test_table_target_error_per_storage(dtype, worst):
     n, k = 256, 1000
     labels = torch.randint(0, k, (n,))
     table = PredictionTable(labels.tolist(), k, torch.device("cpu"), dtype=dtype)
-    probs = (torch.randn(n, k) * torch.logspace(0, 1.7, n)[:, None]).softmax(1)  # flat to peaked rows
+    probs = (torch.randn(n, k) * torch.logspace(0, 1.7, n)[:, None]).softmax(
+        1
+    )  # flat to peaked rows
     table.write(torch.arange(n), probs, n)
     stored = table.read(torch.arange(n), n)
     error = (soft_targets(labels, stored, 0.3, k) - soft_targets(labels, probs, 0.3, k)).abs().max()
@@ -97,7 +99,9 @@ def test_topk_table_renormalises_kept_mass():
     assert table.read(torch.tensor([1]), 1).tolist() == [[0, 1, 0, 0, 0]]  # one-hot start
     probs = torch.tensor([[0.1, 0.4, 0.05, 0.3, 0.15]])
     table.write(torch.tensor([1]), probs, 1)
-    torch.testing.assert_close(table.read(torch.tensor([1]), 1), torch.tensor([[0, 4 / 7, 0, 3 / 7, 0]]))
+    torch.testing.assert_close(
+        table.read(torch.tensor([1]), 1), torch.tensor([[0, 4 / 7, 0, 3 / 7, 0]])
+    )
 
 
 def test_table_memory_accounting():
@@ -133,7 +137,7 @@ def _ddp_worker(rank, world, rendezvous, labels, topk, result_path):
         # Shards hold ~N/world rows (+1 spare): one copy of the table over the job.
         assert table.values.shape[0] == -(-num // world) + 1
         # Step 1: rank r trains on samples [r, r+2, r+4] (rank 1 has one fewer: padding).
-        mine = torch.arange(rank, num, world)[:3 - rank]
+        mine = torch.arange(rank, num, world)[: 3 - rank]
         table.write(mine, _rank_probs(rank).repeat(len(mine), 1), pad_to=3)
         # Step 2: every rank reads rows the *other* rank (or itself) wrote, via any shard.
         everyone = table.read(torch.arange(num), pad_to=num)
@@ -147,8 +151,12 @@ def _ddp_worker(rank, world, rendezvous, labels, topk, result_path):
 def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
     labels = [0, 1, 2, 3, 0, 1, 2]
     world = 2
-    mp.start_processes(_ddp_worker, args=(world, file_rendezvous(tmp_path), labels, topk, str(tmp_path / "r")),
-                       nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _ddp_worker,
+        args=(world, file_rendezvous(tmp_path), labels, topk, str(tmp_path / "r")),
+        nprocs=world,
+        start_method="spawn",
+    )
     r0, r1 = (torch.load(tmp_path / f"r.{r}") for r in range(world))
     expected = F.one_hot(torch.tensor(labels), 4).float()
     for rank, rows in ((0, [0, 2, 4]), (1, [1, 3])):
@@ -177,7 +185,11 @@ class _AllocatedBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        seen = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        seen = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
                 self.total += t.untyped_storage().nbytes()
@@ -191,7 +203,11 @@ def _checkpoint_memory_worker(rank, world, rendezvous, result_path):
         num, classes = 1000, 500
         labels = torch.arange(num) % classes
         table = PredictionTable(labels.tolist(), classes, torch.device("cpu"), dtype="float32")
-        table.write(torch.arange(rank, num, world), torch.full((num // world, classes), float(rank + 1)), num // world)
+        table.write(
+            torch.arange(rank, num, world),
+            torch.full((num // world, classes), float(rank + 1)),
+            num // world,
+        )
         with _AllocatedBytes() as allocated:
             state = table.state_dict()
         torch.save({"allocated": allocated.total, "state": state}, f"{result_path}.{rank}")
@@ -201,8 +217,12 @@ def _checkpoint_memory_worker(rank, world, rendezvous, result_path):
 
 def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
     world = 2
-    mp.start_processes(_checkpoint_memory_worker, args=(world, file_rendezvous(tmp_path), str(tmp_path / "r")),
-                       nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _checkpoint_memory_worker,
+        args=(world, file_rendezvous(tmp_path), str(tmp_path / "r")),
+        nprocs=world,
+        start_method="spawn",
+    )
     r0 = torch.load(tmp_path / "r.0")
     values = r0["state"]["values"]
     table, shard = 1000 * 500 * 4, 500 * 500 * 4
@@ -217,4 +237,6 @@ def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
 def test_topk_table_starts_one_hot_for_class_zero():
     # Regression: a top-k row of a class-0 sample once read back as NaN.
     table = PredictionTable([0, 3], 4, torch.device("cpu"), topk=2)
-    torch.testing.assert_close(table.read(torch.arange(2), 2), F.one_hot(torch.tensor([0, 3]), 4).float())
+    torch.testing.assert_close(
+        table.read(torch.arange(2), 2), F.one_hot(torch.tensor([0, 3]), 4).float()
+    )

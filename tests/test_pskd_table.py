@@ -1,5 +1,6 @@
 """PS-KD prediction table: memory accounting at its defaults and at the int16/int32 id boundary,
 and the checkpoint of a top-k table (values and class ids) in one process."""
+
 import torch
 
 from pretrain.prediction_table import PredictionTable, table_bytes
@@ -18,8 +19,11 @@ def test_topk_ids_take_two_bytes_up_to_32767_classes_and_four_above():
 def test_topk_table_checkpoint_keeps_values_and_class_ids():
     labels = [0, 3, 1]
     table = PredictionTable(labels, 5, torch.device("cpu"), dtype="float32", topk=2)
-    table.write(torch.tensor([2, 0]), torch.tensor([[0.1, 0.2, 0.05, 0.6, 0.05],
-                                                    [0.5, 0.1, 0.1, 0.1, 0.2]]), 2)
+    table.write(
+        torch.tensor([2, 0]),
+        torch.tensor([[0.1, 0.2, 0.05, 0.6, 0.05], [0.5, 0.1, 0.1, 0.1, 0.2]]),
+        2,
+    )
     state = table.state_dict()
     assert state["ids"].shape == (3, 2) and state["topk"] == 2
     fresh = PredictionTable(labels, 5, torch.device("cpu"), dtype="float32", topk=2)

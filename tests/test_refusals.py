@@ -2,6 +2,7 @@
 before as it was: the converter's classifier and unexpected keys (an earlier output of the same
 name is kept), --verify's shape mismatch, and image sets without images (a resumed run folder
 is left untouched)."""
+
 import hashlib
 import os
 import pickle
@@ -37,7 +38,10 @@ def refused_conversion(state, tmp_path):
     before = sha256(output)
     with pytest.raises(SystemExit) as info:
         convert_main([str(source), str(output)])
-    assert sha256(output) == before and sorted(os.listdir(tmp_path)) == ["model_final.pth", "r18.pkl"]
+    assert sha256(output) == before and sorted(os.listdir(tmp_path)) == [
+        "model_final.pth",
+        "r18.pkl",
+    ]
     message = str(info.value.code)
     assert message.startswith(f"error: {source}") and "\n" not in message, message
     return message
@@ -72,7 +76,9 @@ def test_verify_names_a_shape_mismatch(r18_state_dict, tmp_path):
         verify_d2_weights(pkl, 18)
     message = str(info.value)
     assert message.startswith(f"{pkl} does not load into Detectron2's R-18"), message
-    assert "shape mismatches: [('res3.1.conv2.weight', (128, 64, 3, 3), (128, 128, 3, 3))]" in message
+    assert (
+        "shape mismatches: [('res3.1.conv2.weight', (128, 64, 3, 3), (128, 128, 3, 3))]" in message
+    )
 
 
 def test_verify_failure_is_an_error_line(r18_state_dict, tmp_path, monkeypatch):
@@ -81,7 +87,9 @@ def test_verify_failure_is_an_error_line(r18_state_dict, tmp_path, monkeypatch):
     from detection import convert
 
     d2_name = convert.d2_name
-    monkeypatch.setattr(convert, "d2_name", lambda key: d2_name(key).replace("res4.0.shortcut", "res4.0.short"))
+    monkeypatch.setattr(
+        convert, "d2_name", lambda key: d2_name(key).replace("res4.0.shortcut", "res4.0.short")
+    )
     torch.save(r18_state_dict, tmp_path / "r18.pth")
     pkl = str(tmp_path / "r18.pkl")
     with pytest.raises(SystemExit) as info:
@@ -109,23 +117,47 @@ def run_folder(tmp_path):
     """A run folder that a --resume reads: what it holds must survive the refusal."""
     out = tmp_path / "run"
     os.makedirs(out)
-    for name, text in (("config.yaml", "SEED: 0\n"), ("metrics.json", '{"iteration": 2}\n'),
-                       ("last_checkpoint", "model_0000002.pth"), ("model_0000002.pth", "weights")):
+    for name, text in (
+        ("config.yaml", "SEED: 0\n"),
+        ("metrics.json", '{"iteration": 2}\n'),
+        ("last_checkpoint", "model_0000002.pth"),
+        ("model_0000002.pth", "weights"),
+    ):
         (out / name).write_text(text)
     return str(out)
 
 
-@pytest.mark.parametrize("split,remove_class_folders,expect", [
-    ("train", False, "Found no valid file for the classes class_000, class_001, class_002, class_003"),
-    ("val", True, "Couldn't find any class folder"),
-], ids=["train_class_folders_without_images", "val_without_class_folders"])
-def test_image_set_without_images_is_named(split, remove_class_folders, expect, synthetic_root, tmp_path):
+@pytest.mark.parametrize(
+    "split,remove_class_folders,expect",
+    [
+        (
+            "train",
+            False,
+            "Found no valid file for the classes class_000, class_001, class_002, class_003",
+        ),
+        ("val", True, "Couldn't find any class folder"),
+    ],
+    ids=["train_class_folders_without_images", "val_without_class_folders"],
+)
+def test_image_set_without_images_is_named(
+    split, remove_class_folders, expect, synthetic_root, tmp_path
+):
     root, folder = empty_copy(synthetic_root, tmp_path, split, remove_class_folders)
     out = run_folder(tmp_path)
     before = digest(out)
-    message = run_in_process(["tools/pretrain.py", "--config-file", CONFIG, "--resume", "DATA.ROOT", root,
-                              "OUTPUT_DIR", out])
+    message = run_in_process(
+        [
+            "tools/pretrain.py",
+            "--config-file",
+            CONFIG,
+            "--resume",
+            "DATA.ROOT",
+            root,
+            "OUTPUT_DIR",
+            out,
+        ]
+    )
     assert message.startswith(f"error: ImageFolder {folder!r}: ") and expect in message, message
     assert "\n" not in message and digest(out) == before
     with open(os.path.join(out, "log.txt")) as f:
-        assert message[len("error: "):] in f.read()
+        assert message[len("error: ") :] in f.read()

@@ -2,6 +2,7 @@
 resumes to bit-identical final weights; damaged checkpoints are named and skipped; bad inputs
 stop with a message naming the culprit and leave earlier outputs intact; divergence stops before
 anything bad is saved; a dead or stuck rank ends the job in bounded time."""
+
 import importlib.util
 import json
 import logging
@@ -17,8 +18,22 @@ from conftest import ROOT, require_detectron2, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 # 6 iterations an epoch; checkpoints at iterations 4 (mid-epoch), 6 (epoch end), 8 (mid-epoch), 12.
-SMALL = ["INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "32", "SOLVER.EPOCHS", "2", "SOLVER.STEPS", "(1,)",
-         "SOLVER.CHECKPOINT_PERIOD", "4", "SOLVER.MAX_TO_KEEP", "0", "LOG_PERIOD", "3"]
+SMALL = [
+    "INPUT.CROP_SIZE",
+    "32",
+    "INPUT.RESIZE_SIZE",
+    "32",
+    "SOLVER.EPOCHS",
+    "2",
+    "SOLVER.STEPS",
+    "(1,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "4",
+    "SOLVER.MAX_TO_KEEP",
+    "0",
+    "LOG_PERIOD",
+    "3",
+]
 
 
 def ckpt(out, iteration):
@@ -53,7 +68,17 @@ PREVIOUS_MODEL_CUTMIX = ["PSKD.SOURCE", "previous_model", "AUG.CUTMIX.ENABLED", 
 
 
 def train_args(root, out, *extra):
-    return ["tools/pretrain.py", "--config-file", CONFIG, *extra, "DATA.ROOT", root, "OUTPUT_DIR", out, *SMALL]
+    return [
+        "tools/pretrain.py",
+        "--config-file",
+        CONFIG,
+        *extra,
+        "DATA.ROOT",
+        root,
+        "OUTPUT_DIR",
+        out,
+        *SMALL,
+    ]
 
 
 # -- subprocess control ---------------------------------------------------------------------------
@@ -66,7 +91,9 @@ def run_in_process(args, fails=True):
     """tools/pretrain.py's main in this process, so a bad input costs no interpreter start.
     Returns the ``error: ...`` message it exits with (``fails``) or None. The tool's logging
     set-up and the thread count are undone afterwards."""
-    spec = importlib.util.spec_from_file_location("pretrain_tool", os.path.join(ROOT, "tools", "pretrain.py"))
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_tool", os.path.join(ROOT, "tools", "pretrain.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     root = logging.getLogger()
@@ -110,10 +137,16 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, refere
         run_tool(train_args(synthetic_root, expected), nproc=2)
     # 1. Killed while checkpoint 8 is being written (with 2 processes torchrun then ends rank 1):
     #    it must not exist, and last_checkpoint keeps naming checkpoint 6.
-    first = run_tool(train_args(synthetic_root, out, *method), nproc, check=False,
-                     env=fault(f"kill at write {os.path.basename(ckpt(out, 8))}"))
+    first = run_tool(
+        train_args(synthetic_root, out, *method),
+        nproc,
+        check=False,
+        env=fault(f"kill at write {os.path.basename(ckpt(out, 8))}"),
+    )
     assert first.returncode != 0
-    assert not os.path.exists(ckpt(out, 8)) and last_checkpoint(out) == os.path.basename(ckpt(out, 6))
+    assert not os.path.exists(ckpt(out, 8)) and last_checkpoint(out) == os.path.basename(
+        ckpt(out, 6)
+    )
     assert temporaries(out)  # what the kill interrupted
     # 2. The newest checkpoint is damaged as well (a disk that lost its tail): resume names it,
     #    falls back to the mid-epoch checkpoint 4, and is killed right after writing checkpoint 8;
@@ -121,8 +154,12 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, refere
     #    otherwise wait DIST.TIMEOUT_S, 600 s, beyond run_tool's timeout).
     with open(ckpt(out, 6), "r+b") as f:
         f.truncate(os.path.getsize(ckpt(out, 6)) // 2)
-    second = run_tool(train_args(synthetic_root, out, "--resume", *method), nproc, check=False,
-                      env=fault("kill at checkpoint 8" + (" on rank 1" if nproc > 1 else "")))
+    second = run_tool(
+        train_args(synthetic_root, out, "--resume", *method),
+        nproc,
+        check=False,
+        env=fault("kill at checkpoint 8" + (" on rank 1" if nproc > 1 else "")),
+    )
     assert second.returncode != 0 and last_checkpoint(out) == os.path.basename(ckpt(out, 8))
     if nproc > 1:
         assert "SIGKILL" in second.stdout + second.stderr
@@ -136,7 +173,10 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, refere
     assert f"resumed from {ckpt(out, 8)}: epoch 1, step 2" in proc.stdout
     assert_same_weights(final_weights(expected), final_weights(out))
     torchvision.models.resnet18(num_classes=4).load_state_dict(final_weights(out))  # no DDP prefix
-    with open(os.path.join(out, "eval_final.json")) as a, open(os.path.join(expected, "eval_final.json")) as b:
+    with (
+        open(os.path.join(out, "eval_final.json")) as a,
+        open(os.path.join(expected, "eval_final.json")) as b,
+    ):
         final = json.load(a)
         assert final == json.load(b) and final["num_samples"] == 32
 
@@ -188,8 +228,12 @@ def test_bad_image_under_error_policy_stops_naming_it(synthetic_root, reference,
 def test_bad_images_under_skip_policy_are_counted_and_named(synthetic_root, tmp_path):
     root, bad = damage_images(synthetic_root, tmp_path)
     out = str(tmp_path / "out")
-    run_in_process(train_args(root, out, "DATA.ON_BAD_IMAGE", "skip", "SOLVER.EPOCHS", "1", "SOLVER.STEPS", "()"),
-                   fails=False)
+    run_in_process(
+        train_args(
+            root, out, "DATA.ON_BAD_IMAGE", "skip", "SOLVER.EPOCHS", "1", "SOLVER.STEPS", "()"
+        ),
+        fails=False,
+    )
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert "epoch 1: skipped 2 unreadable training images" in log
@@ -197,12 +241,15 @@ def test_bad_images_under_skip_policy_are_counted_and_named(synthetic_root, tmp_
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
 
-@pytest.mark.parametrize("setting,expect", [
-    ("empty_class", r"ImageFolder '.*/train'.*class_004"),
-    ("num_classes", r"MODEL.NUM_CLASSES is 5 but .* has 4 classes"),
-    ("typo_file", r"config file '.*typo.yaml': .*SOLVER.BASE_LRR"),
-    ("typo_cli", r"command-line override: .*SOLVER.EPOHCS"),
-])
+@pytest.mark.parametrize(
+    "setting,expect",
+    [
+        ("empty_class", r"ImageFolder '.*/train'.*class_004"),
+        ("num_classes", r"MODEL.NUM_CLASSES is 5 but .* has 4 classes"),
+        ("typo_file", r"config file '.*typo.yaml': .*SOLVER.BASE_LRR"),
+        ("typo_cli", r"command-line override: .*SOLVER.EPOHCS"),
+    ],
+)
 def test_bad_set_up_is_named(setting, expect, synthetic_root, tmp_path):
     root, extra = synthetic_root, []
     if setting == "empty_class":
@@ -231,11 +278,27 @@ def test_eval_only_names_unusable_weights(weights, reference, synthetic_root, tm
     elif weights == "truncated":
         data = open(os.path.join(reference, "model_final.pth"), "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
-    message = run_in_process(["tools/pretrain.py", "--config-file", CONFIG, "--eval-only", "DATA.ROOT",
-                              synthetic_root, "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", path])
+    message = run_in_process(
+        [
+            "tools/pretrain.py",
+            "--config-file",
+            CONFIG,
+            "--eval-only",
+            "DATA.ROOT",
+            synthetic_root,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "MODEL.WEIGHTS",
+            path,
+        ]
+    )
     assert message.startswith("error: ") and path in message, message
-    expect = {"resnet50": "does not fit MODEL.ARCH resnet18", "resnet18_10_classes": r"fc.weight: \[10, 512\]",
-              "truncated": "truncated, corrupt", "missing": "does not exist"}[weights]
+    expect = {
+        "resnet50": "does not fit MODEL.ARCH resnet18",
+        "resnet18_10_classes": r"fc.weight: \[10, 512\]",
+        "truncated": "truncated, corrupt",
+        "missing": "does not exist",
+    }[weights]
     assert re.search(expect, message), message
     assert not os.path.exists(os.path.join(tmp_path, "out", "eval_final.json"))
 
@@ -248,7 +311,9 @@ def test_divergence_stops_before_saving(synthetic_root, tmp_path):
     message = run_in_process(train_args(synthetic_root, out, "SOLVER.GAMMA", "1e30"))
     assert "non-finite" in message and "last_checkpoint" in message
     assert last_checkpoint(out) == os.path.basename(ckpt(out, 6))
-    assert not os.path.exists(ckpt(out, 8)) and not os.path.exists(os.path.join(out, "model_final.pth"))
+    assert not os.path.exists(ckpt(out, 8)) and not os.path.exists(
+        os.path.join(out, "model_final.pth")
+    )
     state = torch.load(ckpt(out, 6), weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not temporaries(out)
@@ -263,8 +328,12 @@ def test_stuck_rank_is_bounded_by_dist_timeout(synthetic_root, tmp_path):
     out = str(tmp_path / "out")
     # Rank 1 hangs after its first step, before any checkpoint: no legitimate wait (rank 1 at a
     # barrier while rank 0 writes a checkpoint) comes near the 5 s.
-    proc = run_tool(train_args(synthetic_root, out, "DIST.TIMEOUT_S", "5"), nproc=2, check=False,
-                    env=fault("hang at step 1 on rank 1"))
+    proc = run_tool(
+        train_args(synthetic_root, out, "DIST.TIMEOUT_S", "5"),
+        nproc=2,
+        check=False,
+        env=fault("hang at step 1 on rank 1"),
+    )
     assert proc.returncode != 0
     # Rank 0's own collective timed out after 5 s (gloo's message), and it said why it stopped.
     stopped = r"rank 0 of 2 stopped: .*Timed out waiting 5000ms.*DIST.TIMEOUT_S \(5 s\)"
@@ -283,7 +352,9 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
             f.write('{"top1_err": ')
             raise KeyboardInterrupt  # Ctrl-C (or any error) half-way through
     with pytest.raises(Exception):
-        atomic_torch_save({"model": {"w": torch.zeros(2)}, "oops": lambda: 0}, torch_path)  # fails mid-pickle
+        atomic_torch_save(
+            {"model": {"w": torch.zeros(2)}, "oops": lambda: 0}, torch_path
+        )  # fails mid-pickle
     with open(json_path) as f:
         assert json.load(f) == {"top1_err": 1.0}
     assert torch.equal(torch.load(torch_path, weights_only=True)["model"]["w"], torch.ones(2))
@@ -301,7 +372,9 @@ def voc_annotation(tmp_path):
     require_detectron2()
     from detection.synthetic_voc import write_voc
 
-    folder = os.path.join(write_voc(str(tmp_path / "voc"), trainval07=2, test07=1, trainval12=1, size=64), "VOC2007")
+    folder = os.path.join(
+        write_voc(str(tmp_path / "voc"), trainval07=2, test07=1, trainval12=1, size=64), "VOC2007"
+    )
     with open(os.path.join(folder, "ImageSets", "Main", "trainval.txt")) as f:
         return folder, os.path.join(folder, "Annotations", f.read().split()[0] + ".xml")
 

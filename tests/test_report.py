@@ -16,7 +16,13 @@ import yaml
 from PIL import Image
 
 from detection.convert import convert
-from detection.report import PAPER_TABLE5, label_from_dirname, read_run, record_backbone, to_markdown
+from detection.report import (
+    PAPER_TABLE5,
+    label_from_dirname,
+    read_run,
+    record_backbone,
+    to_markdown,
+)
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
 from tools.report import main as report_main
@@ -36,7 +42,14 @@ def make_pretrain_run(root, name, weights, method, cutmix=False, top1=22.0):
     cfg.METHOD.NAME = method
     cfg.AUG.CUTMIX.ENABLED = cutmix
     (out / "config.yaml").write_text(cfg.dump())
-    metrics = {"top1_err": top1, "top5_err": 6.0, "nll": 0.9, "ece": 3.5, "aurc": 60.0, "eaurc": 20.0}
+    metrics = {
+        "top1_err": top1,
+        "top5_err": 6.0,
+        "nll": 0.9,
+        "ece": 3.5,
+        "aurc": 60.0,
+        "eaurc": 20.0,
+    }
     (out / "eval_final.json").write_text(json.dumps(metrics))
     torch.save({"model": weights}, out / "model_final.pth")
     pkl = root / f"{name}.pkl"
@@ -50,7 +63,13 @@ def make_detection_run(root, name, weights, ap50=None):
     # The shape of Detectron2's dump: nested upper-case keys, lists for tuples.
     cfg = {
         "MODEL": {"WEIGHTS": str(weights), "RESNETS": {"DEPTH": 18}},
-        "SOLVER": {"MAX_ITER": 300, "IMS_PER_BATCH": 4, "BASE_LR": 0.01, "STEPS": [240], "GAMMA": 0.1},
+        "SOLVER": {
+            "MAX_ITER": 300,
+            "IMS_PER_BATCH": 4,
+            "BASE_LR": 0.01,
+            "STEPS": [240],
+            "GAMMA": 0.1,
+        },
         "INPUT": {"MIN_SIZE_TRAIN": [96, 112, 128], "MIN_SIZE_TEST": 128},
     }
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -107,16 +126,29 @@ def test_rows_show_the_fine_tuning_protocol(runs, tmp_path):
     # A run of the paper's protocol, as Detectron2 dumps it, next to the others.
     paper = make_detection_run(tmp_path, "det_paper", tmp_path / "gone.pkl", 79.0)
     cfg = yaml.safe_load((paper / "config.yaml").read_text())
-    cfg["SOLVER"] = {"MAX_ITER": 331020, "IMS_PER_BATCH": 1, "BASE_LR": 0.001, "STEPS": [165510], "GAMMA": 0.1}
+    cfg["SOLVER"] = {
+        "MAX_ITER": 331020,
+        "IMS_PER_BATCH": 1,
+        "BASE_LR": 0.001,
+        "STEPS": [165510],
+        "GAMMA": 0.1,
+    }
     cfg["INPUT"] = {"MIN_SIZE_TRAIN": [600], "MIN_SIZE_TEST": 600}
     (paper / "config.yaml").write_text(yaml.safe_dump(cfg))
     row = read_run(str(paper))
-    assert row["protocol"] == "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"
+    assert (
+        row["protocol"]
+        == "batch 1, lr 0.001, 331,020 it (x0.1 at 165,510), train 600 / test 600 px"
+    )
     md = to_markdown([row, read_run(str(runs["mix"]))])
     assert "| batch 1, lr 0.001, 331,020 it" in md and "| batch 4, lr 0.01, 300 it" in md
     assert "different protocols" in md
-    assert "different protocols" not in to_markdown([read_run(str(runs["mix"])), read_run(str(runs["base"]))])
-    assert read_run(str(runs["mix"]).replace("det_b", "pre_mix"))["protocol"] is None  # a pretraining run
+    assert "different protocols" not in to_markdown(
+        [read_run(str(runs["mix"])), read_run(str(runs["base"]))]
+    )
+    assert (
+        read_run(str(runs["mix"]).replace("det_b", "pre_mix"))["protocol"] is None
+    )  # a pretraining run
 
 
 def test_backbone_json_keeps_the_link_after_eval_only(runs, tmp_path):
@@ -154,7 +186,9 @@ def test_label_from_dirname(name, label):
 def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
     out = tmp_path / "table"
     order = [runs[k] for k in ("unfinished", "mix", "cskd_unlinked", "base", "pskd")]
-    report_main([str(p) for p in order] + ["--out", str(out), "--label", f"{runs['unfinished']}=TF-KD"])
+    report_main(
+        [str(p) for p in order] + ["--out", str(out), "--label", f"{runs['unfinished']}=TF-KD"]
+    )
     assert "wrote table5.md" in capsys.readouterr().out
 
     with open(out / "table5.csv") as f:
@@ -163,7 +197,11 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["Baseline", "CS-KD", "TF-KD", "PS-KD", "PS-KD + CutMix"]
     assert [r["run"] for r in rows] == ["det_c", "det_cskd", "det_run7", "det_a", "det_b"]
     tfkd = rows[2]
-    assert tfkd["method_from"] == "--label" and tfkd["AP50"] == "" and float(tfkd["paper_AP50"]) == 78.28
+    assert (
+        tfkd["method_from"] == "--label"
+        and tfkd["AP50"] == ""
+        and float(tfkd["paper_AP50"]) == 78.28
+    )
     assert float(rows[3]["AP50"]) == 79.1 and float(rows[3]["pretrain_top1_err"]) == 21.4
 
     md = (out / "table5.md").read_text()
@@ -189,7 +227,9 @@ def test_report_refuses_a_label_for_no_given_run(runs, tmp_path, capsys, label):
         report_main([str(runs["pskd"]), "--out", str(tmp_path / "o"), "--label", label])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert f"error: --label {label!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given" in err
+    assert (
+        f"error: --label {label!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given" in err
+    )
     assert not (tmp_path / "o").exists()
 
 

@@ -3,6 +3,7 @@ checkpoints SOLVER.MAX_TO_KEEP keeps; metrics.json after a resume holds every it
 a folder without a checkpoint starts over, unless its config.yaml is another run's; and a
 checkpoint of another world size resumes with fresh RNG streams, or is refused when it was
 taken mid-epoch with another number of iterations per epoch."""
+
 import json
 import logging
 import os
@@ -15,13 +16,37 @@ from test_reliability import CONFIG, assert_same_weights, final_weights, run_in_
 from test_run_folder import digest
 
 # 6 iterations; checkpoints at 2, 4 and 6, of which MAX_TO_KEEP 2 keeps 4 and 6.
-SHORT = ["INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "32", "SOLVER.EPOCHS", "1", "SOLVER.STEPS", "()",
-         "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.MAX_TO_KEEP", "2", "LOG_PERIOD", "1"]
+SHORT = [
+    "INPUT.CROP_SIZE",
+    "32",
+    "INPUT.RESIZE_SIZE",
+    "32",
+    "SOLVER.EPOCHS",
+    "1",
+    "SOLVER.STEPS",
+    "()",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "2",
+    "SOLVER.MAX_TO_KEEP",
+    "2",
+    "LOG_PERIOD",
+    "1",
+]
 
 
 def args(root, out, *overrides, resume=False):
-    return ["tools/pretrain.py", "--config-file", CONFIG, *(["--resume"] if resume else []), "DATA.ROOT", root,
-            "OUTPUT_DIR", out, *SHORT, *overrides]
+    return [
+        "tools/pretrain.py",
+        "--config-file",
+        CONFIG,
+        *(["--resume"] if resume else []),
+        "DATA.ROOT",
+        root,
+        "OUTPUT_DIR",
+        out,
+        *SHORT,
+        *overrides,
+    ]
 
 
 def read_lines(path):
@@ -30,12 +55,19 @@ def read_lines(path):
 
 
 def loss_iterations(out):
-    return [r["iteration"] for r in map(json.loads, read_lines(os.path.join(out, "metrics.json"))) if "loss" in r]
+    return [
+        r["iteration"]
+        for r in map(json.loads, read_lines(os.path.join(out, "metrics.json")))
+        if "loss" in r
+    ]
 
 
 def eval_iterations(out):
-    return [r["iteration"] for r in map(json.loads, read_lines(os.path.join(out, "metrics.json")))
-            if "val/top1_err" in r]
+    return [
+        r["iteration"]
+        for r in map(json.loads, read_lines(os.path.join(out, "metrics.json")))
+        if "val/top1_err" in r
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +96,10 @@ def killed_after(first_run, out, iteration, *names):
 
 def test_the_engine_keeps_max_to_keep_newest_checkpoints(first_run):
     assert sorted(n for n in os.listdir(first_run) if n.startswith("model_")) == [
-        "model_0000004.pth", "model_0000006.pth", "model_final.pth"]
+        "model_0000004.pth",
+        "model_0000006.pth",
+        "model_final.pth",
+    ]
     with open(os.path.join(first_run, "last_checkpoint")) as f:
         assert f.read() == "model_0000006.pth"
     assert loss_iterations(first_run) == [1, 2, 3, 4, 5, 6] and eval_iterations(first_run) == [6]
@@ -76,14 +111,19 @@ def test_resume_drops_the_lines_logged_after_the_checkpoint(first_run, synthetic
     # Every iteration once, the evaluation once, no cut line; the lines up to the checkpoint
     # are the killed run's own.
     assert loss_iterations(out) == [1, 2, 3, 4, 5, 6] and eval_iterations(out) == [6]
-    assert read_lines(os.path.join(out, "metrics.json"))[:4] == read_lines(os.path.join(first_run, "metrics.json"))[:4]
+    assert (
+        read_lines(os.path.join(out, "metrics.json"))[:4]
+        == read_lines(os.path.join(first_run, "metrics.json"))[:4]
+    )
     assert_same_weights(final_weights(out), final_weights(first_run))
 
 
 def test_resume_without_a_checkpoint_starts_over(first_run, synthetic_root, tmp_path):
     out = killed_after(first_run, str(tmp_path / "run"), None)
     # (A checkpoint at the end only: what is asserted needs no other.)
-    run_in_process(args(synthetic_root, out, "SOLVER.CHECKPOINT_PERIOD", "6", resume=True), fails=False)
+    run_in_process(
+        args(synthetic_root, out, "SOLVER.CHECKPOINT_PERIOD", "6", resume=True), fails=False
+    )
     with open(os.path.join(out, "log.txt")) as f:
         assert f"no readable checkpoint in {out}: starting from scratch" in f.read()
     # The killed attempt's lines are dropped: the run's iterations are logged once.
@@ -91,7 +131,9 @@ def test_resume_without_a_checkpoint_starts_over(first_run, synthetic_root, tmp_
     assert_same_weights(final_weights(out), final_weights(first_run))
 
 
-def test_resume_without_a_checkpoint_refuses_another_runs_config(first_run, synthetic_root, tmp_path):
+def test_resume_without_a_checkpoint_refuses_another_runs_config(
+    first_run, synthetic_root, tmp_path
+):
     """Starting over would keep config.yaml, which would then describe another run."""
     out = killed_after(first_run, str(tmp_path / "run"), None)
     before = digest(out)
@@ -109,7 +151,9 @@ def as_written_by(state, world_size, iters_per_epoch=None):
     if iters_per_epoch is not None:
         trainer["iters_per_epoch"] = iters_per_epoch
     generator = torch.Generator().manual_seed(12345)
-    trainer["rng"] = [dict(trainer["rng"][0], torch=generator.get_state()) for _ in range(world_size)]
+    trainer["rng"] = [
+        dict(trainer["rng"][0], torch=generator.get_state()) for _ in range(world_size)
+    ]
     return dict(state, trainer=trainer)
 
 
@@ -142,7 +186,9 @@ def test_same_world_size_restores_the_rng_streams(trainer, mid_epoch_state):
     assert torch.equal(torch.get_rng_state(), state["trainer"]["rng"][0]["torch"])
 
 
-def test_another_world_size_resumes_mid_epoch_with_fresh_rng_streams(trainer, mid_epoch_state, caplog):
+def test_another_world_size_resumes_mid_epoch_with_fresh_rng_streams(
+    trainer, mid_epoch_state, caplog
+):
     """Samples are dealt out of one global order, so 2 processes that did 4 steps of 8 samples
     each consumed the samples one process's 4 steps of 16 do: the run continues there."""
     state = as_written_by(mid_epoch_state, 2)
@@ -160,7 +206,9 @@ def test_epoch_end_checkpoint_of_another_layout_resumes_at_the_next_epoch(traine
     assert trainer.checkpointer.load(state, trainer.iters_per_epoch)[1:] == (1, 0)
 
 
-def test_mid_epoch_checkpoint_of_another_layout_is_refused(first_run, mid_epoch_state, synthetic_root, tmp_path):
+def test_mid_epoch_checkpoint_of_another_layout_is_refused(
+    first_run, mid_epoch_state, synthetic_root, tmp_path
+):
     """Another number of iterations per epoch (a world size whose padding deals out another
     count): the step to continue from has no meaning in this run."""
     out = killed_after(first_run, str(tmp_path / "run"), 4)

@@ -2,6 +2,7 @@
 continues only the run that wrote the checkpoint, --eval-only writes outputs of its own, every
 numeric key is range-checked, and expected failures end with one ``error:`` line that names the
 file or key (also in log.txt), leaving what was written before intact."""
+
 import hashlib
 import os
 import shutil
@@ -90,13 +91,18 @@ def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
 
 
 # -- resume continues the same run only -----------------------------------------------------------
-@pytest.mark.parametrize("key,value,saved,now", [
-    ("METHOD.NAME", "baseline", "'pskd'", "'baseline'"),
-    ("MODEL.ARCH", "resnet34", "'resnet18'", "'resnet34'"),
-    ("SOLVER.BASE_LR", "0.05", "0.02", "0.05"),
-    ("PSKD.ALPHA_T", "0.5", "0.8", "0.5"),
-])
-def test_resume_refuses_changed_run_defining_keys(key, value, saved, now, finished_run, synthetic_root, tmp_path):
+@pytest.mark.parametrize(
+    "key,value,saved,now",
+    [
+        ("METHOD.NAME", "baseline", "'pskd'", "'baseline'"),
+        ("MODEL.ARCH", "resnet34", "'resnet18'", "'resnet34'"),
+        ("SOLVER.BASE_LR", "0.05", "0.02", "0.05"),
+        ("PSKD.ALPHA_T", "0.5", "0.8", "0.5"),
+    ],
+)
+def test_resume_refuses_changed_run_defining_keys(
+    key, value, saved, now, finished_run, synthetic_root, tmp_path
+):
     out = checkpoint_folder(finished_run, tmp_path)
     before = digest(out)
     message = run_in_process(train_args(synthetic_root, out, "--resume", key, value))
@@ -121,8 +127,22 @@ def test_resume_allows_keys_that_do_not_define_the_run(finished_run, synthetic_r
     moved = str(tmp_path / "moved_data")
     shutil.copytree(synthetic_root, moved)
     out = checkpoint_folder(finished_run, tmp_path, iteration=8)
-    run_in_process(train_args(moved, out, "--resume", "LOG_PERIOD", "2", "DIST.TIMEOUT_S", "60",
-                              "DATALOADER.NUM_WORKERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100"), fails=False)
+    run_in_process(
+        train_args(
+            moved,
+            out,
+            "--resume",
+            "LOG_PERIOD",
+            "2",
+            "DIST.TIMEOUT_S",
+            "60",
+            "DATALOADER.NUM_WORKERS",
+            "1",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+        ),
+        fails=False,
+    )
     with open(os.path.join(out, "log.txt")) as f:
         assert f"resumed from {ckpt(out, 8)}" in f.read()
     # The run-defining content is that of the uninterrupted run.
@@ -130,7 +150,10 @@ def test_resume_allows_keys_that_do_not_define_the_run(finished_run, synthetic_r
     b = torch.load(os.path.join(finished_run, "model_final.pth"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # config.yaml stays the one the run started with.
-    with open(os.path.join(out, "config.yaml")) as x, open(os.path.join(finished_run, "config.yaml")) as y:
+    with (
+        open(os.path.join(out, "config.yaml")) as x,
+        open(os.path.join(finished_run, "config.yaml")) as y,
+    ):
         assert x.read() == y.read()
 
 
@@ -149,15 +172,31 @@ def test_eval_only_never_replaces_the_training_outputs(finished_run, synthetic_r
     shutil.copytree(finished_run, out)
     before = digest(out)
     weights = os.path.join(out, "model_final.pth")
-    eval_only = ["tools/pretrain.py", "--config-file", "configs/pretrain/cpu_synthetic_R_18_cskd.yaml",
-                 "--eval-only", "DATA.ROOT", synthetic_root, "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights,
-                 "INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "32"]
+    eval_only = [
+        "tools/pretrain.py",
+        "--config-file",
+        "configs/pretrain/cpu_synthetic_R_18_cskd.yaml",
+        "--eval-only",
+        "DATA.ROOT",
+        synthetic_root,
+        "OUTPUT_DIR",
+        out,
+        "MODEL.WEIGHTS",
+        weights,
+        "INPUT.CROP_SIZE",
+        "32",
+        "INPUT.RESIZE_SIZE",
+        "32",
+    ]
     run_in_process(eval_only, fails=False)
     after = digest(out)
     assert {k: v for k, v in after.items() if k in before} == before
     added = sorted(set(after) - set(before))
-    assert added == ["eval_only_model_final.json", "eval_only_model_final_config.yaml",
-                     "eval_only_model_final_reliability.png"]
+    assert added == [
+        "eval_only_model_final.json",
+        "eval_only_model_final_config.yaml",
+        "eval_only_model_final_reliability.png",
+    ]
     with open(os.path.join(out, "eval_only_model_final_config.yaml")) as f:
         assert "NAME: cskd" in f.read()
     # A second evaluation of the same weights would replace the first: refused.
@@ -172,22 +211,48 @@ def test_failed_eval_only_writes_no_config(synthetic_root, finished_run, tmp_pat
     before = digest(out)
     bad = str(tmp_path / "r50.pth")
     import torchvision
+
     torch.save(torchvision.models.resnet50(num_classes=4).state_dict(), bad)
-    message = run_in_process(["tools/pretrain.py", "--config-file", CONFIG, "--eval-only", "DATA.ROOT",
-                              synthetic_root, "OUTPUT_DIR", out, "MODEL.WEIGHTS", bad, "METHOD.NAME", "baseline"])
+    message = run_in_process(
+        [
+            "tools/pretrain.py",
+            "--config-file",
+            CONFIG,
+            "--eval-only",
+            "DATA.ROOT",
+            synthetic_root,
+            "OUTPUT_DIR",
+            out,
+            "MODEL.WEIGHTS",
+            bad,
+            "METHOD.NAME",
+            "baseline",
+        ]
+    )
     assert "does not fit" in message
     assert digest(out) == before
     with open(os.path.join(out, "log.txt")) as f:
-        assert message[len("error: "):] in f.read()
+        assert message[len("error: ") :] in f.read()
 
 
 # -- value ranges ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("key,value", [
-    ("PSKD.ALPHA_T", "1.5"), ("PSKD.ALPHA_T", "-1.0"), ("LS.EPSILON", "1.5"), ("LOG_PERIOD", "0"),
-    ("SOLVER.CHECKPOINT_PERIOD", "0"), ("TEST.EVAL_PERIOD", "0"), ("SOLVER.IMS_PER_BATCH", "0"),
-    ("TEST.IMS_PER_BATCH", "0"), ("SOLVER.EPOCHS", "-1"), ("SOLVER.BASE_LR", "0.0"),
-    ("SOLVER.WARMUP_EPOCHS", "-1"), ("PSKD.TOPK", "5"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("PSKD.ALPHA_T", "1.5"),
+        ("PSKD.ALPHA_T", "-1.0"),
+        ("LS.EPSILON", "1.5"),
+        ("LOG_PERIOD", "0"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0"),
+        ("TEST.EVAL_PERIOD", "0"),
+        ("SOLVER.IMS_PER_BATCH", "0"),
+        ("TEST.IMS_PER_BATCH", "0"),
+        ("SOLVER.EPOCHS", "-1"),
+        ("SOLVER.BASE_LR", "0.0"),
+        ("SOLVER.WARMUP_EPOCHS", "-1"),
+        ("PSKD.TOPK", "5"),
+    ],
+)
 def test_out_of_range_values_are_named(key, value):
     from pretrain.cli import setup_cfg
 
@@ -222,14 +287,22 @@ def test_out_of_range_value_stops_the_tool_before_writing(synthetic_root, tmp_pa
 def test_yaml_syntax_error_is_named(synthetic_root, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text(f"_BASE_: {os.path.join(ROOT, CONFIG)}\nSOLVER:\n  STEPS: [1, 2\n")
-    message = run_in_process(train_args(synthetic_root, str(tmp_path / "out"), "--config-file", str(config)))
-    assert message.startswith(f"error: config file {str(config)!r} is not valid YAML") and "line" in message
+    message = run_in_process(
+        train_args(synthetic_root, str(tmp_path / "out"), "--config-file", str(config))
+    )
+    assert (
+        message.startswith(f"error: config file {str(config)!r} is not valid YAML")
+        and "line" in message
+    )
     assert "\n" not in message
 
 
 def test_flag_after_overrides_says_flags_come_first(synthetic_root, tmp_path):
     message = run_in_process(train_args(synthetic_root, str(tmp_path / "out")) + ["--resume"])
-    assert message.startswith("error: --resume came after the KEY VALUE overrides: flags") and "first" in message
+    assert (
+        message.startswith("error: --resume came after the KEY VALUE overrides: flags")
+        and "first" in message
+    )
 
 
 def test_unwritable_output_dir_is_named(synthetic_root, tmp_path):
@@ -237,7 +310,9 @@ def test_unwritable_output_dir_is_named(synthetic_root, tmp_path):
     blocker.write_text("")
     for out in (str(blocker), str(blocker / "run")):
         message = run_in_process(train_args(synthetic_root, out))
-        assert message.startswith("error: ") and "OUTPUT_DIR" in message and repr(out) in message, message
+        assert message.startswith("error: ") and "OUTPUT_DIR" in message and repr(out) in message, (
+            message
+        )
 
 
 def test_full_disk_names_the_file_and_the_disk(synthetic_root, tmp_path, monkeypatch):
@@ -254,7 +329,9 @@ def test_full_disk_names_the_file_and_the_disk(synthetic_root, tmp_path, monkeyp
     monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp)
     out = str(tmp_path / "run")
     message = run_in_process(train_args(synthetic_root, out))
-    assert message.startswith(f"error: cannot write {ckpt(out, 4)!r}: No space left on device"), message
+    assert message.startswith(f"error: cannot write {ckpt(out, 4)!r}: No space left on device"), (
+        message
+    )
     assert f"the disk mounted at {fileio.mount_point(out)!r}" in message
     with open(os.path.join(out, "log.txt")) as f:
         assert "No space left on device" in f.read()
@@ -265,7 +342,7 @@ def test_set_up_errors_are_logged(synthetic_root, tmp_path):
     out = str(tmp_path / "run")
     message = run_in_process(train_args(synthetic_root, out, "MODEL.NUM_CLASSES", "5"))
     with open(os.path.join(out, "log.txt")) as f:
-        assert message[len("error: "):] in f.read()
+        assert message[len("error: ") :] in f.read()
 
 
 def write_png(path, size):
@@ -282,7 +359,7 @@ def test_decompression_bombs_are_bad_images(synthetic_root, tmp_path, monkeypatc
     for name in sorted(os.listdir(folder))[:2]:  # replaced: full batches stay full
         os.remove(os.path.join(folder, name))
     warns, raises = (os.path.join(folder, n) for n in ("bomb_warns.png", "bomb_raises.png"))
-    write_png(warns, 80)    # 6,400 pixels
+    write_png(warns, 80)  # 6,400 pixels
     write_png(raises, 120)  # 14,400 pixels
     message = run_in_process(train_args(root, str(tmp_path / "stop"), "DATA.ON_BAD_IMAGE", "error"))
     assert message.startswith("error: cannot read training image") and "bomb" in message, message
@@ -290,7 +367,10 @@ def test_decompression_bombs_are_bad_images(synthetic_root, tmp_path, monkeypatc
     run_in_process(train_args(root, out, "DATA.ON_BAD_IMAGE", "skip") + ONE_EPOCH, fails=False)
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
-    assert f"skipped unreadable training image {warns}" in log and f"skipped unreadable training image {raises}" in log
+    assert (
+        f"skipped unreadable training image {warns}" in log
+        and f"skipped unreadable training image {raises}" in log
+    )
 
 
 def test_device_decode_failure_is_an_error_line(synthetic_root, tmp_path):
@@ -300,7 +380,9 @@ def test_device_decode_failure_is_an_error_line(synthetic_root, tmp_path):
     bad = os.path.join(folder, min(os.listdir(folder)))
     with open(bad, "r+b") as f:  # the header reads, the data does not decode
         f.truncate(os.path.getsize(bad) // 2)
-    message = run_in_process(train_args(root, str(tmp_path / "out"), "DATALOADER.DECODE", "device") + ONE_EPOCH)
+    message = run_in_process(
+        train_args(root, str(tmp_path / "out"), "DATALOADER.DECODE", "device") + ONE_EPOCH
+    )
     assert message.startswith(f"error: cannot decode image {bad!r}"), message
 
 
@@ -311,7 +393,9 @@ def test_error_in_a_loader_worker_is_one_line(synthetic_root, tmp_path):
     with open(bad, "w") as f:
         f.write("text\n")
     message = run_in_process(train_args(root, str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "1"))
-    assert message.startswith(f"error: cannot read training image {bad!r}") and "\n" not in message, message
+    assert (
+        message.startswith(f"error: cannot read training image {bad!r}") and "\n" not in message
+    ), message
 
 
 def test_skipped_file_with_a_non_utf8_name_is_logged(synthetic_root, tmp_path):
@@ -319,7 +403,9 @@ def test_skipped_file_with_a_non_utf8_name_is_logged(synthetic_root, tmp_path):
     shutil.copytree(synthetic_root, root)
     folder = os.path.join(root, "train", "class_001")
     os.remove(os.path.join(folder, min(os.listdir(folder))))  # replaced: full batches stay full
-    with open(os.path.join(folder.encode(), b"caf\xe9.jpg"), "w") as f:  # Latin-1 name, not an image
+    with open(
+        os.path.join(folder.encode(), b"caf\xe9.jpg"), "w"
+    ) as f:  # Latin-1 name, not an image
         f.write("text\n")
     out = str(tmp_path / "out")
     run_in_process(train_args(root, out, "DATA.ON_BAD_IMAGE", "skip") + ONE_EPOCH, fails=False)
@@ -331,8 +417,15 @@ def test_skipped_file_with_a_non_utf8_name_is_logged(synthetic_root, tmp_path):
 
 # -- file modes -----------------------------------------------------------------------------------
 def test_outputs_get_the_mode_the_umask_says(finished_run, tmp_path):
-    for name in ("model_final.pth", "eval_final.json", "reliability_final.png", "config.yaml",
-                 "last_checkpoint", "model_0000012.pth", "metrics.json"):
+    for name in (
+        "model_final.pth",
+        "eval_final.json",
+        "reliability_final.png",
+        "config.yaml",
+        "last_checkpoint",
+        "model_0000012.pth",
+        "metrics.json",
+    ):
         assert mode(os.path.join(finished_run, name)) == 0o640, name
     from pretrain.fileio import atomic_write_text
 

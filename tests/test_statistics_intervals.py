@@ -1,18 +1,13 @@
 """The Table 5 intervals on hand-made detections (no dataset needed): the t quantiles at the
 end of the table and beyond it, seed-only intervals, and the paired bootstrap interval built
 from the per-resample AP50 differences."""
+
 import math
 
 import numpy as np
 import pytest
 
-from study.statistics import (
-    ScoredRun,
-    bootstrap_weights,
-    paired_ap_interval,
-    seed_interval,
-    t975,
-)
+from study.statistics import ScoredRun, bootstrap_weights, paired_ap_interval, seed_interval, t975
 
 
 def test_t_quantiles_from_the_table_then_the_approximation():
@@ -43,14 +38,20 @@ def _run(scores, hits):
     box = [10.0, 10.0, 50.0, 50.0]
     far = [100.0, 100.0, 140.0, 140.0]
     n = len(scores)
-    return ScoredRun({
-        "image_ids": np.array([f"{k:06d}" for k in range(6)]), "class_names": np.array(["cat"]),
-        "det_image": np.arange(n), "det_class": np.zeros(n, dtype=np.int64),
-        "det_score": np.array(scores, dtype=np.float64),
-        "det_box": np.array([box if h else far for h in hits], dtype=np.float64),
-        "gt_image": np.arange(6), "gt_class": np.zeros(6, dtype=np.int64),
-        "gt_box": np.array([box] * 6, dtype=np.float64), "gt_difficult": np.zeros(6, dtype=bool),
-    })
+    return ScoredRun(
+        {
+            "image_ids": np.array([f"{k:06d}" for k in range(6)]),
+            "class_names": np.array(["cat"]),
+            "det_image": np.arange(n),
+            "det_class": np.zeros(n, dtype=np.int64),
+            "det_score": np.array(scores, dtype=np.float64),
+            "det_box": np.array([box if h else far for h in hits], dtype=np.float64),
+            "gt_image": np.arange(6),
+            "gt_class": np.zeros(6, dtype=np.int64),
+            "gt_box": np.array([box] * 6, dtype=np.float64),
+            "gt_difficult": np.zeros(6, dtype=bool),
+        }
+    )
 
 
 def test_bootstrap_caches_each_weights_array_separately():
@@ -63,19 +64,32 @@ def test_bootstrap_caches_each_weights_array_separately():
 
 def test_paired_interval_uses_the_variance_of_the_resampled_differences():
     weights = bootstrap_weights(6, 40, seed=3)
-    runs = {1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 1, 1, 1]),
-            2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 0, 1, 1, 1, 1]),
-            7: _run([0.9] * 6, [1] * 6)}
-    baseline = {1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0, 1, 1, 1, 0, 1]),
-                2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 0, 1, 1])}
+    runs = {
+        1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 1, 1, 1]),
+        2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 0, 1, 1, 1, 1]),
+        7: _run([0.9] * 6, [1] * 6),
+    }
+    baseline = {
+        1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0, 1, 1, 1, 0, 1]),
+        2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 0, 1, 1]),
+    }
     out = paired_ap_interval(runs, baseline, weights)
     d = np.array([runs[s].ap50() - baseline[s].ap50() for s in (1, 2)])
-    boot = np.mean([np.array([runs[s].ap50(w) - baseline[s].ap50(w) for w in weights]) for s in (1, 2)], axis=0)
+    boot = np.mean(
+        [np.array([runs[s].ap50(w) - baseline[s].ap50(w) for w in weights]) for s in (1, 2)], axis=0
+    )
     v_img, v_seed = boot.var(ddof=1), d.var(ddof=1) / 2
     half = 12.706 * math.sqrt(v_img + v_seed)
     assert out.pop("seeds") == [1, 2]
-    assert out == pytest.approx({"diff": d.mean(), "lo": d.mean() - half, "hi": d.mean() + half,
-                                 "v_img": v_img, "v_seed": v_seed})
+    assert out == pytest.approx(
+        {
+            "diff": d.mean(),
+            "lo": d.mean() - half,
+            "hi": d.mean() + half,
+            "v_img": v_img,
+            "v_seed": v_seed,
+        }
+    )
     assert v_img > 0
 
 

@@ -1,4 +1,5 @@
 """The study file, its checks, the stage graph and the commands (no stage is run here)."""
+
 import os
 
 import pytest
@@ -31,7 +32,14 @@ def _table5(tmp_path):
 def test_table5_study_graph(tmp_path):
     plan = Plan(load_study(_write(tmp_path, _table5(tmp_path))))
     study = plan.study
-    assert [b.name for b in study.backbones] == ["baseline", "ls", "cskd", "tfkd", "pskd", "pskd_cutmix"]
+    assert [b.name for b in study.backbones] == [
+        "baseline",
+        "ls",
+        "cskd",
+        "tfkd",
+        "pskd",
+        "pskd_cutmix",
+    ]
     assert {b.method for b in study.backbones} <= set(METHODS) and study.seeds == [0, 1, 2]
     assert [b.name for b in study.backbones if b.teacher] == ["tfkd"]
     assert len(plan.stages) == 6 * 3 * 3 + 1
@@ -43,7 +51,10 @@ def test_table5_study_graph(tmp_path):
         cmd = plan.command(tfkd)
         assert cmd[cmd.index("TEACHER.WEIGHTS") + 1] == os.path.join(teacher.out, "model_final.pth")
         assert cmd[cmd.index("SEED") + 1] == str(seed)
-        assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nproc_per_node") + 1] == "8"
+        assert (
+            cmd[1:3] == ["-m", "torch.distributed.run"]
+            and cmd[cmd.index("--nproc_per_node") + 1] == "8"
+        )
         det = plan.command(plan.detect["pskd", seed])
         assert det[det.index("MODEL.WEIGHTS") + 1] == plan.convert["pskd", seed].out
         assert det[det.index("SEED") + 1] == str(seed) and det[det.index("--num-gpus") + 1] == "8"
@@ -65,32 +76,64 @@ def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     plan = Plan(load_study(path))
     assert all(f"] {s.id}  (" in out for s in plan.stages)
-    assert "TEACHER.WEIGHTS " + os.path.join(plan.pretrain["baseline", 2].out, "model_final.pth") in out
+    assert (
+        "TEACHER.WEIGHTS " + os.path.join(plan.pretrain["baseline", 2].out, "model_final.pth")
+        in out
+    )
     assert not os.path.exists(tmp_path / "out")  # nothing written
     assert study_main(["--config-file", path, "--status"]) == 0
     out = capsys.readouterr().out
     assert "15 ready, 40 waiting (of 55 stages)" in out
 
 
-@pytest.mark.parametrize("mutate, key, message", [
-    (lambda d: d.update(seed=[0]), "seed", "unknown key"),
-    (lambda d: d.pop("seeds"), "seeds", "missing"),
-    (lambda d: d.update(seeds=[0, 0]), "seeds", "listed twice"),
-    (lambda d: d.update(seeds="0"), "seeds", "list of non-negative integers"),
-    (lambda d: d["backbones"]["ls"].update(config="configs/pretrain/nope.yaml"), "backbones.ls.config", "not found"),
-    (lambda d: d["backbones"]["ls"].update(opts={"SOLVER.NOPE": 1}), "backbones.ls", "SOLVER.NOPE"),
-    (lambda d: d["backbones"]["tfkd"].update(teacher="teacher"), "backbones.tfkd.teacher", "not a backbone"),
-    (lambda d: d["backbones"].pop("baseline"), "backbones.tfkd.teacher", "'baseline' is not a backbone"),
-    (lambda d: d["backbones"]["ls"].update(teacher="baseline"), "backbones.ls.teacher", "takes no teacher"),
-    (lambda d: d["backbones"]["ls"].update(opts={"METHOD.NAME": "nope"}), "backbones.ls.config",
-     "not a method of this project"),
-    (lambda d: d["resources"]["pretrain"].update(gpus_per_node=-1), "resources.pretrain.gpus_per_node",
-     "non-negative"),
-    (lambda d: d["resources"]["detect"].update(gpu=8), "resources.detect.gpu", "unknown key"),
-    (lambda d: d["data"].pop("voc"), "data.voc", "missing"),
-    (lambda d: d["detection"].update(config="x.yaml"), "detection.config", "not found"),
-    (lambda d: d.update(report={"bootstrap": 5}), "report.bootstrap", ">= 10"),
-])
+@pytest.mark.parametrize(
+    "mutate, key, message",
+    [
+        (lambda d: d.update(seed=[0]), "seed", "unknown key"),
+        (lambda d: d.pop("seeds"), "seeds", "missing"),
+        (lambda d: d.update(seeds=[0, 0]), "seeds", "listed twice"),
+        (lambda d: d.update(seeds="0"), "seeds", "list of non-negative integers"),
+        (
+            lambda d: d["backbones"]["ls"].update(config="configs/pretrain/nope.yaml"),
+            "backbones.ls.config",
+            "not found",
+        ),
+        (
+            lambda d: d["backbones"]["ls"].update(opts={"SOLVER.NOPE": 1}),
+            "backbones.ls",
+            "SOLVER.NOPE",
+        ),
+        (
+            lambda d: d["backbones"]["tfkd"].update(teacher="teacher"),
+            "backbones.tfkd.teacher",
+            "not a backbone",
+        ),
+        (
+            lambda d: d["backbones"].pop("baseline"),
+            "backbones.tfkd.teacher",
+            "'baseline' is not a backbone",
+        ),
+        (
+            lambda d: d["backbones"]["ls"].update(teacher="baseline"),
+            "backbones.ls.teacher",
+            "takes no teacher",
+        ),
+        (
+            lambda d: d["backbones"]["ls"].update(opts={"METHOD.NAME": "nope"}),
+            "backbones.ls.config",
+            "not a method of this project",
+        ),
+        (
+            lambda d: d["resources"]["pretrain"].update(gpus_per_node=-1),
+            "resources.pretrain.gpus_per_node",
+            "non-negative",
+        ),
+        (lambda d: d["resources"]["detect"].update(gpu=8), "resources.detect.gpu", "unknown key"),
+        (lambda d: d["data"].pop("voc"), "data.voc", "missing"),
+        (lambda d: d["detection"].update(config="x.yaml"), "detection.config", "not found"),
+        (lambda d: d.update(report={"bootstrap": 5}), "report.bootstrap", ">= 10"),
+    ],
+)
 def test_bad_study_file_names_the_key(tmp_path, capsys, mutate, key, message):
     data = _table5(tmp_path)
     mutate(data)

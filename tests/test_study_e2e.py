@@ -1,6 +1,7 @@
 """The tiny CPU study end to end through tools/study.py: killed mid-stage, the independent stages
 go on, --resume finishes it with the numbers of an uninterrupted run, a rerun does nothing; a
 failing stage is reported with its log while the stages that do not depend on it run."""
+
 import json
 import os
 import re
@@ -39,7 +40,9 @@ def _study_cmd(path, *args):
 
 def _run(path, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(_study_cmd(path, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        _study_cmd(path, *args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_tiny_study_killed_resumed_and_rerun(tmp_path):
@@ -50,13 +53,23 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
         yaml.safe_dump(data, f, sort_keys=False)
     plan = Plan(load_study(path))
     victim = plan.pretrain["tfkd", 0]
-    proc = subprocess.Popen(_study_cmd(path), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        _study_cmd(path),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.time() + 600
     while not os.path.exists(os.path.join(victim.out, "last_checkpoint")):
-        assert proc.poll() is None and time.time() < deadline, "the study ended before the stage to kill began"
+        assert proc.poll() is None and time.time() < deadline, (
+            "the study ended before the stage to kill began"
+        )
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the study and the stage's process, as a node failure would
+    os.killpg(
+        proc.pid, signal.SIGKILL
+    )  # the study and the stage's process, as a node failure would
     proc.wait()
     assert not os.path.exists(os.path.join(victim.out, "model_final.pth"))
 
@@ -67,7 +80,9 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     # Without --resume the started stage is left alone; what does not depend on it runs.
     second = _run(path)
     assert second.returncode == 1
-    assert "pretrain/tfkd/seed0: interrupted earlier" in second.stdout and "--resume" in second.stdout
+    assert (
+        "pretrain/tfkd/seed0: interrupted earlier" in second.stdout and "--resume" in second.stdout
+    )
     assert "convert/tfkd/seed0: not run: pretrain/tfkd/seed0 did not finish" in second.stdout
     for stage in ("pretrain/tfkd/seed1", "detect/baseline/seed0", "detect/tfkd/seed1"):
         assert f"{stage}: done in" in second.stdout, second.stdout
@@ -105,15 +120,21 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
 def test_failed_stage_reported_and_independent_stages_go_on(tmp_path):
     path, data = _study(tmp_path, seeds=[0])
     # A pretraining that stops before its first step: 3 classes configured, 4 class folders.
-    data["backbones"] = {"broken": {"config": data["backbones"]["baseline"]["config"],
-                                    "opts": {"MODEL.NUM_CLASSES": 3}},
-                         "baseline": data["backbones"]["baseline"]}
+    data["backbones"] = {
+        "broken": {
+            "config": data["backbones"]["baseline"]["config"],
+            "opts": {"MODEL.NUM_CLASSES": 3},
+        },
+        "baseline": data["backbones"]["baseline"],
+    }
     with open(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     result = _run(path)
     assert result.returncode == 1
     log = os.path.join(str(tmp_path / "out"), "logs", "pretrain__broken__seed0.log")
-    assert "pretrain/broken/seed0: FAILED: error:" in result.stdout and f"log: {log}" in result.stdout
+    assert (
+        "pretrain/broken/seed0: FAILED: error:" in result.stdout and f"log: {log}" in result.stdout
+    )
     assert "detect/baseline/seed0: done in" in result.stdout
     assert "detect/broken/seed0: not run: convert/broken/seed0 did not finish" in result.stdout
     status = _run(path, "--status").stdout

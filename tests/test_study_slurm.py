@@ -1,6 +1,7 @@
 """The Slurm executor against a real slurmctld/slurmd on localhost (tests/slurm_cluster.py):
 one job per stage with afterok dependencies, and a job signalled as on preemption is requeued
 and its stage resumes from its last checkpoint. Skipped where Slurm or MUNGE is not installed."""
+
 import os
 import re
 import subprocess
@@ -41,9 +42,15 @@ def _study_file(tmp_path):
 
 
 def _study(cluster, path, *args):
-    return subprocess.run([sys.executable, "tools/study.py", "--config-file", path, *args], cwd=ROOT,
-                          env=dict(cluster.env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "tools/study.py", "--config-file", path, *args],
+        cwd=ROOT,
+        env=dict(cluster.env, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
@@ -54,10 +61,14 @@ def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
     jobs = {sid: job for sid, job in re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M)}
     assert set(jobs) == {s.id for s in plan.stages}
     # Dependencies are Slurm's: TF-KD's pretraining waits for the baseline's job.
-    after = re.search(r"^pretrain/tfkd/seed0: Slurm job \d+ \(afterok:([\d:]+)\)", submitted.stdout, re.M)
+    after = re.search(
+        r"^pretrain/tfkd/seed0: Slurm job \d+ \(afterok:([\d:]+)\)", submitted.stdout, re.M
+    )
     assert after and jobs["pretrain/baseline/seed0"] in after.group(1).split(":")
     again = _study(cluster, path, "--executor", "slurm")
-    assert not re.search(r"^\S+: Slurm job", again.stdout, re.M) and "already queued" in again.stdout  # none twice
+    assert (
+        not re.search(r"^\S+: Slurm job", again.stdout, re.M) and "already queued" in again.stdout
+    )  # none twice
 
     # Preempt the TF-KD pretraining once it has a checkpoint: submitit's signal, then requeue.
     victim = plan.pretrain["tfkd", 0]

@@ -1,5 +1,6 @@
 """study.statistics against Detectron2's VOC07 evaluation: AP50 from the saved detections equals
 the evaluator's, and on a bootstrap resample equals voc_eval run on that resampled test set."""
+
 import os
 import shutil
 
@@ -39,7 +40,9 @@ def test_ap50_from_saved_detections_equals_the_evaluator(evaluated):
     _, runs = evaluated
     for out, ap50 in runs:
         assert 20 < ap50 < 100
-        assert ScoredRun.from_file(str(out / "voc_detections.npz")).ap50() == pytest.approx(ap50, abs=1e-9)
+        assert ScoredRun.from_file(str(out / "voc_detections.npz")).ap50() == pytest.approx(
+            ap50, abs=1e-9
+        )
 
 
 def _voc_eval_on_resample(root, npz, counts, tmp):
@@ -63,8 +66,14 @@ def _voc_eval_on_resample(root, npz, counts, tmp):
     for c, name in enumerate(det["class_names"]):
         with open(os.path.join(tmp, f"{name}.txt"), "w") as f:
             f.write("\n".join(lines[c]))
-        _, _, ap = voc_eval(os.path.join(tmp, "{}.txt"), os.path.join(anno, "{}.xml"), os.path.join(tmp, "set.txt"),
-                            str(name), ovthresh=0.5, use_07_metric=True)
+        _, _, ap = voc_eval(
+            os.path.join(tmp, "{}.txt"),
+            os.path.join(anno, "{}.xml"),
+            os.path.join(tmp, "set.txt"),
+            str(name),
+            ovthresh=0.5,
+            use_07_metric=True,
+        )
         aps.append(ap * 100)
     return float(np.mean(aps))
 
@@ -90,8 +99,12 @@ def test_paired_interval_combines_images_and_seeds(evaluated):
     # Two seeds whose differences disagree: the seed term widens the interval beyond images alone.
     two = paired_ap_interval({0: a, 1: b}, {0: b, 1: a}, weights)
     assert two["diff"] == pytest.approx(0.0, abs=1e-12)
-    assert two["v_seed"] == pytest.approx(np.var([a.ap50() - b.ap50(), b.ap50() - a.ap50()], ddof=1) / 2)
-    assert two["hi"] - two["lo"] == pytest.approx(2 * t975(1) * np.sqrt(two["v_img"] + two["v_seed"]))
+    assert two["v_seed"] == pytest.approx(
+        np.var([a.ap50() - b.ap50(), b.ap50() - a.ap50()], ddof=1) / 2
+    )
+    assert two["hi"] - two["lo"] == pytest.approx(
+        2 * t975(1) * np.sqrt(two["v_img"] + two["v_seed"])
+    )
 
 
 def test_seed_interval():

@@ -22,19 +22,27 @@ def objects_of(root, year, image_id):
     out = []
     for obj in tree.findall("object"):
         box = [int(obj.find("bndbox").find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")]
-        out.append((obj.find("name").text, box, int(obj.find("difficult").text), obj.find("pose").text))
+        out.append(
+            (obj.find("name").text, box, int(obj.find("difficult").text), obj.find("pose").text)
+        )
     return int(size.find("width").text), int(size.find("height").text), out
 
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("voc"))
-    make_data_main(["voc", root, "--trainval07", "12", "--test07", "24", "--trainval12", "6", "--seed", "3"])
+    make_data_main(
+        ["voc", root, "--trainval07", "12", "--test07", "24", "--trainval12", "6", "--seed", "3"]
+    )
     return root
 
 
 def test_layout_and_ids(voc):
-    tv07, te07, tv12 = read_ids(voc, 2007, "trainval"), read_ids(voc, 2007, "test"), read_ids(voc, 2012, "trainval")
+    tv07, te07, tv12 = (
+        read_ids(voc, 2007, "trainval"),
+        read_ids(voc, 2007, "test"),
+        read_ids(voc, 2012, "trainval"),
+    )
     assert (len(tv07), len(te07), len(tv12)) == (12, 24, 6)
     assert not set(tv07) & set(te07)
     assert tv07[0] == "000001" and tv12[0] == "2012_000001"
@@ -60,7 +68,10 @@ def test_annotations_match_images(voc):
                 # The box's centre has the class colour (JPEG and noise allow some slack).
                 colour, _ = _class_style(VOC_CLASSES.index(name))
                 centre = pixels[(y0 - 1 + y1) // 2, (x0 - 1 + x1) // 2]
-                assert np.abs(centre - colour * np.clip(centre.sum() / colour.sum(), 0.8, 1.15)).max() < 60
+                assert (
+                    np.abs(centre - colour * np.clip(centre.sum() / colour.sum(), 0.8, 1.15)).max()
+                    < 60
+                )
                 difficult += diff
                 if split == "test" and not diff:
                     test_classes.add(name)
@@ -69,7 +80,10 @@ def test_annotations_match_images(voc):
 
 
 def test_same_seed_same_tree(tmp_path):
-    a, b = write_voc(str(tmp_path / "a"), 3, 2, 2, seed=5), write_voc(str(tmp_path / "b"), 3, 2, 2, seed=5)
+    a, b = (
+        write_voc(str(tmp_path / "a"), 3, 2, 2, seed=5),
+        write_voc(str(tmp_path / "b"), 3, 2, 2, seed=5),
+    )
     for rel in (
         "VOC2007/Annotations/000004.xml",
         "VOC2012/Annotations/2012_000002.xml",

@@ -3,6 +3,7 @@
 and after SIGKILLs tests/test_reliability.py; 2 processes under torchrun: tests/test_reliability.py
 trains them to the end, tests/test_distributed_eval.py checks sharded evaluation against one
 process.)"""
+
 import json
 import os
 
@@ -25,8 +26,19 @@ def read_jsonl(path):
 @pytest.fixture(scope="module")
 def trained_run(synthetic_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    run_tool(["tools/pretrain.py", "--config-file", CONFIG, "DATA.ROOT", synthetic_root,
-              "OUTPUT_DIR", out, "SOLVER.MAX_TO_KEEP", "0"])
+    run_tool(
+        [
+            "tools/pretrain.py",
+            "--config-file",
+            CONFIG,
+            "DATA.ROOT",
+            synthetic_root,
+            "OUTPUT_DIR",
+            out,
+            "SOLVER.MAX_TO_KEEP",
+            "0",
+        ]
+    )
     return out
 
 
@@ -50,5 +62,3 @@ def test_training_lowers_error_and_writes_outputs(trained_run):
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert "method: pskd" in log and "eta " in log
-
-

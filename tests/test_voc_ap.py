@@ -1,6 +1,7 @@
 """VOC07 AP50 recomputed from saved detections (study.statistics), on hand-made boxes: the
 inclusive-pixel IoU and its strict 0.5 threshold, duplicates of a matched box, and classes
 without ground truth. Expected values are worked out by hand with the 11-point rule."""
+
 import numpy as np
 import pytest
 
@@ -11,15 +12,20 @@ GT = [0.0, 0.0, 99.0, 99.0]  # 100 x 100 pixels, VOC's inclusive coordinates
 
 def _run(dets, num_images=2, gt_classes=(0, 0), num_classes=1):
     """``dets``: (image, class, score, box); one ground-truth box GT per image."""
-    return ScoredRun({
-        "image_ids": np.array([f"{k:06d}" for k in range(num_images)]),
-        "class_names": np.array([f"c{k}" for k in range(num_classes)]),
-        "det_image": np.array([d[0] for d in dets]), "det_class": np.array([d[1] for d in dets]),
-        "det_score": np.array([d[2] for d in dets], dtype=np.float64),
-        "det_box": np.array([d[3] for d in dets], dtype=np.float64),
-        "gt_image": np.arange(num_images), "gt_class": np.array(gt_classes),
-        "gt_box": np.array([GT] * num_images), "gt_difficult": np.zeros(num_images, dtype=bool),
-    })
+    return ScoredRun(
+        {
+            "image_ids": np.array([f"{k:06d}" for k in range(num_images)]),
+            "class_names": np.array([f"c{k}" for k in range(num_classes)]),
+            "det_image": np.array([d[0] for d in dets]),
+            "det_class": np.array([d[1] for d in dets]),
+            "det_score": np.array([d[2] for d in dets], dtype=np.float64),
+            "det_box": np.array([d[3] for d in dets], dtype=np.float64),
+            "gt_image": np.arange(num_images),
+            "gt_class": np.array(gt_classes),
+            "gt_box": np.array([GT] * num_images),
+            "gt_difficult": np.zeros(num_images, dtype=bool),
+        }
+    )
 
 
 def test_iou_counts_pixels_inclusively_and_must_exceed_one_half():

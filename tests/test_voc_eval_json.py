@@ -1,8 +1,10 @@
 """voc_eval.json, the record the report reads: the keys of every AP and of the evaluated model,
 the metric named per VOC year, and the detections file beside it. No evaluation is run."""
+
 import os
 
 import pytest
+
 from conftest import require_detectron2
 
 require_detectron2()
@@ -20,16 +22,28 @@ def registered(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("dataset, metric", [
-    ("voc_2007_test", "PASCAL VOC2007 11-point interpolated AP"),
-    ("voc_2012_val", "PASCAL VOC2010+ area under the precision envelope")])
+@pytest.mark.parametrize(
+    "dataset, metric",
+    [
+        ("voc_2007_test", "PASCAL VOC2007 11-point interpolated AP"),
+        ("voc_2012_val", "PASCAL VOC2010+ area under the precision envelope"),
+    ],
+)
 def test_summary_records_every_ap_and_the_evaluated_model(registered, dataset, metric):
-    ev = VOCEvaluator(dataset, weights="runs/r152/model.pkl", evaluated=lambda: (1200, "/runs/d/model_0001199.pth"))
+    ev = VOCEvaluator(
+        dataset,
+        weights="runs/r152/model.pkl",
+        evaluated=lambda: (1200, "/runs/d/model_0001199.pth"),
+    )
     bbox = {"AP": 41.0, "AP50": 70.5, "AP75": 44.25}
     bbox.update({f"AP50-{c}": float(k) for k, c in enumerate(ev._class_names)})
     summary = ev.summary(bbox, num_images=7)
     assert summary["metric"].startswith(metric + ", in percent")
-    assert {k: summary[k] for k in ("AP", "AP50", "AP75")} == {"AP": 41.0, "AP50": 70.5, "AP75": 44.25}
+    assert {k: summary[k] for k in ("AP", "AP50", "AP75")} == {
+        "AP": 41.0,
+        "AP50": 70.5,
+        "AP75": 44.25,
+    }
     assert summary["per_class_AP50"] == {c: float(k) for k, c in enumerate(ev._class_names)}
     assert (summary["iteration"], summary["checkpoint"]) == (1200, "/runs/d/model_0001199.pth")
     assert summary["weights"] == os.path.abspath("runs/r152/model.pkl")
@@ -39,4 +53,6 @@ def test_summary_records_every_ap_and_the_evaluated_model(registered, dataset, m
 def test_detections_file_sits_beside_its_summary():
     assert detections_path("/out/voc_eval.json") == "/out/voc_detections.npz"
     # Only the leading name changes, whatever the test set is called.
-    assert detections_path("/out/voc_eval_voc_eval_set.json") == "/out/voc_detections_voc_eval_set.npz"
+    assert (
+        detections_path("/out/voc_eval_voc_eval_set.json") == "/out/voc_detections_voc_eval_set.npz"
+    )

@@ -22,10 +22,14 @@ from detection.convert import DEPTHS, ConversionError, convert  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", help="checkpoint (.pth) or torchvision state dict")
     parser.add_argument("output", help="Detectron2 weight file to write (.pkl)")
-    parser.add_argument("--verify", action="store_true", help="load the result into Detectron2's ResNet")
+    parser.add_argument(
+        "--verify", action="store_true", help="load the result into Detectron2's ResNet"
+    )
     args = parser.parse_args(argv)
     if not args.output.endswith(".pkl"):
         # Detectron2 picks the loader by extension; only .pkl reads this format.

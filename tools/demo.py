@@ -13,6 +13,7 @@ Without Detectron2 the detection steps are skipped and the demo says how to inst
 run just the rest (--from detection). Numbers from generated data and minutes of CPU training
 say nothing about the methods: the demo shows the pipeline works end to end, nothing more.
 """
+
 import argparse
 import os
 import sys
@@ -25,25 +26,51 @@ from study import demo  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="MODEL.DEVICE of pretraining and detection (default: cpu)")
-    parser.add_argument("--size", choices=tuple(demo.SIZES), default="small",
-                        help="small: `make demo`, <= 10 min on 2 CPU cores; tiny: the test's, about a minute")
-    parser.add_argument("--methods", type=demo.parse_methods, default=demo.parse_methods(demo.DEFAULT_METHODS),
-                        help=f"comma-separated pretraining methods (default: {demo.DEFAULT_METHODS}; "
-                             f"all: {','.join(demo.CONFIGS)})")
-    parser.add_argument("--epochs", type=int, default=0, help="pretraining epochs (default: the size's)")
-    parser.add_argument("--det-iters", type=int, default=0, help="detection iterations (default: the size's)")
-    parser.add_argument("--skip-detection", action="store_true", help="stop before fine-tuning Faster R-CNN")
-    parser.add_argument("--from", dest="from_stage", choices=demo.STAGES,
-                        help="run from this stage on, reusing the earlier stages' outputs in --out "
-                             "(e.g. --from detection after installing Detectron2)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="MODEL.DEVICE of pretraining and detection (default: cpu)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=tuple(demo.SIZES),
+        default="small",
+        help="small: `make demo`, <= 10 min on 2 CPU cores; tiny: the test's, about a minute",
+    )
+    parser.add_argument(
+        "--methods",
+        type=demo.parse_methods,
+        default=demo.parse_methods(demo.DEFAULT_METHODS),
+        help=f"comma-separated pretraining methods (default: {demo.DEFAULT_METHODS}; "
+        f"all: {','.join(demo.CONFIGS)})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=0, help="pretraining epochs (default: the size's)"
+    )
+    parser.add_argument(
+        "--det-iters", type=int, default=0, help="detection iterations (default: the size's)"
+    )
+    parser.add_argument(
+        "--skip-detection", action="store_true", help="stop before fine-tuning Faster R-CNN"
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=demo.STAGES,
+        help="run from this stage on, reusing the earlier stages' outputs in --out "
+        "(e.g. --from detection after installing Detectron2)",
+    )
     args = parser.parse_args(argv)
     if args.from_stage == "detection" and not demo.detectron2_installed():
-        parser.error("--from detection needs Detectron2, which is not installed: `make venv` builds it "
-                     "(README, section Install)")
+        parser.error(
+            "--from detection needs Detectron2, which is not installed: `make venv` builds it "
+            "(README, section Install)"
+        )
     return demo.Demo(args).main()
 
 

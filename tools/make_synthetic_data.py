@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Write small generated datasets in the real on-disk formats (for tests and the demo).
 
-    python tools/make_synthetic_data.py classification OUT_DIR [--classes 4 --train-per-class 24]
-    python tools/make_synthetic_data.py voc OUT_DIR [--trainval07 40 --test07 20 --trainval12 40]
+python tools/make_synthetic_data.py classification OUT_DIR [--classes 4 --train-per-class 24]
+python tools/make_synthetic_data.py voc OUT_DIR [--trainval07 40 --test07 20 --trainval12 40]
 """
+
 import argparse
 import os
 import sys
@@ -17,7 +18,9 @@ from pretrain.synthetic import write_imagefolder  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     cls = sub.add_parser("classification", help="an ImageFolder tree with train/ and val/")
     cls.add_argument("out")
@@ -29,13 +32,17 @@ def main(argv=None):
     voc = sub.add_parser("voc", help="a PASCAL VOC2007 + VOC2012 tree (use as DETECTRON2_DATASETS)")
     voc.add_argument("out")
     voc.add_argument("--trainval07", type=int, default=40)
-    voc.add_argument("--test07", type=int, default=20, help="20 or more: every class in the test set")
+    voc.add_argument(
+        "--test07", type=int, default=20, help="20 or more: every class in the test set"
+    )
     voc.add_argument("--trainval12", type=int, default=40)
     voc.add_argument("--size", type=int, default=128, help="largest image side")
     voc.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind == "classification":
-        write_imagefolder(args.out, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed)
+        write_imagefolder(
+            args.out, args.classes, args.train_per_class, args.val_per_class, args.size, args.seed
+        )
         print(f"wrote an ImageFolder tree with {args.classes} classes to {args.out}")
     elif args.kind == "voc":
         write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)

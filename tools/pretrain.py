@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Pretrain a torchvision ResNet with the method named by METHOD.NAME (PS-KD, baseline, ...).
 
-    python tools/pretrain.py --config-file configs/pretrain/imagenet_R_152_pskd.yaml
-    torchrun --nproc_per_node 8 tools/pretrain.py --config-file ... [--resume] [KEY VALUE ...]
-    python tools/pretrain.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
+python tools/pretrain.py --config-file configs/pretrain/imagenet_R_152_pskd.yaml
+torchrun --nproc_per_node 8 tools/pretrain.py --config-file ... [--resume] [KEY VALUE ...]
+python tools/pretrain.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
 """
+
 import logging
 import os
 import sys
@@ -30,7 +31,9 @@ def main(argv=None):
     try:
         cfg = setup_cfg(args.config_file, args.opts)
         if args.eval_only and not cfg.MODEL.WEIGHTS:
-            raise ValueError("--eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)")
+            raise ValueError(
+                "--eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)"
+            )
         # Before Trainer: its set-up writes log.txt, and ranks meet first in init_distributed.
         check_writable(cfg.OUTPUT_DIR)
         if not (args.resume or args.eval_only):
@@ -52,7 +55,12 @@ def main(argv=None):
             logging.getLogger("pretrain").error(
                 "rank %d of %d stopped: %s: %s. A collective fails when another rank died and waits at most "
                 "DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first rank that failed.",
-                trainer.rank, trainer.world, type(exc).__name__, exc, cfg.DIST.TIMEOUT_S)
+                trainer.rank,
+                trainer.world,
+                type(exc).__name__,
+                exc,
+                cfg.DIST.TIMEOUT_S,
+            )
         raise
     finally:
         du.destroy()

@@ -24,12 +24,25 @@ from study.summary import write_summary  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="OUTPUT_DIRs of tools/train_net.py (or of tools/pretrain.py: a row without AP)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="OUTPUT_DIRs of tools/train_net.py (or of tools/pretrain.py: a row without AP)",
+    )
     parser.add_argument("--out", required=True, help="folder for table5.md / .csv / .png")
-    parser.add_argument("--label", action="append", default=[], metavar="RUN_DIR=NAME", help="method name of a run")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="test-image resamples for the intervals of table5_summary.md (default 1000)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="RUN_DIR=NAME", help="method name of a run"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="test-image resamples for the intervals of table5_summary.md (default 1000)",
+    )
     args = parser.parse_args(argv)
     if args.bootstrap < 10:
         parser.error(f"--bootstrap {args.bootstrap}: at least 10 resamples")
@@ -38,7 +51,9 @@ def main(argv=None):
     for item in args.label:
         run, sep, name = item.rpartition("=")
         if not sep or os.path.normpath(run) not in runs:
-            parser.error(f"--label {item!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given")
+            parser.error(
+                f"--label {item!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given"
+            )
         labels[os.path.normpath(run)] = name
     try:
         rows = write_report(args.runs, args.out, labels)
@@ -48,8 +63,10 @@ def main(argv=None):
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
-    print(f"wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, table5_diff.png "
-          f"to {args.out}")
+    print(
+        f"wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, table5_diff.png "
+        f"to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ project's tools run as a subprocess; a teacher-based method (TF-KD) pretrains af
 teacher of the same seed. Running the same command again runs only what is not done (checked by
 the outputs); --resume continues interrupted stages from their last checkpoint.
 """
+
 import argparse
 import os
 import sys
@@ -25,14 +26,29 @@ from study.state import print_plan, print_status  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="study file (configs/study/*.yaml)")
-    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
-                        help="local: stages one after another here; slurm: one job per stage (submitit)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and the exact commands; run nothing")
-    parser.add_argument("--status", action="store_true", help="print every stage's state; run nothing")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue interrupted pretraining/detection stages from their last checkpoint")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="study file (configs/study/*.yaml)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: stages one after another here; slurm: one job per stage (submitit)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and the exact commands; run nothing"
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="print every stage's state; run nothing"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted pretraining/detection stages from their last checkpoint",
+    )
     args = parser.parse_args(argv)
     try:
         plan = Plan(load_study(args.config_file))

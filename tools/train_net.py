@@ -61,8 +61,12 @@ def trained_model(cfg):
 class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return VOCEvaluator(dataset_name, output_file=eval_json_path(cfg, dataset_name), weights=cfg.MODEL.WEIGHTS,
-                            evaluated=lambda: trained_model(cfg))
+        return VOCEvaluator(
+            dataset_name,
+            output_file=eval_json_path(cfg, dataset_name),
+            weights=cfg.MODEL.WEIGHTS,
+            evaluated=lambda: trained_model(cfg),
+        )
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -88,9 +92,11 @@ def train(cfg, resume):
         return trainer.train()
     except FloatingPointError:
         # Detectron2 stops at the first non-finite loss (on the main process).
-        sys.exit(f"error: training diverged: the loss became Inf/NaN at iteration {trainer.iter} "
-                 f"(run folder {cfg.OUTPUT_DIR}). Try a lower SOLVER.BASE_LR, a longer "
-                 "SOLVER.WARMUP_ITERS, or SOLVER.CLIP_GRADIENTS.ENABLED True.")
+        sys.exit(
+            f"error: training diverged: the loss became Inf/NaN at iteration {trainer.iter} "
+            f"(run folder {cfg.OUTPUT_DIR}). Try a lower SOLVER.BASE_LR, a longer "
+            "SOLVER.WARMUP_ITERS, or SOLVER.CLIP_GRADIENTS.ENABLED True."
+        )
 
 
 def setup(args):
@@ -100,7 +106,9 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     voc = finalize_detection_config(cfg)
     cfg.freeze()
-    check_output_dir(cfg.OUTPUT_DIR, args.eval_only, args.resume)  # before default_setup writes into it
+    check_output_dir(
+        cfg.OUTPUT_DIR, args.eval_only, args.resume
+    )  # before default_setup writes into it
     default_setup(cfg, args)
     return cfg, voc
 
@@ -127,9 +135,19 @@ def run(args):
         checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         # Detectron2 stores the 0-based index of the last iteration done.
         done = checkpoint["iteration"] + 1 if "iteration" in checkpoint else None
-        evaluated = (done, os.path.abspath(checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS))
-        evaluators = [VOCEvaluator(name, output_file=eval_json_path(cfg, name), weights=cfg.MODEL.WEIGHTS,
-                                   evaluated=lambda: evaluated) for name in cfg.DATASETS.TEST]
+        evaluated = (
+            done,
+            os.path.abspath(checkpointer.get_checkpoint_file() if resuming else cfg.MODEL.WEIGHTS),
+        )
+        evaluators = [
+            VOCEvaluator(
+                name,
+                output_file=eval_json_path(cfg, name),
+                weights=cfg.MODEL.WEIGHTS,
+                evaluated=lambda: evaluated,
+            )
+            for name in cfg.DATASETS.TEST
+        ]
         return Trainer.test(cfg, model, evaluators)
     if comm.is_main_process():
         record_backbone(cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS)  # for tools/report.py

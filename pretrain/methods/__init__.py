@@ -5,6 +5,7 @@ label (``method_label``), its config keys (``pretrain.config.get_cfg``) and thei
 (``pretrain.config_check``). A new method is a ``Method`` subclass in a module of this package,
 added to the tuple below.
 """
+
 from .base import Method, MethodContext, soft_cross_entropy
 from .cross_entropy import CrossEntropy, LabelSmoothing
 from .cskd import ClassWiseSelfKD
@@ -14,15 +15,27 @@ from .pskd import ProgressiveSelfKD
 from .tfkd import TeacherFreeKD
 from .uskd import UniversalSelfKD
 
-METHODS = {cls.name: cls for cls in (CrossEntropy, LabelSmoothing, ProgressiveSelfKD, ClassWiseSelfKD,
-                                     TeacherFreeKD, UniversalSelfKD, NormalizedKD,
-                                     LayeredSelfSupervisedKD)}
+METHODS = {
+    cls.name: cls
+    for cls in (
+        CrossEntropy,
+        LabelSmoothing,
+        ProgressiveSelfKD,
+        ClassWiseSelfKD,
+        TeacherFreeKD,
+        UniversalSelfKD,
+        NormalizedKD,
+        LayeredSelfSupervisedKD,
+    )
+}
 
 
 def build_method(ctx: MethodContext) -> Method:
     name = ctx.cfg.METHOD.NAME
     if name not in METHODS:
-        raise ValueError(f"METHOD.NAME: unknown method {name!r} (expected one of {', '.join(sorted(METHODS))})")
+        raise ValueError(
+            f"METHOD.NAME: unknown method {name!r} (expected one of {', '.join(sorted(METHODS))})"
+        )
     return METHODS[name](ctx)
 
 
@@ -34,5 +47,11 @@ def method_label(name, cutmix=False):
     return f"{label} + CutMix" if cutmix else label
 
 
-__all__ = ["Method", "MethodContext", "METHODS", "build_method", "method_label",
-           "soft_cross_entropy"]
+__all__ = [
+    "Method",
+    "MethodContext",
+    "METHODS",
+    "build_method",
+    "method_label",
+    "soft_cross_entropy",
+]

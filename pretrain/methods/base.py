@@ -1,4 +1,5 @@
 """The interface every training method implements; the engine never branches on method names."""
+
 from dataclasses import dataclass
 
 import torch
@@ -13,11 +14,12 @@ from ..samplers import ShardedSampler
 @dataclass
 class MethodContext:
     """What a method may need to know about the run when it is built."""
+
     cfg: object
     num_classes: int
-    train_labels: list          # label of every training sample, by sample index
+    train_labels: list  # label of every training sample, by sample index
     device: object
-    per_rank_batch: int         # the loader's batch size: pad size of per-step collectives
+    per_rank_batch: int  # the loader's batch size: pad size of per-step collectives
     epochs: int
 
 
@@ -81,7 +83,11 @@ class Method:
         was mixed) says which samples were mixed with which, for methods that mix more inputs
         the same way or treat mixed samples apart."""
         targets = F.one_hot(labels, self.ctx.num_classes).float()
-        mix = self.cutmix.draw(images.shape[0], images.shape[-2], images.shape[-1]) if self.cutmix else None
+        mix = (
+            self.cutmix.draw(images.shape[0], images.shape[-2], images.shape[-1])
+            if self.cutmix
+            else None
+        )
         if mix is None:
             return images, targets, None
         return mix.images(images), mix.targets(targets), mix
@@ -140,8 +146,10 @@ def build_teacher(cfg, device):
     TEACHER.WEIGHTS, our model_final.pth / checkpoint or a torchvision state dict. It is no part
     of a checkpoint: a resumed run reloads it from the same file."""
     if not cfg.TEACHER.WEIGHTS:
-        raise ValueError(f"METHOD.NAME {cfg.METHOD.NAME} needs TEACHER.WEIGHTS: a trained model of MODEL.ARCH "
-                         "(our model_final.pth or a torchvision state dict)")
+        raise ValueError(
+            f"METHOD.NAME {cfg.METHOD.NAME} needs TEACHER.WEIGHTS: a trained model of MODEL.ARCH "
+            "(our model_final.pth or a torchvision state dict)"
+        )
     teacher = build_frozen_model(cfg, device)
     load_weights(teacher, cfg.TEACHER.WEIGHTS)
     return teacher
@@ -158,4 +166,4 @@ def distillation_kl(logits, target_logits, temperature):
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
     log_q = F.log_softmax(target_logits.detach().float() / temperature, dim=1)
     # Summed here: torch announces that kl_div's "mean" will change meaning to "batchmean".
-    return F.kl_div(log_p, log_q, reduction="sum", log_target=True) * temperature ** 2
+    return F.kl_div(log_p, log_q, reduction="sum", log_target=True) * temperature**2

@@ -1,4 +1,5 @@
 """Baseline cross-entropy and label smoothing."""
+
 import torch.nn.functional as F
 
 from ..config_types import CN, FRACTION
@@ -44,4 +45,6 @@ class LabelSmoothing(Method):
     def training_step(self, model, images, labels, indices):
         images, targets, _ = self.mix_batch(images, labels)
         logits = model(images)
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.ctx.cfg.LS.EPSILON), logits
+        return F.cross_entropy(
+            logits.float(), targets, label_smoothing=self.ctx.cfg.LS.EPSILON
+        ), logits

@@ -1,5 +1,6 @@
 """CS-KD (class-wise self-knowledge distillation, Yun et al., CVPR 2020): the prediction on a
 sample is pulled towards the prediction on another sample of the same class."""
+
 import torch
 from torch.utils.data import Sampler
 
@@ -60,11 +61,17 @@ class ClassPairSampler(Sampler):
         partners = self.partners(order)[positions].tolist()
         keys = []
         for s in range(0, len(anchors), self.batch_size):
-            keys += [(i, sample_seed(self.seed, self.epoch, i)) for i in anchors[s: s + self.batch_size]]
+            keys += [
+                (i, sample_seed(self.seed, self.epoch, i)) for i in anchors[s : s + self.batch_size]
+            ]
             # Partner seeds are keyed by the global position: distinct from every anchor seed.
-            keys += [(i, sample_seed(self.seed, self.epoch, num + p))
-                     for i, p in zip(partners[s: s + self.batch_size], positions[s: s + self.batch_size].tolist())]
-        yield from keys[self.start:]
+            keys += [
+                (i, sample_seed(self.seed, self.epoch, num + p))
+                for i, p in zip(
+                    partners[s : s + self.batch_size], positions[s : s + self.batch_size].tolist()
+                )
+            ]
+        yield from keys[self.start :]
 
 
 def cskd_loss(logits, partner_logits, temperature):
@@ -100,16 +107,22 @@ class ClassWiseSelfKD(Method):
         cfg = ctx.cfg
         self.temperature, self.lam = cfg.CSKD.TEMPERATURE, cfg.CSKD.LAMBDA
         if cfg.DATA.ON_BAD_IMAGE != "error":
-            raise ValueError("METHOD.NAME cskd pairs anchors and partners by their position in the batch; a "
-                             "skipped image would misalign the pairs: use DATA.ON_BAD_IMAGE error")
+            raise ValueError(
+                "METHOD.NAME cskd pairs anchors and partners by their position in the batch; a "
+                "skipped image would misalign the pairs: use DATA.ON_BAD_IMAGE error"
+            )
 
     def settings(self):
-        return [f"T {self.temperature:g}, lambda {self.lam:g}",
-                "one partner per anchor drawn from the anchor's class over the whole training set "
-                "(uniform, with replacement), partner forward under no_grad"]
+        return [
+            f"T {self.temperature:g}, lambda {self.lam:g}",
+            "one partner per anchor drawn from the anchor's class over the whole training set "
+            "(uniform, with replacement), partner forward under no_grad",
+        ]
 
     def build_train_sampler(self, num_samples, rank, world_size, seed):
-        return ClassPairSampler(self.ctx.train_labels, self.ctx.per_rank_batch, rank, world_size, seed)
+        return ClassPairSampler(
+            self.ctx.train_labels, self.ctx.per_rank_batch, rank, world_size, seed
+        )
 
     def loader_batch_size(self, per_rank_batch):
         return 2 * per_rank_batch
@@ -123,5 +136,7 @@ class ClassWiseSelfKD(Method):
         logits = model(anchors)
         with torch.no_grad():
             partner_logits = model(partners)
-        loss = soft_cross_entropy(logits, targets) + self.lam * cskd_loss(logits, partner_logits, self.temperature)
+        loss = soft_cross_entropy(logits, targets) + self.lam * cskd_loss(
+            logits, partner_logits, self.temperature
+        )
         return loss, logits

@@ -8,6 +8,7 @@ network's own previous-epoch predictions, the deeper branch teaches the shallowe
 The branches are removed at export: ``model_final.pth`` is the plain torchvision ResNet.
 docs/methods.md lists what the paper says and what we chose where it is silent.
 """
+
 import copy
 from itertools import pairwise
 
@@ -31,12 +32,18 @@ def rotate_batch(images):
     """(B, C, H, W) -> (B * M, C, H, W): each image followed by its rotations by 90, 180 and
     270 degrees (row ``i * M + j`` is image i rotated j times), in the input's memory format."""
     if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"LSSKD rotates the crops: they must be square, got {tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"LSSKD rotates the crops: they must be square, got {tuple(images.shape[-2:])}"
+        )
     rotated = torch.stack([torch.rot90(images, j, (2, 3)) for j in range(ROTATIONS)], dim=1)
-    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
+    channels_last = (
+        images.dim() == 4
+        and images.is_contiguous(memory_format=torch.channels_last)
         and not images.is_contiguous()
+    )
     return rotated.flatten(0, 1).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
 
 
 def joint_targets(targets):
@@ -54,8 +61,10 @@ def deep_to_shallow_kl(sad_logits, temperature):
     mean), the deeper branch's distribution a constant: the one-to-one transfer between
     neighbouring stages."""
     n = sad_logits[0].shape[0]
-    return sum(distillation_kl(shallow, deep, temperature)
-               for shallow, deep in pairwise(sad_logits)) / n
+    return (
+        sum(distillation_kl(shallow, deep, temperature) for shallow, deep in pairwise(sad_logits))
+        / n
+    )
 
 
 def feature_alignment(branch_features, final_feature):
@@ -78,8 +87,10 @@ def _auxiliary_branch(block, first_stage, num_outputs):
         planes, stride = STAGE_PLANES[stage], 2 if stage > first_stage else 1
         downsample = None
         if stride != 1 or inplanes != planes * expansion:
-            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * expansion, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes * expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * expansion),
+            )
         blocks.append(block(inplanes, planes, stride, downsample))
         inplanes = planes * expansion
     extractor = nn.Sequential(*blocks)
@@ -103,7 +114,9 @@ class ResNetWithBranches(nn.Module):
         self.model = model
         block = type(model.layer1[0])  # BasicBlock (R18/34) or Bottleneck (R50+)
         self.branches = nn.ModuleList(
-            _auxiliary_branch(block, stage, num_classes * ROTATIONS) for stage in range(len(STAGE_PLANES)))
+            _auxiliary_branch(block, stage, num_classes * ROTATIONS)
+            for stage in range(len(STAGE_PLANES))
+        )
         self.branches.to(model.fc.weight.device)
 
     def forward(self, x):
@@ -136,8 +149,12 @@ class LayeredSelfSupervisedKD(Method):
 
     name = "lsskd"
     label = "LSSKD"
-    config_ranges = {"LSSKD.ALPHA_T": FRACTION, "LSSKD.TEMPERATURE": POSITIVE,
-                     "LSSKD.KD_WEIGHT": NON_NEGATIVE, "LSSKD.FEAT_WEIGHT": NON_NEGATIVE}
+    config_ranges = {
+        "LSSKD.ALPHA_T": FRACTION,
+        "LSSKD.TEMPERATURE": POSITIVE,
+        "LSSKD.KD_WEIGHT": NON_NEGATIVE,
+        "LSSKD.FEAT_WEIGHT": NON_NEGATIVE,
+    }
 
     @staticmethod
     def add_config(cfg):
@@ -161,12 +178,18 @@ class LayeredSelfSupervisedKD(Method):
         self.previous = None  # the previous epoch's network and branches, frozen; None in epoch 0
 
     def settings(self):
-        return [f"{ROTATIONS} rotations, joint labels c * {ROTATIONS} + j; branches on layer1-4, trained, not exported",
-                (f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past predictions "
-                 "from the previous epoch's network (frozen copy, eval mode, extra forward)"),
-                (f"deep-to-shallow KL weight {self.kd_weight:g} at T {self.temperature:g}, "
-                 f"feature alignment weight {self.feat_weight:g}"),
-                "a CutMix-ed batch trains on unsoftened mixed targets"]
+        return [
+            f"{ROTATIONS} rotations, joint labels c * {ROTATIONS} + j; branches on layer1-4, trained, not exported",
+            (
+                f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past predictions "
+                "from the previous epoch's network (frozen copy, eval mode, extra forward)"
+            ),
+            (
+                f"deep-to-shallow KL weight {self.kd_weight:g} at T {self.temperature:g}, "
+                f"feature alignment weight {self.feat_weight:g}"
+            ),
+            "a CutMix-ed batch trains on unsoftened mixed targets",
+        ]
 
     def wrap_model(self, model):
         self.net = ResNetWithBranches(model, self.ctx.num_classes)
@@ -211,7 +234,10 @@ class LayeredSelfSupervisedKD(Method):
         if past is not None:
             alpha = self.alpha()
             targets = (1 - alpha) * targets + alpha * past[0].float().softmax(dim=1)
-            sad_targets = [(1 - alpha) * t + alpha * s.float().softmax(dim=1) for t, s in zip(sad_targets, past[1])]
+            sad_targets = [
+                (1 - alpha) * t + alpha * s.float().softmax(dim=1)
+                for t, s in zip(sad_targets, past[1])
+            ]
         loss = soft_cross_entropy(logits[::ROTATIONS], targets)
         loss = loss + sum(soft_cross_entropy(s, t) for s, t in zip(sad_logits, sad_targets))
         if self.kd_weight:
@@ -223,8 +249,11 @@ class LayeredSelfSupervisedKD(Method):
     def state_dict(self):
         # The engine saves the plain model; the branches (and the frozen previous network) travel
         # with the method.
-        return dict(super().state_dict(), branches=self.net.branches.state_dict(),
-                    previous=None if self.previous is None else self.previous.state_dict())
+        return dict(
+            super().state_dict(),
+            branches=self.net.branches.state_dict(),
+            previous=None if self.previous is None else self.previous.state_dict(),
+        )
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

@@ -2,6 +2,7 @@
 Distillation", Yang et al., ICCV 2023): the KD loss split into a target-class term and a
 non-target term, the non-target probabilities of teacher and student each renormalised to sum to
 one before they are matched."""
+
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +38,7 @@ def nkd_loss(logits, teacher_logits, targets, temperature, gamma):
     log_n_s = F.log_softmax(logits.gather(1, non_target) / temperature, dim=1)
     n_p = F.softmax(teacher_logits.gather(1, non_target) / temperature, dim=1)
     loss_non = -(n_p * log_n_s).sum(dim=1).mean()
-    return loss_target + gamma * temperature ** 2 * loss_non
+    return loss_target + gamma * temperature**2 * loss_non
 
 
 class NormalizedKD(Method):
@@ -80,5 +81,6 @@ class NormalizedKD(Method):
             teacher_logits = self.teacher(images)
         logits = model(images)
         loss = soft_cross_entropy(logits, targets) + nkd_loss(
-            logits, teacher_logits, targets, self.temperature, self.gamma)
+            logits, teacher_logits, targets, self.temperature, self.gamma
+        )
         return loss, logits

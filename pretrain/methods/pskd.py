@@ -13,6 +13,7 @@ With CutMix only the ``previous_model`` source keeps the paper's rule (the predi
 t-1) for every PS-KD sample: the table holds no prediction from an epoch in which the sample was
 CutMix-ed, so it hands out an older one. That combination is allowed, with a warning.
 """
+
 import logging
 
 import torch
@@ -54,8 +55,9 @@ class TableSource:
 
     def __init__(self, ctx):
         cfg = ctx.cfg.PSKD
-        self.table = PredictionTable(ctx.train_labels, ctx.num_classes, ctx.device,
-                                     dtype=cfg.TABLE_DTYPE, topk=cfg.TOPK)
+        self.table = PredictionTable(
+            ctx.train_labels, ctx.num_classes, ctx.device, dtype=cfg.TABLE_DTYPE, topk=cfg.TOPK
+        )
         self.pad = ctx.per_rank_batch
         storage = f"top-{cfg.TOPK}" if cfg.TOPK else "dense"
         self.description = f"past predictions from a sharded {storage} {cfg.TABLE_DTYPE} table"
@@ -94,7 +96,9 @@ class PreviousModelSource:
         self.num_classes = ctx.num_classes
         self.bn_mode = ctx.cfg.PSKD.PREVIOUS_MODEL_BN
         if self.bn_mode not in BN_MODES:
-            raise ValueError(f"PSKD.PREVIOUS_MODEL_BN must be one of {BN_MODES}, got {self.bn_mode!r}")
+            raise ValueError(
+                f"PSKD.PREVIOUS_MODEL_BN must be one of {BN_MODES}, got {self.bn_mode!r}"
+            )
         self.model = build_frozen_model(ctx.cfg, ctx.device)
         if self.bn_mode == "train":
             for module in self.model.modules():
@@ -102,8 +106,10 @@ class PreviousModelSource:
                     # Training mode without running statistics: batch statistics, buffers untouched.
                     module.train()
                     module.track_running_stats = False
-        self.description = (f"past predictions from the previous epoch's model (frozen copy, BatchNorm "
-                            f"{self.bn_mode} mode, extra forward)")
+        self.description = (
+            f"past predictions from the previous epoch's model (frozen copy, BatchNorm "
+            f"{self.bn_mode} mode, extra forward)"
+        )
         self.ready = False  # False in epoch 0
 
     @torch.no_grad()
@@ -185,8 +191,10 @@ class ProgressiveSelfKD(Method):
     @classmethod
     def config_problems(cls, cfg):
         if cfg.PSKD.TOPK > cfg.MODEL.NUM_CLASSES:
-            return [f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
-                    f"({cfg.MODEL.NUM_CLASSES})"]
+            return [
+                f"PSKD.TOPK is {cfg.PSKD.TOPK}, must be at most MODEL.NUM_CLASSES "
+                f"({cfg.MODEL.NUM_CLASSES})"
+            ]
         return []
 
     def __init__(self, ctx):
@@ -195,7 +203,9 @@ class ProgressiveSelfKD(Method):
         self.cutmix = CutMix.from_config(cfg, mode=cfg.AUG.CUTMIX.PSKD_MODE)
         self.alpha_T = cfg.PSKD.ALPHA_T
         if cfg.PSKD.SOURCE not in SOURCES:
-            raise ValueError(f"PSKD.SOURCE must be one of {sorted(SOURCES)}, got {cfg.PSKD.SOURCE!r}")
+            raise ValueError(
+                f"PSKD.SOURCE must be one of {sorted(SOURCES)}, got {cfg.PSKD.SOURCE!r}"
+            )
         self.source = SOURCES[cfg.PSKD.SOURCE](ctx)
         if self.cutmix and isinstance(self.source, TableSource):
             logger.warning("%s", self.stale_table_warning())
@@ -203,18 +213,24 @@ class ProgressiveSelfKD(Method):
     def stale_table_warning(self):
         """What the table source does to the paper's rule with CutMix (see the module doc)."""
         p = self.cutmix.prob  # the chance that a sample is CutMix-ed in an epoch, either rule
-        return (f"PS-KD with CutMix and PSKD.SOURCE table: a sample CutMix-ed in epoch t-1 has no "
-                f"prediction from epoch t-1, so its PS-KD target uses an older one. Expected in epoch "
-                f"t >= 1: {p:.0%} of PS-KD targets from a prediction two or more epochs old, {p:g}^t "
-                f"of them still the one-hot label. PSKD.SOURCE previous_model keeps the paper's rule "
-                f"(always the model of epoch t-1).")
+        return (
+            f"PS-KD with CutMix and PSKD.SOURCE table: a sample CutMix-ed in epoch t-1 has no "
+            f"prediction from epoch t-1, so its PS-KD target uses an older one. Expected in epoch "
+            f"t >= 1: {p:.0%} of PS-KD targets from a prediction two or more epochs old, {p:g}^t "
+            f"of them still the one-hot label. PSKD.SOURCE previous_model keeps the paper's rule "
+            f"(always the model of epoch t-1)."
+        )
 
     def settings(self):
-        out = [f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs})",
-               self.source.description]
+        out = [
+            f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs})",
+            self.source.description,
+        ]
         if self.cutmix:
-            out.append("CutMix-ed samples get plain CutMix targets, never PS-KD ones, and their "
-                       "predictions are never stored")
+            out.append(
+                "CutMix-ed samples get plain CutMix targets, never PS-KD ones, and their "
+                "predictions are never stored"
+            )
             if isinstance(self.source, TableSource):
                 out.append("stale past predictions for samples CutMix-ed in the previous epoch")
         return out

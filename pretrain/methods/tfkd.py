@@ -1,15 +1,10 @@
 """TF-KD (teacher-free KD, Yuan et al., CVPR 2020), self-training variant: a fully trained model
 of the same architecture teaches the student."""
+
 import torch
 
 from ..config_types import CN, FRACTION, POSITIVE
-from .base import (
-    Method,
-    build_teacher,
-    describe_teacher,
-    distillation_kl,
-    soft_cross_entropy,
-)
+from .base import Method, build_teacher, describe_teacher, distillation_kl, soft_cross_entropy
 
 REDUCTIONS = ("mean", "batchmean")
 
@@ -23,7 +18,8 @@ def tfkd_kl(logits, teacher_logits, temperature, reduction):
     of 50 or 100 in 4 of its 6 self-teacher configs).
     """
     return distillation_kl(logits, teacher_logits, temperature) / (
-        logits.numel() if reduction == "mean" else logits.shape[0])
+        logits.numel() if reduction == "mean" else logits.shape[0]
+    )
 
 
 class TeacherFreeKD(Method):
@@ -57,20 +53,28 @@ class TeacherFreeKD(Method):
         self.alpha, self.temperature = cfg.TFKD.ALPHA, cfg.TFKD.TEMPERATURE
         self.reduction = cfg.TFKD.KL_REDUCTION
         if self.reduction not in REDUCTIONS:
-            raise ValueError(f"TFKD.KL_REDUCTION must be one of {REDUCTIONS}, got {self.reduction!r}")
+            raise ValueError(
+                f"TFKD.KL_REDUCTION must be one of {REDUCTIONS}, got {self.reduction!r}"
+            )
         self.teacher = build_teacher(cfg, ctx.device)
 
     def settings(self):
-        return [describe_teacher(self.ctx.cfg),
-                f"alpha {self.alpha:g}, T {self.temperature:g}, KL reduction {self.reduction}"
-                + (" (divides by B*K, as the reference CIFAR code)" if self.reduction == "mean"
-                   else " (divides by B: the per-sample KL)")]
+        return [
+            describe_teacher(self.ctx.cfg),
+            f"alpha {self.alpha:g}, T {self.temperature:g}, KL reduction {self.reduction}"
+            + (
+                " (divides by B*K, as the reference CIFAR code)"
+                if self.reduction == "mean"
+                else " (divides by B: the per-sample KL)"
+            ),
+        ]
 
     def training_step(self, model, images, labels, indices):
         images, targets, _ = self.mix_batch(images, labels)
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         logits = model(images)
-        loss = ((1.0 - self.alpha) * soft_cross_entropy(logits, targets)
-                + self.alpha * tfkd_kl(logits, teacher_logits, self.temperature, self.reduction))
+        loss = (1.0 - self.alpha) * soft_cross_entropy(logits, targets) + self.alpha * tfkd_kl(
+            logits, teacher_logits, self.temperature, self.reduction
+        )
         return loss, logits

@@ -2,6 +2,7 @@
 Self-Knowledge Distillation", Yang et al., ICCV 2023): customised soft labels for the target
 class (the squared, batch-centred target probability) and for the non-target classes (Zipf's
 law over a rank taken from an extra weak classifier on an intermediate feature)."""
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -71,8 +72,9 @@ def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
 
     with torch.no_grad():
         q = log_q.exp()
-        score = (q / (1 - q.gather(1, label).sum(1, keepdim=True) + 1e-6)
-                 + log_s / (1 - log_s_t.sum(1, keepdim=True) + 1e-6))
+        score = q / (1 - q.gather(1, label).sum(1, keepdim=True) + 1e-6) + log_s / (
+            1 - log_s_t.sum(1, keepdim=True) + 1e-6
+        )
         # rank_of[i, c]: c's place (0 = first) in row i sorted by descending score.
         rank_of = score.argsort(dim=1, descending=True).argsort(dim=1)
         zipf = 1.0 / (rank_of + 1).float()
@@ -83,7 +85,9 @@ def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
         z = z / z.sum(dim=1, keepdim=True)
     # -inf drops the labels from the softmax; their log-probabilities (weight z = 0) are then
     # zeroed, since 0 * -inf would be NaN.
-    log_ns = F.log_softmax(logits.masked_fill(is_target, float("-inf")), dim=1).masked_fill(is_target, 0)
+    log_ns = F.log_softmax(logits.masked_fill(is_target, float("-inf")), dim=1).masked_fill(
+        is_target, 0
+    )
     loss_non = -(z * log_ns).sum(dim=1).mean()
 
     return alpha * loss_target + beta * loss_non + loss_weak
@@ -114,8 +118,14 @@ class UniversalSelfKD(Method):
         self.net = None
 
     def settings(self):
-        head = (f"weak head Linear({self.net.head.in_features} -> {self.net.head.out_features}) on the "
-                f"pooled layer3 feature, trained, not exported") if self.net else "weak head on layer3"
+        head = (
+            (
+                f"weak head Linear({self.net.head.in_features} -> {self.net.head.out_features}) on the "
+                f"pooled layer3 feature, trained, not exported"
+            )
+            if self.net
+            else "weak head on layer3"
+        )
         return [f"alpha {self.alpha:g}, beta {self.beta:g}, mu {self.mu:g}", head]
 
     def wrap_model(self, model):
@@ -126,7 +136,9 @@ class UniversalSelfKD(Method):
         images, targets, mix = self.mix_batch(images, labels)
         logits, weak_logits = model(images)
         gt = labels if mix is None else targets
-        loss = soft_cross_entropy(logits, targets) + uskd_loss(logits, weak_logits, gt, self.alpha, self.beta, self.mu)
+        loss = soft_cross_entropy(logits, targets) + uskd_loss(
+            logits, weak_logits, gt, self.alpha, self.beta, self.mu
+        )
         return loss, logits
 
     def state_dict(self):
