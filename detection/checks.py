@@ -98,7 +98,8 @@ def check_output_dir(output_dir, eval_only, resume):
 
 def check_backbone_weights(cfg, path):
     """Refuse ``path`` (MODEL.WEIGHTS) unless every ResNet tensor of the config's model is loaded
-    from it with the right shape. Builds the model on the CPU and loads the file as training does."""
+    from it with the right shape. Builds the model on the CPU and loads the file as training
+    does."""
     if not path:
         raise WeightsError(
             "set MODEL.WEIGHTS (a .pkl from tools/convert_to_d2.py, or a trained model_final.pth): "
@@ -123,9 +124,9 @@ def check_backbone_weights(cfg, path):
     if bad or any(n.startswith("(loading failed") for n in not_loaded):
         raise WeightsError(
             f"MODEL.WEIGHTS {path!r} does not initialise this config's backbone: it holds "
-            f"{depth_in_file(checkpoint)}, the config expects R-{cfg.MODEL.RESNETS.DEPTH} (MODEL.RESNETS.DEPTH); "
-            f"{len(bad) or 'all'} of {len(resnet)} backbone tensors would keep random values "
-            f"({', '.join(sorted(bad or not_loaded)[:3])} ...)"
+            f"{depth_in_file(checkpoint)}, the config expects R-{cfg.MODEL.RESNETS.DEPTH} "
+            f"(MODEL.RESNETS.DEPTH); {len(bad) or 'all'} of {len(resnet)} backbone tensors would "
+            f"keep random values ({', '.join(sorted(bad or not_loaded)[:3])} ...)"
         )
 
 

@@ -79,7 +79,8 @@ def load_checkpoint(path):
 
 
 def identify_resnet(state_dict, name="checkpoint"):
-    """Return the torchvision ResNet name whose backbone ``state_dict`` is, or raise saying why not."""
+    """Return the torchvision ResNet name whose backbone ``state_dict`` is, or raise saying why
+    not."""
     counts = {}
     for key in state_dict:
         m = re.match(r"layer([1-4])\.(\d+)\.", key)
@@ -119,8 +120,8 @@ def identify_resnet(state_dict, name="checkpoint"):
         problems.append(f"{len(wrong)} wrong shapes ({'; '.join(wrong[:3])}){hint}")
     if problems:
         raise ConversionError(
-            f"{name} looks like {arch} but is not one (a different variant, e.g. ResNeXt/wide, or a "
-            f"modified network): " + "; ".join(problems)
+            f"{name} looks like {arch} but is not one (a different variant, e.g. ResNeXt/wide, "
+            "or a modified network): " + "; ".join(problems)
         )
     fc = sorted(k for k in state_dict if k.startswith("fc."))
     if fc and fc != ["fc.bias", "fc.weight"]:

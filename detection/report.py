@@ -227,9 +227,12 @@ def to_markdown(rows):
     lines = [
         "# Table 5: Faster R-CNN on PASCAL VOC07 test",
         "",
-        "VOC07 11-point mAP at IoU > 0.5 (AP50), in percent; AP averages IoU 0.50:0.95. Paper values:",
-        "PS-KD (ICCV 2021) Table 5, ResNet-152 backbone fine-tuned on VOC07+12 trainval with batch 1,",
-        "lr 0.001 for 10 epochs (configs/detection/faster_rcnn_R_152_C4_voc0712_paper.yaml follows that",
+        "VOC07 11-point mAP at IoU > 0.5 (AP50), in percent; AP averages IoU 0.50:0.95. Paper "
+        "values:",
+        "PS-KD (ICCV 2021) Table 5, ResNet-152 backbone fine-tuned on VOC07+12 trainval with batch "
+        "1,",
+        "lr 0.001 for 10 epochs (configs/detection/faster_rcnn_R_152_C4_voc0712_paper.yaml follows "
+        "that",
         'protocol). "Fine-tuning" is each run\'s own, read from its config.yaml.',
         "",
         "| " + " | ".join(header) + " |",

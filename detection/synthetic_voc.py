@@ -97,7 +97,8 @@ def _annotation_xml(folder, filename, width, height, objects):
             "    <pose>Unspecified</pose>",
             "    <truncated>0</truncated>",
             f"    <difficult>{difficult}</difficult>",
-            f"    <bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>",
+            f"    <bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>",
             "  </object>",
         ]
     parts.append("</annotation>\n")

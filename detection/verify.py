@@ -28,7 +28,8 @@ def build_torchvision_style_resnet(depth):
 
 
 def verify_d2_weights(pkl_path, depth):
-    """Load ``pkl_path`` into Detectron2's ResNet-``depth``; return a summary or raise ValueError."""
+    """Load ``pkl_path`` into Detectron2's ResNet-``depth``; return a summary or raise
+    ValueError."""
     backbone = build_torchvision_style_resnet(depth)
     checkpointer = DetectionCheckpointer(backbone)
     # _load_file/_load_model are the two halves of Checkpointer.load; called apart, the
@@ -54,4 +55,7 @@ def verify_d2_weights(pkl_path, depth):
         raise ValueError(
             f"{pkl_path} does not load into Detectron2's R-{depth}: " + "; ".join(problems)
         )
-    return f"verified: all {len(loaded)} weights of Detectron2's R-{depth} backbone loaded from {pkl_path}"
+    return (
+        f"verified: all {len(loaded)} weights of Detectron2's R-{depth} backbone loaded from "
+        f"{pkl_path}"
+    )

@@ -295,7 +295,8 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
 
 
 def detections_path(eval_json):
-    """The raw detections beside an evaluation summary: voc_eval[_<set>].json -> voc_detections[_<set>].npz."""
+    """The raw detections beside an evaluation summary: voc_eval[_<set>].json ->
+    voc_detections[_<set>].npz."""
     folder, name = os.path.split(eval_json)
     return os.path.join(
         folder, name.replace("voc_eval", "voc_detections", 1)[: -len(".json")] + ".npz"

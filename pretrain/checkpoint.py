@@ -241,8 +241,9 @@ class TrainingCheckpointer:
             trainer["iters_per_epoch"],
         ):
             raise ValueError(
-                f"the checkpoint was taken mid-epoch with {trainer['iters_per_epoch']} iterations per "
-                f"epoch, this run has {iters_per_epoch}: resume with the same world size and batch"
+                f"the checkpoint was taken mid-epoch with {trainer['iters_per_epoch']} iterations "
+                f"per epoch, this run has {iters_per_epoch}: resume with the same world size and "
+                "batch"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

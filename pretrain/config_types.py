@@ -64,7 +64,8 @@ class Range:
     def __str__(self):
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {low}{self.low}, {self.high}{high}"
 
 
 POSITIVE = Range(0, low_open=True)

@@ -52,7 +52,8 @@ class Mix:
         return out
 
     def targets(self, targets):
-        """(B, K) targets with the mixed samples' rows replaced by ``lam * own + (1 - lam) * partner``."""
+        """(B, K) targets with the mixed samples' rows replaced by ``lam * own + (1 - lam) *
+        partner``."""
         which, partner = self._on(targets.device)
         out = targets.clone()
         out[which] = self.lam * targets[which] + (1.0 - self.lam) * targets[partner]
@@ -93,7 +94,10 @@ class CutMix:
             when = f"on {self.prob:g} of every batch"
         else:
             when = f"on whole batches with probability {self.prob:g}"
-        return f"CutMix {when}, lambda ~ Beta({self.beta:g}, {self.beta:g}), targets mixed by clipped box area"
+        return (
+            f"CutMix {when}, lambda ~ Beta({self.beta:g}, {self.beta:g}), "
+            "targets mixed by clipped box area"
+        )
 
     def draw(self, batch_size, height, width):
         """A Mix for a batch of this size, or None when nothing is mixed this time."""

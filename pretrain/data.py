@@ -59,7 +59,8 @@ def build_dataset(cfg, split, train):
     if cfg.DATALOADER.DECODE == "device":
         if fmt != "imagefolder":
             raise ValueError(
-                f"DATALOADER.DECODE device reads JPEG files: it needs DATA.FORMAT imagefolder, got {fmt!r}"
+                "DATALOADER.DECODE device reads JPEG files: it needs DATA.FORMAT imagefolder, got "
+                f"{fmt!r}"
             )
         data = device_decode_dataset(data, cfg, train)
     elif cfg.DATALOADER.DECODE != "cpu":

@@ -281,7 +281,8 @@ class Trainer:
     def check_finite(self, weights=False):
         """Stop on a non-finite loss (on any rank) before anything is logged or saved, so
         ``last_checkpoint`` keeps pointing at the last good checkpoint. Before saving
-        (``weights``) the weights are checked too: the step after the last loss may have broken them."""
+        (``weights``) the weights are checked too: the step after the last loss may have broken
+        them."""
         flag = self.nonfinite.float()
         if weights:
             finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
@@ -289,9 +290,10 @@ class Trainer:
         flag = du.all_reduce_sum(flag)
         if flag.item() > 0:
             raise FloatingPointError(
-                f"non-finite loss or weights at iteration {self.iteration}: training stopped; the last good "
-                f"checkpoint is the one named in {os.path.join(self.cfg.OUTPUT_DIR, 'last_checkpoint')} "
-                f"(lower SOLVER.BASE_LR or check the data)"
+                f"non-finite loss or weights at iteration {self.iteration}: training stopped; the "
+                "last good checkpoint is the one named in "
+                f"{os.path.join(self.cfg.OUTPUT_DIR, 'last_checkpoint')} (lower SOLVER.BASE_LR or "
+                "check the data)"
             )
 
     # -- evaluation -------------------------------------------------------------------------

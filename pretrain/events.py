@@ -139,7 +139,8 @@ class TrainingEvents:
             else ""
         )
         logger.info(
-            "eta %s  epoch %d/%d  iter %d/%d  loss %.4f  lr %.5g  %.3f s/it  data %.3f s/it  %.0f img/s%s",
+            "eta %s  epoch %d/%d  iter %d/%d  loss %.4f  lr %.5g  %.3f s/it  data %.3f s/it  %.0f "
+            "img/s%s",
             eta,
             epoch + 1,
             self.cfg.SOLVER.EPOCHS,

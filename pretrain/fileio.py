@@ -39,7 +39,8 @@ def describe_write_error(path, exc):
         disk = mount_point(path)
         with contextlib.suppress(OSError):
             free = os.statvfs(disk)
-            message += f" (the disk mounted at {disk!r} has {free.f_bavail * free.f_frsize / 2**20:.0f} MiB free)"
+            free_mib = free.f_bavail * free.f_frsize / 2**20
+            message += f" (the disk mounted at {disk!r} has {free_mib:.0f} MiB free)"
     return message
 
 

@@ -263,8 +263,9 @@ class EncodedBatch:
                 return TF.pil_to_tensor(image.convert("RGB")).to(device)
             except DECODE_ERRORS as exc:
                 raise UnreadableImage(
-                    f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} (DATALOADER.DECODE device "
-                    f"cannot skip files that fail only when decoded: use DATALOADER.DECODE cpu)"
+                    f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} "
+                    "(DATALOADER.DECODE device cannot skip files that fail only when decoded: use "
+                    "DATALOADER.DECODE cpu)"
                 ) from exc
 
 

@@ -92,7 +92,8 @@ def _tensors(tree):
 
 
 class HostSyncCheck:
-    """Context manager; ``syncs`` lists what would have synchronised, as ``"name (at file:line)"``."""
+    """Context manager; ``syncs`` lists what would have synchronised, as ``"name (at
+    file:line)"``."""
 
     def __init__(self):
         self.syncs = []

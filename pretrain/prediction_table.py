@@ -163,7 +163,8 @@ class PredictionTable:
 
         The shards travel one at a time, each straight into its rows of the host buffer: the
         device holds one received shard at a time (1 / world of the table), not the whole table
-        gathered and then stacked again (twice the table, kept afterwards by the caching allocator)."""
+        gathered and then stacked again (twice the table, kept afterwards by the caching
+        allocator)."""
         local = local[: self.trash]
         if self.world == 1:
             return local.cpu()
@@ -199,8 +200,8 @@ class PredictionTable:
     def load_state_dict(self, state):
         if state["topk"] != self.topk or state["num_classes"] != self.num_classes:
             raise ValueError(
-                f"checkpoint table has topk={state['topk']}, {state['num_classes']} classes; the config "
-                f"asks for PSKD.TOPK {self.topk}, {self.num_classes} classes"
+                f"checkpoint table has topk={state['topk']}, {state['num_classes']} classes; the "
+                f"config asks for PSKD.TOPK {self.topk}, {self.num_classes} classes"
             )
         if state["values"].shape[0] != self.num_samples:
             raise ValueError(

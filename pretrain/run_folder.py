@@ -26,7 +26,8 @@ FINISHED_MARKER = "eval_final.json"
 # be the same when it is resumed.
 MAY_CHANGE_ON_RESUME = {
     "OUTPUT_DIR": "the run folder may be moved",
-    "DATA.ROOT": "the dataset may be moved; its training files (relative paths and labels) are compared instead",
+    "DATA.ROOT": "the dataset may be moved; its training files (relative paths and labels) are "
+    "compared instead",
     "DATALOADER.NUM_WORKERS": "augmentation is seeded per sample, not per worker",
     "LOG_PERIOD": "logging only",
     "SOLVER.CHECKPOINT_PERIOD": "when checkpoints are written",
@@ -131,10 +132,11 @@ def check_same_run(checkpoint_path, state, cfg, data_fingerprint):
     saved = state.get("trainer", {}).get("data")
     if saved is not None and saved != data_fingerprint:
         raise ValueError(
-            f"--resume: checkpoint {checkpoint_path!r} was trained on other data: {saved['samples']} "
-            f"training samples then, {data_fingerprint['samples']} now under DATA.ROOT "
-            f"{cfg.DATA.ROOT!r} (or the same number with other files or labels); the prediction "
-            f"table and the sampler are keyed by sample index, so the run cannot continue"
+            f"--resume: checkpoint {checkpoint_path!r} was trained on other data: "
+            f"{saved['samples']} training samples then, {data_fingerprint['samples']} now under "
+            f"DATA.ROOT {cfg.DATA.ROOT!r} (or the same number with other files or labels); the "
+            "prediction table and the sampler are keyed by sample index, so the run cannot "
+            "continue"
         )
 
 
@@ -186,6 +188,7 @@ def eval_only_outputs(output_dir, weights):
     if existing:
         raise ValueError(
             f"--eval-only would replace {existing[0]!r}, written by an earlier evaluation of "
-            f"{os.path.basename(weights)!r}: set OUTPUT_DIR to another folder, or move that file away"
+            f"{os.path.basename(weights)!r}: set OUTPUT_DIR to another folder, or move that file "
+            "away"
         )
     return outputs

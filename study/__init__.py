@@ -1,1 +1,2 @@
-"""Studies: backbones x seeds from pretraining to Table 5, as one resumable command (tools/study.py)."""
+"""Studies: backbones x seeds from pretraining to Table 5, as one resumable command
+(tools/study.py)."""

@@ -101,8 +101,8 @@ def run_local(plan, resume=False, out=print):
             )
             return 0
         out(
-            f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages done, "
-            f"{len(todo)} to run (output root {plan.root})"
+            f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages "
+            f"done, {len(todo)} to run (output root {plan.root})"
         )
         problems = {}  # stage id -> why it did not finish in this run
         for n, stage in enumerate(todo, 1):
@@ -147,6 +147,7 @@ def run_local(plan, resume=False, out=print):
                 out(f"  {sid}: {why}")
             return 1
         out(
-            f"study {plan.study.name} finished; report: {os.path.join(plan.report.out, 'table5_summary.md')}"
+            f"study {plan.study.name} finished; report: "
+            f"{os.path.join(plan.report.out, 'table5_summary.md')}"
         )
         return 0

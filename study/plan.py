@@ -2,11 +2,11 @@
 
 Stages (ids as printed by ``--status``)::
 
-    data/classification, data/voc      only for a study on generated data
-    pretrain/<backbone>/seed<k>         tools/pretrain.py            -> pretrain/<backbone>/seed<k>/
-    convert/<backbone>/seed<k>          tools/convert_to_d2.py       -> weights/<backbone>_seed<k>.pkl
-    detect/<backbone>/seed<k>           tools/train_net.py           -> detect/<backbone>/seed<k>/
-    report                              tools/report.py              -> report/
+    data/classification, data/voc   only for a study on generated data
+    pretrain/<backbone>/seed<k>      tools/pretrain.py        -> pretrain/<backbone>/seed<k>/
+    convert/<backbone>/seed<k>       tools/convert_to_d2.py   -> weights/<backbone>_seed<k>.pkl
+    detect/<backbone>/seed<k>        tools/train_net.py       -> detect/<backbone>/seed<k>/
+    report                           tools/report.py          -> report/
 
 A backbone whose method needs a teacher (TF-KD) pretrains after its teacher's pretraining of the
 same seed, with TEACHER.WEIGHTS set to that run's model_final.pth. The seed is SEED of both the
@@ -294,8 +294,8 @@ class Plan:
             cfg = yaml.safe_load(f)
         if cfg["SEED"] != stage.seed or cfg["METHOD"]["NAME"] != stage.backbone.method:
             return False, (
-                f"{stage.out}/config.yaml: SEED {cfg['SEED']}, METHOD.NAME {cfg['METHOD']['NAME']}; "
-                f"this stage is seed {stage.seed}, {stage.backbone.method}"
+                f"{stage.out}/config.yaml: SEED {cfg['SEED']}, METHOD.NAME "
+                f"{cfg['METHOD']['NAME']}; this stage is seed {stage.seed}, {stage.backbone.method}"
             )
         # Memory-mapped: reads the header and tensor index, not the weights.
         state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
@@ -330,7 +330,8 @@ class Plan:
             return False, f"{result}: no AP50"
         weights = self.convert[stage.backbone.name, stage.seed].out
         if summary.get("weights") != os.path.abspath(weights):
-            # An --eval-only run of model_final.pth names that file instead: not this stage's result.
+            # An --eval-only run of model_final.pth names that file instead: not this stage's
+            # result.
             return (
                 False,
                 f"{result} evaluates {summary.get('weights')}, not the fine-tune from {weights}",

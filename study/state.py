@@ -54,7 +54,8 @@ def _pid_alive(pid):
 
 
 def slurm_job_state(job_id):
-    """The job's state as squeue shows it (PENDING, RUNNING, ...), or None once it left the queue."""
+    """The job's state as squeue shows it (PENDING, RUNNING, ...), or None once it left the
+    queue."""
     try:
         out = subprocess.run(
             ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
@@ -134,8 +135,9 @@ def print_plan(plan, out=print):
         state, _ = states[stage.id]
         res = stage.resources
         out(
-            f"\n[{n}] {stage.id}  ({state})  nodes {res['nodes']}, GPUs/node {res['gpus_per_node']}, "
-            f"processes/node {res['processes_per_node']}, {res['timeout_min']} min"
+            f"\n[{n}] {stage.id}  ({state})  nodes {res['nodes']}, GPUs/node "
+            f"{res['gpus_per_node']}, processes/node {res['processes_per_node']}, "
+            f"{res['timeout_min']} min"
         )
         if stage.deps:
             out(f"    after: {', '.join(stage.deps)}")

@@ -193,20 +193,22 @@ def to_markdown(summary, resamples):
     lines = [
         "# Table 5 over seeds: Faster R-CNN on PASCAL VOC07 test",
         "",
-        "AP50 is VOC07 11-point mAP at IoU > 0.5 (%), mean ± sample std over seeds. Δ is the difference to "
-        "the Baseline of the same backbone architecture and protocol, seed by seed, with its 95% interval "
-        "(how: at the end). Paper: PS-KD (ICCV 2021) Table 5 (AP50) and Table 4 (top-1 error), ResNet-152.",
+        "AP50 is VOC07 11-point mAP at IoU > 0.5 (%), mean ± sample std over seeds. Δ is the "
+        "difference to the Baseline of the same backbone architecture and protocol, seed by seed, "
+        "with its 95% interval (how: at the end). Paper: PS-KD (ICCV 2021) Table 5 (AP50) and "
+        "Table 4 (top-1 error), ResNet-152.",
         "",
     ]
     for arch in sorted({s["arch"] for s in summary if s["arch"] != PAPER_ARCH}):
         lines += [
-            f"**Warning:** backbone {arch}, not the paper's ResNet-152: its absolute numbers cannot be "
-            "compared with the paper's; the differences only say how the methods rank here.",
+            f"**Warning:** backbone {arch}, not the paper's ResNet-152: its absolute numbers "
+            "cannot be compared with the paper's; the differences only say how the methods rank "
+            "here.",
             "",
         ]
     lines += [
-        "| Method | Backbone | Protocol | Seeds | AP50 (ours) | Δ AP50 (ours) [95% CI] | AP50 (paper) "
-        "| Δ AP50 (paper) | paper Δ inside CI |",
+        "| Method | Backbone | Protocol | Seeds | AP50 (ours) | Δ AP50 (ours) [95% CI] | AP50 "
+        "(paper) | Δ AP50 (paper) | paper Δ inside CI |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for s in summary:
@@ -238,14 +240,14 @@ def to_markdown(summary, resamples):
         "",
         "## How the intervals are computed",
         "",
-        "For a backbone and the Baseline, seed s pairs their runs; d_s is the difference of AP50 on the "
-        "whole test set and Δ = mean d_s. Test-image sampling: "
-        f"{resamples} resamples of the test images with replacement, the same resamples for every run, "
-        "AP50 recomputed on each from the saved detections (voc_detections.npz) exactly as the VOC07 "
-        "evaluator would; v_img = variance of mean_s d_s over the resamples. Seed variation: v_seed = "
-        "sample variance of d_s / S. Interval: Δ ± t(0.975, S−1) · sqrt(v_img + v_seed); with one seed "
-        "Δ ± 1.96 · sqrt(v_img) (test images only). ImageNet metrics: Δ ± t(0.975, S−1) · sd(d_s)/√S "
-        "(seed variation only; no per-image predictions are kept).",
+        "For a backbone and the Baseline, seed s pairs their runs; d_s is the difference of AP50 "
+        "on the whole test set and Δ = mean d_s. Test-image sampling: "
+        f"{resamples} resamples of the test images with replacement, the same resamples for every "
+        "run, AP50 recomputed on each from the saved detections (voc_detections.npz) exactly as "
+        "the VOC07 evaluator would; v_img = variance of mean_s d_s over the resamples. Seed "
+        "variation: v_seed = sample variance of d_s / S. Interval: Δ ± t(0.975, S−1) · sqrt(v_img "
+        "+ v_seed); with one seed Δ ± 1.96 · sqrt(v_img) (test images only). ImageNet metrics: Δ ± "
+        "t(0.975, S−1) · sd(d_s)/√S (seed variation only; no per-image predictions are kept).",
         "",
         f"Intervals in this table: {', '.join(kinds) or 'none (no Baseline to compare with)'}.",
         "",

@@ -63,7 +63,8 @@ def run_tool(step, name, args, show=None):
                 except queue.Empty:
                     if time.time() - last_shown >= HEARTBEAT_S:
                         print(
-                            f"      ... still running ({fmt_time(time.time() - started)} in this step)",
+                            f"      ... still running ({fmt_time(time.time() - started)} in this "
+                            "step)",
                             flush=True,
                         )
                         last_shown = time.time()

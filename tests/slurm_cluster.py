@@ -15,9 +15,15 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "si
 def unavailable_reason():
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        return f"Slurm/MUNGE binaries absent ({', '.join(missing)}); .ci/install_slurm.sh installs them"
+        return (
+            f"Slurm/MUNGE binaries absent ({', '.join(missing)}); "
+            ".ci/install_slurm.sh installs them"
+        )
     if os.geteuid() != 0:
-        return "slurmd needs root to start jobs as their user; run the Slurm tests as root (as CI does)"
+        return (
+            "slurmd needs root to start jobs as their user; run the Slurm tests as root "
+            "(as CI does)"
+        )
     return None
 
 

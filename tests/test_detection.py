@@ -189,8 +189,8 @@ def test_report_names_the_protocol_of_a_detectron2_dump(name, expected):
 
 # Keys our bases set differently from Detectron2's VOC configs, on purpose (torchvision weights).
 TORCHVISION_KEYS = {
-    "MODEL.WEIGHTS", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT", "MODEL.RESNETS.STRIDE_IN_1X1",
-    "DATASETS.VOC_ROOT",
+    "MODEL.WEIGHTS", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "INPUT.FORMAT",
+    "MODEL.RESNETS.STRIDE_IN_1X1", "DATASETS.VOC_ROOT",
 }  # fmt: skip
 
 
@@ -496,9 +496,10 @@ def random_r18_pkl(tmp_path_factory):
 
 def _tiny_run(pkl, voc, out, *opts, check=True):
     return _train_net(
-        "--config-file", os.path.join(CONFIGS, "faster_rcnn_R_18_FPN_tiny_cpu.yaml"), "MODEL.WEIGHTS", pkl,
-        "DATASETS.VOC_ROOT", voc, "OUTPUT_DIR", str(out), "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(100,)",
-        "TEST.EVAL_PERIOD", "0", *opts, check=check,
+        "--config-file", os.path.join(CONFIGS, "faster_rcnn_R_18_FPN_tiny_cpu.yaml"),
+        "MODEL.WEIGHTS", pkl, "DATASETS.VOC_ROOT", voc, "OUTPUT_DIR", str(out),
+        "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "(100,)", "TEST.EVAL_PERIOD", "0", *opts,
+        check=check,
     )  # fmt: skip
 
 
@@ -564,8 +565,9 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     config = os.path.join(CONFIGS, "faster_rcnn_R_18_FPN_tiny_cpu.yaml")
     # VOC found through the config key here, through $DETECTRON2_DATASETS below.
     _train_net(
-        "--config-file", config, "MODEL.WEIGHTS", pkl, "OUTPUT_DIR", str(out), "DATASETS.VOC_ROOT", voc,
-        "SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(20,)", "SOLVER.WARMUP_ITERS", "5",
+        "--config-file", config, "MODEL.WEIGHTS", pkl, "OUTPUT_DIR", str(out),
+        "DATASETS.VOC_ROOT", voc, "SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(20,)",
+        "SOLVER.WARMUP_ITERS", "5",
     )  # fmt: skip
     first = json.loads((out / "voc_eval.json").read_text())
     assert list(first["per_class_AP50"]) == list(CLASS_NAMES)

@@ -106,7 +106,8 @@ def test_depth_is_found_without_the_arch_entry(weights, tmp_path):
 
 # -- tools/train_net.py before its first iteration ------------------------------------------------
 def train_net_tool():
-    """tools/train_net.py as a module (by path: Detectron2's wheel may install a ``tools`` package)."""
+    """tools/train_net.py as a module (by path: Detectron2's wheel may install a ``tools``
+    package)."""
     spec = importlib.util.spec_from_file_location(
         "train_net_tool", os.path.join(ROOT, "tools", "train_net.py")
     )

@@ -2,9 +2,9 @@
 kernels still queued on the training stream will read.
 
 The check, in a loop: fill tensors with known values and synchronise; queue a long kernel, then
-one min/max reduction per tensor behind it; free the tensors while those reductions are still queued;
-decode a batch through ``EncodedBatch.decode`` (the engine's path), which the allocator may serve
-from the blocks just freed; synchronise and compare each reduction with its exact value. A
+one min/max reduction per tensor behind it; free the tensors while those reductions are still
+queued; decode a batch through ``EncodedBatch.decode`` (the engine's path), which the allocator may
+serve from the blocks just freed; synchronise and compare each reduction with its exact value. A
 reduction can only come out wrong if the decode wrote into a block before the queued kernels read
 it. ``raw_decode_corruptions`` runs the same loop on a bare ``decode_jpeg`` call, to show on a
 given GPU that the loop does catch the hazard (it is printed, not asserted: whether the bare call

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rotate_batch_follows_each_image_by_its_rotations():
-    # One channel, 2x2: [[a, b], [c, d]] rotated by 90 degrees (rot90 over H, W) is [[b, d], [a, c]].
+    # One channel, 2x2: [[a, b], [c, d]] rotated by 90 degrees (rot90 over H, W) is [[b, d], [a,
+    # c]].
     a, b, c, d = 1.0, 2.0, 3.0, 4.0
     x = torch.tensor([[[[a, b], [c, d]]], [[[5.0, 6.0], [7.0, 8.0]]]])
     out = rotate_batch(x)
@@ -60,7 +61,8 @@ def test_joint_targets_put_each_class_weight_on_class_times_m_plus_rotation():
 
 
 def test_deep_to_shallow_kl_sums_neighbouring_pairs_with_the_deeper_as_constant():
-    # T = 2. Logits / T: s1 [0, 0] -> [1/2, 1/2]; s2 [0, ln 3] -> [1/4, 3/4]; s3 [ln 3, 0] -> [3/4, 1/4].
+    # T = 2. Logits / T: s1 [0, 0] -> [1/2, 1/2]; s2 [0, ln 3] -> [1/4, 3/4]; s3 [ln 3, 0] -> [3/4,
+    # 1/4].
     s1 = torch.tensor([[0.0, 0.0]], requires_grad=True)
     s2 = torch.tensor([[0.0, 2 * LN(3)]], requires_grad=True)
     s3 = torch.tensor([[2 * LN(3), 0.0]], requires_grad=True)

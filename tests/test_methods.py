@@ -1,5 +1,5 @@
-"""Each method's loss against its definition (docs/methods.md, the papers' equations) on fixed tensors
-with hand-computed values; PS-KD with CutMix and with the previous-epoch model; CS-KD's pair
+"""Each method's loss against its definition (docs/methods.md, the papers' equations) on fixed
+tensors with hand-computed values; PS-KD with CutMix and with the previous-epoch model; CS-KD's pair
 sampler; USKD's head; config validation and describe()."""
 
 import math
@@ -319,9 +319,9 @@ def test_uskd_weak_term_is_label_smoothed_ce_of_the_head():
 
 
 def test_uskd_non_target_term_uses_zipf_over_the_rank():
-    # Row 0: score = q / (1 - q_t) + log s / (1 - log s_t)
-    #   = [1/3, 2/3, 1/3] + [ln 1/2, ln 1/4, ln 1/4] / (1 + ln 2) -> order 0, 1, 2 -> Zipf [1, 1/2, 1/3];
-    #   non-targets {1, 2}: [1/2, 1/3] / (5/6) = [3/5, 2/5]; their logits [ln 2, ln 2] -> [1/2, 1/2].
+    # Row 0: score = q / (1 - q_t) + log s / (1 - log s_t) = [1/3, 2/3, 1/3] + [ln 1/2, ln 1/4, ln
+    # 1/4] / (1 + ln 2) -> order 0, 1, 2 -> Zipf [1, 1/2, 1/3]; non-targets {1, 2}: [1/2, 1/3] /
+    # (5/6) = [3/5, 2/5]; their logits [ln 2, ln 2] -> [1/2, 1/2].
     row0 = -(3 / 5 * LN(1 / 2) + 2 / 5 * LN(1 / 2))
     # Row 1: score = [1/2, 1/4, 1/2] + [ln 1/4, ln 1/4, ln 1/2] / (1 + 2 ln 2) -> order 2, 0, 1
     #   -> Zipf class 2: 1, class 0: 1/2; non-targets {0, 2}: [1/2, 1] / (3/2) = [1/3, 2/3];

@@ -79,7 +79,8 @@ def test_nkd_non_target_term_ignores_the_target_logit():
 
 
 def test_nkd_stays_finite_with_a_certain_target():
-    # p_t rounds to 1 in float32: dividing by 1 - p_t would give inf; the non-target softmax does not.
+    # p_t rounds to 1 in float32: dividing by 1 - p_t would give inf; the non-target softmax does
+    # not.
     s, t = torch.tensor([[60.0, 0.0, 1.0]]), torch.tensor([[80.0, 2.0, 0.0]])
     assert torch.isfinite(nkd_loss(s, t, torch.tensor([0]), 1.0, 1.5))
 

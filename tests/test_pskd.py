@@ -177,7 +177,8 @@ def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
 
 
 class _AllocatedBytes(TorchDispatchMode):
-    """Sums the bytes of every new storage an operation returns (views and in-place results aside)."""
+    """Sums the bytes of every new storage an operation returns (views and in-place results
+    aside)."""
 
     def __init__(self):
         super().__init__()

@@ -47,7 +47,8 @@ def _run(path, *args):
 
 def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     path, data = _study(tmp_path)
-    # The tiny study's 3 epochs, a checkpoint after each: the kill after the first lands inside the stage.
+    # The tiny study's 3 epochs, a checkpoint after each: the kill after the first lands inside the
+    # stage.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
     with open(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)

@@ -46,7 +46,8 @@ def test_ap50_from_saved_detections_equals_the_evaluator(evaluated):
 
 
 def _voc_eval_on_resample(root, npz, counts, tmp):
-    """Detectron2's voc_eval on the test set with image k present counts[k] times (copies renamed)."""
+    """Detectron2's voc_eval on the test set with image k present counts[k] times (copies
+    renamed)."""
     det = dict(np.load(npz))
     src = os.path.join(root, "VOC2007", "Annotations")
     anno = os.path.join(tmp, "Annotations")

@@ -9,7 +9,7 @@ from conftest import require_detectron2
 
 require_detectron2()
 
-from detection.voc import VOCEvaluator, detections_path, register_voc
+from detection.voc import VOCEvaluator, detections_path, register_voc  # noqa: E402
 
 
 @pytest.fixture(scope="module")

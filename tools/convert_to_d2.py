@@ -4,10 +4,10 @@
     python tools/convert_to_d2.py OUTPUT_DIR/model_final.pth r152_pskd.pkl [--verify]
 
 Takes our final or periodic checkpoints, plain torchvision state dicts and dicts wrapping one
-("model", "state_dict"), with or without module./_orig_mod./model. prefixes; ResNet-18/34/50/101/152.
-The classifier is dropped. The output records the input's absolute path ("__source__") so that
-tools/report.py can find the pretraining run. --verify (needs Detectron2) loads the file into
-Detectron2's ResNet and checks that every backbone weight was used.
+("model", "state_dict"), with or without module./_orig_mod./model. prefixes;
+ResNet-18/34/50/101/152. The classifier is dropped. The output records the input's absolute path
+("__source__") so that tools/report.py can find the pretraining run. --verify (needs Detectron2)
+loads the file into Detectron2's ResNet and checks that every backbone weight was used.
 """
 
 import argparse

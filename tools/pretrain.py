@@ -53,8 +53,9 @@ def main(argv=None):
     except Exception as exc:
         if trainer is not None and trainer.world > 1:  # most often another rank's failure: say so
             logging.getLogger("pretrain").error(
-                "rank %d of %d stopped: %s: %s. A collective fails when another rank died and waits at most "
-                "DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first rank that failed.",
+                "rank %d of %d stopped: %s: %s. A collective fails when another rank died and "
+                "waits at most DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first "
+                "rank that failed.",
                 trainer.rank,
                 trainer.world,
                 type(exc).__name__,

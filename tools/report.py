@@ -64,8 +64,8 @@ def main(argv=None):
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
     print(
-        f"wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, table5_diff.png "
-        f"to {args.out}"
+        "wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, "
+        f"table5_diff.png to {args.out}"
     )
 
 

@@ -3,7 +3,8 @@
 
     python tools/train_net.py --config-file configs/detection/faster_rcnn_R_152_C4_voc0712.yaml \\
         --num-gpus 8 MODEL.WEIGHTS r152_pskd.pkl OUTPUT_DIR output/det_pskd
-    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/det_pskd/model_final.pth
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS
+    output/det_pskd/model_final.pth
 
 VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (folders VOC2007/,
 VOC2012/). A fresh run (no --resume) or an --eval-only run refuses an OUTPUT_DIR that already

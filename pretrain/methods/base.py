@@ -162,7 +162,8 @@ def describe_teacher(cfg):
 
 def distillation_kl(logits, target_logits, temperature):
     """``T^2 * sum over the batch and classes of KL(softmax(target / T) || softmax(logits / T))``,
-    in float32, with the target side a constant; callers divide by what their reference divides by."""
+    in float32, with the target side a constant; callers divide by what their reference divides
+    by."""
     log_p = F.log_softmax(logits.float() / temperature, dim=1)
     log_q = F.log_softmax(target_logits.detach().float() / temperature, dim=1)
     # Summed here: torch announces that kl_div's "mean" will change meaning to "batchmean".

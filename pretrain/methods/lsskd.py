@@ -141,10 +141,10 @@ class LayeredSelfSupervisedKD(Method):
     CE(logits of the unrotated images, y_S) + sum_l CE(s_l, y_S,l)
     + KD_WEIGHT * deep_to_shallow_kl(s, TEMPERATURE) + FEAT_WEIGHT * feature_alignment,
 
-    y_S = (1 - alpha_e) y + alpha_e p_{e-1}(x), y_S,l = (1 - alpha_e) y~ + alpha_e q_{e-1,l}(t_j(x)),
-    with alpha_e = ALPHA_T (e + 1) / EPOCHS and the past predictions p, q from a frozen copy of
-    the network and its branches as it was at the end of the previous epoch (eval mode; one-hot
-    in epoch 0). A CutMix-ed batch trains on the area-mixed targets, unsoftened.
+    y_S = (1 - alpha_e) y + alpha_e p_{e-1}(x), y_S,l = (1 - alpha_e) y~ + alpha_e
+    q_{e-1,l}(t_j(x)), with alpha_e = ALPHA_T (e + 1) / EPOCHS and the past predictions p, q from a
+    frozen copy of the network and its branches as it was at the end of the previous epoch (eval
+    mode; one-hot in epoch 0). A CutMix-ed batch trains on the area-mixed targets, unsoftened.
     """
 
     name = "lsskd"
@@ -179,10 +179,12 @@ class LayeredSelfSupervisedKD(Method):
 
     def settings(self):
         return [
-            f"{ROTATIONS} rotations, joint labels c * {ROTATIONS} + j; branches on layer1-4, trained, not exported",
+            f"{ROTATIONS} rotations, joint labels c * {ROTATIONS} + j; branches on layer1-4, "
+            "trained, not exported",
             (
-                f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past predictions "
-                "from the previous epoch's network (frozen copy, eval mode, extra forward)"
+                f"alpha_T {self.alpha_T:g} (alpha_e = alpha_T * (e + 1) / {self.ctx.epochs}), past "
+                "predictions from the previous epoch's network (frozen copy, eval mode, extra "
+                "forward)"
             ),
             (
                 f"deep-to-shallow KL weight {self.kd_weight:g} at T {self.temperature:g}, "

@@ -46,7 +46,8 @@ def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
       s_t the softmax probability of label t, v_t its weight (1 for hard labels); w = 0 where
       v_t = 0.
     * L_weak = mu * CE of the weak head against the label smoothed by 0.1 (eps / K on every class).
-    * L_non: the non-target classes are ranked by ``q / (1 - sum_t q_t) + log s / (1 - sum_t log s_t)``
+    * L_non: the non-target classes are ranked by ``q / (1 - sum_t q_t) + log s / (1 - sum_t log
+    s_t)``
       (q the weak head's softmax; the second term mixes in the log-probabilities, a quirk of the
       reference code kept as is); the class at rank r (from 1, over all K classes) gets 1 / r,
       the labels are removed, the rest renormalised and detached; L_non = -mean_i sum_j z_j *
@@ -120,8 +121,8 @@ class UniversalSelfKD(Method):
     def settings(self):
         head = (
             (
-                f"weak head Linear({self.net.head.in_features} -> {self.net.head.out_features}) on the "
-                f"pooled layer3 feature, trained, not exported"
+                f"weak head Linear({self.net.head.in_features} -> {self.net.head.out_features}) on "
+                f"the pooled layer3 feature, trained, not exported"
             )
             if self.net
             else "weak head on layer3"
