@@ -6,7 +6,8 @@ import json
 import pytest
 
 from conftest import run_tool
-from pretrain.benchmark import parse_method, table_memory
+from pretrain.table_footprint import table_memory
+from pretrain.training_benchmark import parse_method
 from tools.benchmark import main
 
 

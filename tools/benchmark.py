@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Training throughput (img/s) and peak memory of methods side by side, prediction-table memory,
-and the JPEG input paths (the measurements are pretrain/benchmark.py's; docs/benchmarks.md).
+and the JPEG input paths (the measurements are pretrain/training_benchmark.py's,
+pretrain/table_footprint.py's and pretrain/input_benchmark.py's; docs/benchmarks.md).
 
     python tools/benchmark.py --device cpu --arch resnet18 --image-size 64 --batch-size 32 \\
         --methods baseline,ls,pskd,pskd:PSKD.TOPK=10 --json out/bench_cpu.json
@@ -19,10 +20,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pretrain.benchmark import benchmark_input, benchmark_training, machine_info, table_memory  # noqa: E402
+from pretrain.benchmark_probes import machine_info  # noqa: E402
 from pretrain.build import AMP_DTYPES, configure_cudnn  # noqa: E402
 from pretrain.config import get_cfg  # noqa: E402
+from pretrain.input_benchmark import benchmark_input  # noqa: E402
 from pretrain.methods import METHODS  # noqa: E402
+from pretrain.table_footprint import table_memory  # noqa: E402
+from pretrain.training_benchmark import benchmark_training  # noqa: E402
 
 
 def build_parser(doc):
@@ -210,21 +214,25 @@ def main(argv=None):
 def print_report(report):
     m, s = report["machine"], report["settings"]
     print(
-        f"# {m.get('gpu', m['cpu'])}, {m['cpus_usable']} CPUs, torch {m['torch']}, load {m['load_avg_1m']:.2f}"
+        f"# {m.get('gpu', m['cpu'])}, {m['cpus_usable']} CPUs, torch {m['torch']}, "
+        f"load {m['load_avg_1m']:.2f}"
     )
     if report["mode"] == "input_pipeline":
         print(
-            f"# input pipeline: {s['image_size']} px crops, batch {s['batch_size']}, {s['workers']} workers, "
+            f"# input pipeline: {s['image_size']} px crops, batch {s['batch_size']}, "
+            f"{s['workers']} workers, "
             f"device {s['device']}, data {s['data']}"
         )
     elif report["mode"] == "training":
         print(
-            f"# {s['arch']} {s['image_size']} px, batch {s['batch_size']}, device {s['device']}, amp {s['amp']}, "
+            f"# {s['arch']} {s['image_size']} px, batch {s['batch_size']}, device {s['device']}, "
+            f"amp {s['amp']}, "
             f"channels_last {s['channels_last']}, compile {s['compile']}"
         )
     for r in report["results"]:
         extra = (
-            f"  x{r['ratio_to_baseline']:.3f} vs {r['baseline']} (CPU time x{r['cpu_time_ratio_to_baseline']:.3f})  peak {r['peak_mem_mb']:.0f} MB "
+            f"  x{r['ratio_to_baseline']:.3f} vs {r['baseline']} "
+            f"(CPU time x{r['cpu_time_ratio_to_baseline']:.3f})  peak {r['peak_mem_mb']:.0f} MB "
             f"(state {r['state_mb']:.0f}, table {r['table_mb']:.2f})"
             if "ratio_to_baseline" in r
             else ""
