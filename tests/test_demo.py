@@ -1,5 +1,5 @@
-"""tools/demo.py (study/demo.py) end to end at its smallest size, the way a newcomer meets it: first without
-Detectron2 (every step that does not need it, then the install instructions), then, where
+"""tools/demo.py (study/demo.py) end to end at its smallest size, the way a newcomer meets it: first
+without Detectron2 (every step that does not need it, then the install instructions), then, where
 Detectron2 is installed, the remaining steps with --from detection on the same output folder."""
 
 import argparse
@@ -13,7 +13,7 @@ import pytest
 from conftest import require_detectron2
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS as METHODS_OF_THE_TOOLKIT
-from study import demo
+from study import demo, demo_choices
 from tools.demo import main as demo_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +117,7 @@ def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
 
 
 def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(demo.CONFIGS, "baseline", "no_such_config.yaml")
+    monkeypatch.setitem(demo_choices.CONFIGS, "baseline", "no_such_config.yaml")
     out = str(tmp_path / "out")
     assert (
         demo_main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"])
@@ -142,20 +142,20 @@ def test_demo_from_a_later_stage_needs_the_earlier_outputs(tmp_path):
 
 @pytest.mark.parametrize("taught", ["tfkd", "nkd"])
 def test_demo_methods_taught_by_the_baseline_need_it_first(taught):
-    assert demo.parse_methods(f"baseline,{taught}") == ["baseline", taught]
+    assert demo_choices.parse_methods(f"baseline,{taught}") == ["baseline", taught]
     for methods in (taught, f"{taught},baseline"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"{taught}'s teacher is the baseline"):
-            demo.parse_methods(methods)
+            demo_choices.parse_methods(methods)
 
 
 def test_demo_offers_every_method():
     # pskd_cutmix is PS-KD with a config of its own.
-    assert set(demo.CONFIGS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)
+    assert set(demo_choices.CONFIGS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)
 
 
-@pytest.mark.parametrize("run", sorted(demo.CONFIGS))
+@pytest.mark.parametrize("run", sorted(demo_choices.CONFIGS))
 def test_demo_run_config_trains_the_method_its_name_says(run):
-    cfg = setup_cfg(os.path.join(demo.PRETRAIN_CONFIGS, demo.CONFIGS[run]))
-    assert (cfg.METHOD.NAME, cfg.AUG.CUTMIX.ENABLED) == demo.run_method(run)
+    cfg = setup_cfg(os.path.join(demo_choices.PRETRAIN_CONFIGS, demo_choices.CONFIGS[run]))
+    assert (cfg.METHOD.NAME, cfg.AUG.CUTMIX.ENABLED) == demo_choices.run_method(run)
     label = "PS-KD + CutMix" if run == "pskd_cutmix" else METHODS_OF_THE_TOOLKIT[run].label
-    assert demo.run_label(run) == label
+    assert demo_choices.run_label(run) == label

@@ -22,7 +22,15 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from study import demo  # noqa: E402
+from study.demo import Demo  # noqa: E402
+from study.demo_choices import (  # noqa: E402
+    CONFIGS,
+    DEFAULT_METHODS,
+    SIZES,
+    STAGES,
+    detectron2_installed,
+    parse_methods,
+)
 
 
 def main(argv=None):
@@ -38,16 +46,16 @@ def main(argv=None):
     )
     parser.add_argument(
         "--size",
-        choices=tuple(demo.SIZES),
+        choices=tuple(SIZES),
         default="small",
         help="small: `make demo`, <= 10 min on 2 CPU cores; tiny: the test's, about a minute",
     )
     parser.add_argument(
         "--methods",
-        type=demo.parse_methods,
-        default=demo.parse_methods(demo.DEFAULT_METHODS),
-        help=f"comma-separated pretraining methods (default: {demo.DEFAULT_METHODS}; "
-        f"all: {','.join(demo.CONFIGS)})",
+        type=parse_methods,
+        default=parse_methods(DEFAULT_METHODS),
+        help=f"comma-separated pretraining methods (default: {DEFAULT_METHODS}; "
+        f"all: {','.join(CONFIGS)})",
     )
     parser.add_argument(
         "--epochs", type=int, default=0, help="pretraining epochs (default: the size's)"
@@ -61,17 +69,17 @@ def main(argv=None):
     parser.add_argument(
         "--from",
         dest="from_stage",
-        choices=demo.STAGES,
+        choices=STAGES,
         help="run from this stage on, reusing the earlier stages' outputs in --out "
         "(e.g. --from detection after installing Detectron2)",
     )
     args = parser.parse_args(argv)
-    if args.from_stage == "detection" and not demo.detectron2_installed():
+    if args.from_stage == "detection" and not detectron2_installed():
         parser.error(
             "--from detection needs Detectron2, which is not installed: `make venv` builds it "
             "(README, section Install)"
         )
-    return demo.Demo(args).main()
+    return Demo(args).main()
 
 
 if __name__ == "__main__":
