@@ -9,9 +9,9 @@ from conftest import require_detectron2
 
 require_detectron2()
 
-from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.structures import Boxes, Instances
 
-from detection.voc import CLASS_NAMES, VOCEvaluator, register_voc  # noqa: E402
+from detection.voc import CLASS_NAMES, VOCEvaluator, register_voc
 
 # One aeroplane per image, 100 x 100 pixels (VOC's 1-based inclusive coordinates 1..100).
 OBJECT = """  <object><name>aeroplane</name><pose>Unspecified</pose><truncated>0</truncated>
