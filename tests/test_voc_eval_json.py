@@ -40,3 +40,17 @@ def test_detections_file_sits_beside_its_summary():
     assert detections_path("/out/voc_eval.json") == "/out/voc_detections.npz"
     # Only the leading name changes, whatever the test set is called.
     assert detections_path("/out/voc_eval_voc_eval_set.json") == "/out/voc_detections_voc_eval_set.npz"
+
+
+def test_eval_json_is_named_per_test_set_after_the_first():
+    from types import SimpleNamespace
+
+    from detection.voc import eval_json_path
+
+    def cfg(*tests):
+        return SimpleNamespace(OUTPUT_DIR="/out", DATASETS=SimpleNamespace(TEST=tests))
+
+    assert eval_json_path(cfg("voc_2007_test"), "voc_2007_test") == "/out/voc_eval.json"
+    both = cfg("voc_2007_test", "voc_2012_val")
+    assert eval_json_path(both, "voc_2007_test") == "/out/voc_eval.json"
+    assert eval_json_path(both, "voc_2012_val") == "/out/voc_eval_voc_2012_val.json"
