@@ -1,5 +1,6 @@
 """PS-KD prediction table: memory accounting at its defaults and at the int16/int32 id boundary,
 and the checkpoint of a top-k table (values and class ids) in one process."""
+import pytest
 import torch
 
 from pretrain.prediction_table import PredictionTable, table_bytes
@@ -28,25 +29,26 @@ def test_topk_table_checkpoint_keeps_values_and_class_ids():
     torch.testing.assert_close(fresh.read(torch.arange(3), 3), expected)
 
 
-WORLD, NUM_SAMPLES, K = 3, 7, 5  # rows 0, 3, 6 on rank 0; 1, 4 on rank 1; 2, 5 on rank 2
+
+NUM_SAMPLES, K = 7, 5
 
 
-def _shard(rank, what):
-    """Rank ``rank``'s 3 local rows (global row g = rank + 3 * local row): values [g, g + 0.5],
+def _shard(rank, world, what):
+    """Rank ``rank``'s local rows (global row g = rank + world * local row): values [g, g + 0.5],
     ids [g % K, (g + 1) % K]; a padding row past the 7 samples holds -1."""
-    g = torch.arange(rank, 3 * WORLD, WORLD)
+    g = torch.arange(rank, -(-NUM_SAMPLES // world) * world, world)
     rows = torch.stack([g + 0.0, g + 0.5], 1) if what == "values" else torch.stack([g % K, (g + 1) % K], 1)
     rows[g >= NUM_SAMPLES] = -1
     return rows
 
 
-def _table_on_rank(rank, monkeypatch, calls):
-    """A top-k table built as rank ``rank`` of WORLD, its shard set, point-to-point calls recorded."""
+def _table_on_rank(rank, world, monkeypatch, calls):
+    """A top-k table built as rank ``rank`` of ``world``, its shard set, point-to-point calls recorded."""
     import pretrain.prediction_table as pt
 
     monkeypatch.setattr(pt, "get_rank", lambda: rank)
-    monkeypatch.setattr(pt, "get_world_size", lambda: WORLD)
-    shards = {src: iter([_shard(src, "values"), _shard(src, "ids").int()]) for src in range(1, WORLD)}
+    monkeypatch.setattr(pt, "get_world_size", lambda: world)
+    shards = {src: iter([_shard(src, world, "values"), _shard(src, world, "ids").int()]) for src in range(1, world)}
 
     def recv(tensor, src):
         calls.append(("recv", src, tensor.dtype, tuple(tensor.shape)))
@@ -57,26 +59,29 @@ def _table_on_rank(rank, monkeypatch, calls):
 
     monkeypatch.setattr(pt, "dist", type("FakeDist", (), {"recv": staticmethod(recv), "send": staticmethod(send)}))
     table = PredictionTable(list(range(NUM_SAMPLES)), K, torch.device("cpu"), dtype="float32", topk=2)
-    table.values[:3], table.ids[:3] = _shard(rank, "values"), _shard(rank, "ids").to(table.ids.dtype)
+    shard = _shard(rank, world, "values")
+    table.values[: len(shard)], table.ids[: len(shard)] = shard, _shard(rank, world, "ids").to(table.ids.dtype)
     return table
 
 
-def test_rank_0_assembles_the_checkpoint_table_shard_by_shard(monkeypatch):
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_0_assembles_the_checkpoint_table_shard_by_shard(world, monkeypatch):
     calls = []
-    state = _table_on_rank(0, monkeypatch, calls).state_dict()
+    state = _table_on_rank(0, world, monkeypatch, calls).state_dict()
     g = torch.arange(NUM_SAMPLES)
     torch.testing.assert_close(state["values"], torch.stack([g + 0.0, g + 0.5], 1))
     assert state["ids"].dtype == torch.int16
     assert torch.equal(state["ids"], torch.stack([g % K, (g + 1) % K], 1).short())
     # One shard at a time from each other rank, values then ids; ids travel as int32.
-    assert calls == [("recv", 1, torch.float32, (3, 2)), ("recv", 2, torch.float32, (3, 2)),
-                     ("recv", 1, torch.int32, (3, 2)), ("recv", 2, torch.int32, (3, 2))]
+    shape = (-(-NUM_SAMPLES // world), 2)
+    assert calls == ([("recv", src, torch.float32, shape) for src in range(1, world)]
+                     + [("recv", src, torch.int32, shape) for src in range(1, world)])
 
 
 def test_other_ranks_send_their_shard_to_rank_0(monkeypatch):
     calls = []
-    assert _table_on_rank(2, monkeypatch, calls).state_dict() is None
+    assert _table_on_rank(2, 3, monkeypatch, calls).state_dict() is None
     (_, dst_values, values), (_, dst_ids, ids) = calls
     assert (dst_values, dst_ids) == (0, 0)
-    torch.testing.assert_close(values, _shard(2, "values"))  # the spare row stays home
-    assert ids.dtype == torch.int32 and torch.equal(ids, _shard(2, "ids").int())
+    torch.testing.assert_close(values, _shard(2, 3, "values"))  # the spare row stays home
+    assert ids.dtype == torch.int32 and torch.equal(ids, _shard(2, 3, "ids").int())
