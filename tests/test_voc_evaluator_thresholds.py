@@ -10,6 +10,7 @@ from conftest import require_detectron2
 require_detectron2()
 
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 
 from detection.voc import CLASS_NAMES, VOCEvaluator, register_voc
 
@@ -44,7 +45,18 @@ def _detection(image_id, score, height):
     return {"image_id": image_id}, {"instances": inst}
 
 
-def test_ap50_ap75_and_ap_use_their_iou_thresholds(voc_root):
+def test_ap50_ap75_and_ap_use_their_iou_thresholds(voc_root, tmp_path, monkeypatch):
+    # Predictions are gathered to rank 0, and the per-class detection files stay in a temporary
+    # folder (nothing is left in the working directory).
+    gathered_to = []
+
+    def gather(data, dst=0, group=None):
+        gathered_to.append(dst)
+        return [data]
+
+    monkeypatch.setattr(comm, "gather", gather)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     ev = VOCEvaluator("voc_2007_test")
     ev.reset()
     # IoU 0.52 (matches at 0.50 only), 0.77 (matches at 0.50..0.75), exactly 0.50 (never matches).
@@ -52,6 +64,7 @@ def test_ap50_ap75_and_ap_use_their_iou_thresholds(voc_root):
         inputs, outputs = _detection(image_id, score, height)
         ev.process([inputs], [outputs])
     bbox = ev.evaluate()["bbox"]
+    assert gathered_to == [0] and os.listdir(".") == []
     # IoU 0.50: tp, tp, fp -> precision 1 up to recall 2/3: the 7 recall points 0..0.6 score 1.
     ap50 = 100 * 7 / 11
     # IoU 0.55..0.75: fp, tp, fp -> precision 1/2 at recall 1/3: the 4 points 0..0.3 score 1/2.
