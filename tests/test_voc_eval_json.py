@@ -75,3 +75,9 @@ def test_detections_file_keeps_its_dtypes_without_detections(tmp_path):
     assert saved["gt_box"].dtype == np.float64 and saved["gt_box"].tolist() == [[1, 1, 10, 10], [2, 2, 20, 20]]
     assert saved["gt_class"].tolist() == [1, 0] and saved["gt_difficult"].tolist() == [False, True]
     assert ScoredRun.from_file(path).ap50() == 0
+
+
+def test_summary_records_weights_urls_as_given_and_no_weights_as_empty(registered):
+    url = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert VOCEvaluator("voc_2007_test", weights=url)._weights == url
+    assert VOCEvaluator("voc_2007_test")._weights == ""
