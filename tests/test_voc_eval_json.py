@@ -77,7 +77,7 @@ def test_detections_file_keeps_its_dtypes_without_detections(tmp_path):
     assert ScoredRun.from_file(path).ap50() == 0
 
 
-def test_summary_records_weights_urls_as_given_and_no_weights_as_empty(registered):
+def test_evaluator_keeps_a_weights_url_as_given_and_no_weights_empty(registered):
     url = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
     assert VOCEvaluator("voc_2007_test", weights=url)._weights == url
     assert VOCEvaluator("voc_2007_test")._weights == ""
