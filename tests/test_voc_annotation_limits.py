@@ -67,3 +67,14 @@ def test_registered_splits_name_their_evaluator_year_and_split(tmp_path):
     meta = MetadataCatalog.get("voc_2007_test")
     assert (meta.evaluator_type, meta.year, meta.split) == ("pascal_voc", 2007, "test")
     assert meta.dirname == str(tmp_path / "VOC2007")
+
+
+def test_the_evaluator_needs_integer_coordinates_and_training_reads_fractions(tmp_path):
+    """voc_eval reads coordinates with int(): a fractional one is named up front for the
+    evaluator; the training loader reads it as a float."""
+    path = _annotation(tmp_path, [1, 1, 5.5, 5])
+    assert read_annotation(path)[2] == [("dog", [1.0, 1.0, 5.5, 5.0], 0)]
+    with pytest.raises(VOCFormatError, match="<xmax> is '5.5', not an integer"):
+        read_annotation(path, eval_fields=True)
+    coords = read_annotation(_annotation(tmp_path, [1, 1, 5, 5]), eval_fields=True)[2][0][1]
+    assert [type(v) for v in coords] == [int] * 4
