@@ -78,3 +78,16 @@ def test_the_evaluator_needs_integer_coordinates_and_training_reads_fractions(tm
         read_annotation(path, eval_fields=True)
     coords = read_annotation(_annotation(tmp_path, [1, 1, 5, 5]), eval_fields=True)[2][0][1]
     assert [type(v) for v in coords] == [int] * 4
+
+
+def test_difficult_is_read_for_training_when_present(tmp_path):
+    path = _annotation(tmp_path, [1, 1, 5, 5], fields="<difficult>1</difficult>")
+    assert read_annotation(path)[2] == [("dog", [1.0, 1.0, 5.0, 5.0], 1)]
+
+
+@pytest.mark.parametrize("tag", ["truncated", "difficult"])
+def test_the_evaluator_needs_integer_flags(tmp_path, tag):
+    flags = {"truncated": "0", "difficult": "0", tag: "0.5"}
+    fields = "<pose>Unspecified</pose>" + "".join(f"<{k}>{v}</{k}>" for k, v in flags.items())
+    with pytest.raises(VOCFormatError, match=f"<{tag}> is '0.5', not an integer"):
+        read_annotation(_annotation(tmp_path, [1, 1, 5, 5], fields=fields), eval_fields=True)
