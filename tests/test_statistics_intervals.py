@@ -91,4 +91,5 @@ def test_mean_std_is_the_mean_and_the_sample_std():
     mean, std = mean_std([1, 2, 4])
     assert mean == pytest.approx(7 / 3)
     assert std == pytest.approx((7 / 3) ** 0.5)  # ddof=1: squared deviations 42/9 over 2
+    assert mean_std([1, 3]) == (2.0, pytest.approx(2 ** 0.5))
     assert mean_std([5]) == (5.0, None)
