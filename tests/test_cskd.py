@@ -54,3 +54,13 @@ def test_sampler_anchors_follow_the_sharded_order_of_its_seed(seed):
             pairs.set_epoch(epoch)
             anchors.set_epoch(epoch)
             assert list(pairs)[:5] == list(anchors)
+
+
+def test_method_builds_the_pair_sampler_of_its_labels_batch_rank_and_seed():
+    m = make_method("cskd", labels=LABELS, batch=3)
+    built = m.build_train_sampler(len(LABELS), rank=1, world_size=2, seed=7)
+    reference = ClassPairSampler(LABELS, 3, rank=1, world_size=2, seed=7)
+    for epoch in (0, 2):
+        built.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        assert list(built) == list(reference) and len(built) == len(reference)

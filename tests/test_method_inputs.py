@@ -283,6 +283,31 @@ def test_uskd_gets_the_mixed_batch_and_the_mixed_targets():
     )
 
 
+def test_uskd_without_cutmix_uses_the_hard_labels():
+    m = make_method(
+        "uskd",
+        labels=LABELS.tolist(),
+        num_classes=K,
+        batch=B,
+        AUG__CUTMIX__ENABLED=False,
+        USKD__ALPHA=1.0,
+        USKD__BETA=0.5,
+        USKD__MU=0.5,
+    )
+    model, images = WeakHeadProbe(), distinct_images()
+    loss, logits = m.training_step(model, images, LABELS, torch.arange(B))
+    assert torch.equal(model.main.seen[0], images)
+    weak = model.weak(images)
+    expected = F.cross_entropy(logits, LABELS) + uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # One-hot targets would differ: their second-largest entry (a 0) would count as a label.
+    one_hot = F.one_hot(LABELS, K).float()
+    assert expected.item() != pytest.approx(
+        (F.cross_entropy(logits, LABELS) + uskd_loss(logits, weak, one_hot, 1.0, 0.5, 0.5)).item(),
+        rel=1e-4,
+    )
+
+
 class BranchesProbe(torch.nn.Module):
     """LSSKD's (logits, branch joint logits, branch features, backbone feature), all linear in
     the pixels."""

@@ -1,6 +1,7 @@
 """PS-KD prediction table: memory accounting at its defaults and at the int16/int32 id boundary,
 and the checkpoint of a top-k table (values and class ids) in one process."""
 
+import pytest
 import torch
 
 from pretrain.prediction_table import PredictionTable, table_bytes
@@ -30,3 +31,77 @@ def test_topk_table_checkpoint_keeps_values_and_class_ids():
     fresh.load_state_dict(state)
     expected = torch.tensor([[5 / 7, 0, 0, 0, 2 / 7], [0, 0, 0, 1, 0], [0, 0.25, 0, 0.75, 0]])
     torch.testing.assert_close(fresh.read(torch.arange(3), 3), expected)
+
+
+NUM_SAMPLES, K = 7, 5
+
+
+def _shard(rank, world, what):
+    """Rank ``rank``'s local rows (global row g = rank + world * local row): values [g, g + 0.5],
+    ids [g % K, (g + 1) % K]; a padding row past the 7 samples holds -1."""
+    g = torch.arange(rank, -(-NUM_SAMPLES // world) * world, world)
+    rows = (
+        torch.stack([g + 0.0, g + 0.5], 1)
+        if what == "values"
+        else torch.stack([g % K, (g + 1) % K], 1)
+    )
+    rows[g >= NUM_SAMPLES] = -1
+    return rows
+
+
+def _table_on_rank(rank, world, monkeypatch, calls):
+    """A top-k table built as rank ``rank`` of ``world``, its shard set, point-to-point calls
+    recorded."""
+    import pretrain.prediction_table as pt
+
+    monkeypatch.setattr(pt, "get_rank", lambda: rank)
+    monkeypatch.setattr(pt, "get_world_size", lambda: world)
+    shards = {
+        src: iter([_shard(src, world, "values"), _shard(src, world, "ids").int()])
+        for src in range(1, world)
+    }
+
+    def recv(tensor, src):
+        calls.append(("recv", src, tensor.dtype, tuple(tensor.shape)))
+        tensor.copy_(next(shards[src]))
+
+    def send(tensor, dst):
+        calls.append(("send", dst, tensor.clone()))
+
+    monkeypatch.setattr(
+        pt, "dist", type("FakeDist", (), {"recv": staticmethod(recv), "send": staticmethod(send)})
+    )
+    table = PredictionTable(
+        list(range(NUM_SAMPLES)), K, torch.device("cpu"), dtype="float32", topk=2
+    )
+    shard = _shard(rank, world, "values")
+    table.values[: len(shard)], table.ids[: len(shard)] = (
+        shard,
+        _shard(rank, world, "ids").to(table.ids.dtype),
+    )
+    return table
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_0_assembles_the_checkpoint_table_shard_by_shard(world, monkeypatch):
+    calls = []
+    state = _table_on_rank(0, world, monkeypatch, calls).state_dict()
+    g = torch.arange(NUM_SAMPLES)
+    torch.testing.assert_close(state["values"], torch.stack([g + 0.0, g + 0.5], 1))
+    assert state["ids"].dtype == torch.int16
+    assert torch.equal(state["ids"], torch.stack([g % K, (g + 1) % K], 1).short())
+    # One shard at a time from each other rank, values then ids; ids travel as int32.
+    shape = (-(-NUM_SAMPLES // world), 2)
+    assert calls == (
+        [("recv", src, torch.float32, shape) for src in range(1, world)]
+        + [("recv", src, torch.int32, shape) for src in range(1, world)]
+    )
+
+
+def test_other_ranks_send_their_shard_to_rank_0(monkeypatch):
+    calls = []
+    assert _table_on_rank(2, 3, monkeypatch, calls).state_dict() is None
+    (_, dst_values, values), (_, dst_ids, ids) = calls
+    assert (dst_values, dst_ids) == (0, 0)
+    torch.testing.assert_close(values, _shard(2, 3, "values"))  # the spare row stays home
+    assert ids.dtype == torch.int32 and torch.equal(ids, _shard(2, 3, "ids").int())

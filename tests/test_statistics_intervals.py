@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from study.statistics import ScoredRun, bootstrap_weights, paired_ap_interval, seed_interval, t975
+from study.statistics import (
+    ScoredRun,
+    bootstrap_weights,
+    mean_std,
+    paired_ap_interval,
+    seed_interval,
+    t975,
+)
 
 
 def test_t_quantiles_from_the_table_then_the_approximation():
@@ -98,3 +105,11 @@ def test_bootstrap_resamples_are_reproducible_from_seed_0():
     np.testing.assert_array_equal(w, bootstrap_weights(6, 4, seed=0))
     assert not np.array_equal(w, bootstrap_weights(6, 4, seed=1))
     assert w.shape == (4, 6) and (w.sum(axis=1) == 6).all()
+
+
+def test_mean_std_is_the_mean_and_the_sample_std():
+    mean, std = mean_std([1, 2, 4])
+    assert mean == pytest.approx(7 / 3)
+    assert std == pytest.approx((7 / 3) ** 0.5)  # ddof=1: squared deviations 42/9 over 2
+    assert mean_std([1, 3]) == (2.0, pytest.approx(2**0.5))
+    assert mean_std([5]) == (5.0, None)

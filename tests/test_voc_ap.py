@@ -10,8 +10,8 @@ from study.statistics import ScoredRun
 GT = [0.0, 0.0, 99.0, 99.0]  # 100 x 100 pixels, VOC's inclusive coordinates
 
 
-def _run(dets, num_images=2, gt_classes=(0, 0), num_classes=1):
-    """``dets``: (image, class, score, box); one ground-truth box GT per image."""
+def _run(dets, num_images=2, gt_classes=(0, 0), num_classes=1, gt=GT):
+    """``dets``: (image, class, score, box); one ground-truth box ``gt`` per image."""
     return ScoredRun(
         {
             "image_ids": np.array([f"{k:06d}" for k in range(num_images)]),
@@ -22,7 +22,7 @@ def _run(dets, num_images=2, gt_classes=(0, 0), num_classes=1):
             "det_box": np.array([d[3] for d in dets], dtype=np.float64),
             "gt_image": np.arange(num_images),
             "gt_class": np.array(gt_classes),
-            "gt_box": np.array([GT] * num_images),
+            "gt_box": np.array([gt] * num_images),
             "gt_difficult": np.zeros(num_images, dtype=bool),
         }
     )
@@ -46,3 +46,12 @@ def test_a_class_without_ground_truth_scores_zero():
     box = [0.0, 0.0, 99.0, 89.0]
     run = _run([(0, 0, 0.9, box), (1, 0, 0.8, box), (1, 1, 0.95, box)], num_classes=2)
     assert run.ap50() == pytest.approx(50.0)  # class 0 perfect, class 1 (no positives) 0
+
+
+@pytest.mark.parametrize("box", [[5.0, 0.0, 5.0, 99.0], [0.0, 5.0, 99.0, 5.0]])
+def test_disjoint_boxes_share_no_pixel(box):
+    """One-pixel-thin boxes side by side (columns 0 and 5, or rows 0 and 5): no overlap at all,
+    although their extents along the other axis coincide."""
+    thin = [0.0, 0.0, 0.0, 99.0] if box[0] == box[2] else [0.0, 0.0, 99.0, 0.0]
+    run = _run([(0, 0, 0.9, box)], num_images=1, gt_classes=(0,), gt=thin)
+    assert run.ap50() == 0

@@ -56,3 +56,53 @@ def test_detections_file_sits_beside_its_summary():
     assert (
         detections_path("/out/voc_eval_voc_eval_set.json") == "/out/voc_detections_voc_eval_set.npz"
     )
+
+
+def test_eval_json_is_named_per_test_set_after_the_first():
+    from types import SimpleNamespace
+
+    from detection.voc import eval_json_path
+
+    def cfg(*tests):
+        return SimpleNamespace(OUTPUT_DIR="/out", DATASETS=SimpleNamespace(TEST=tests))
+
+    assert eval_json_path(cfg("voc_2007_test"), "voc_2007_test") == "/out/voc_eval.json"
+    both = cfg("voc_2007_test", "voc_2012_val")
+    assert eval_json_path(both, "voc_2007_test") == "/out/voc_eval.json"
+    assert eval_json_path(both, "voc_2012_val") == "/out/voc_eval_voc_2012_val.json"
+
+
+def test_detections_file_keeps_its_dtypes_without_detections(tmp_path):
+    """A model that detects nothing still writes index arrays (int64) and float64 boxes, so the
+    AP is recomputed from the file (0) instead of failing on float indices; ground-truth boxes
+    read as integers are stored as float64."""
+    import numpy as np
+
+    from detection.voc import write_detections
+    from study.statistics import ScoredRun
+
+    path = str(tmp_path / "voc_detections.npz")
+    objects = [[("dog", [1, 1, 10, 10], 0)], [("cat", [2, 2, 20, 20], 1)]]
+    write_detections(path, ["cat", "dog"], ["000001", "000002"], objects, {})
+    saved = np.load(path)
+    assert {
+        k: (saved[k].dtype, saved[k].shape)
+        for k in ("det_image", "det_class", "det_score", "det_box")
+    } == {
+        "det_image": (np.int64, (0,)),
+        "det_class": (np.int64, (0,)),
+        "det_score": (np.float64, (0,)),
+        "det_box": (np.float64, (0, 4)),
+    }
+    assert saved["gt_box"].dtype == np.float64 and saved["gt_box"].tolist() == [
+        [1, 1, 10, 10],
+        [2, 2, 20, 20],
+    ]
+    assert saved["gt_class"].tolist() == [1, 0] and saved["gt_difficult"].tolist() == [False, True]
+    assert ScoredRun.from_file(path).ap50() == 0
+
+
+def test_evaluator_keeps_a_weights_url_as_given_and_no_weights_empty(registered):
+    url = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert VOCEvaluator("voc_2007_test", weights=url)._weights == url
+    assert VOCEvaluator("voc_2007_test")._weights == ""
