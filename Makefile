@@ -32,13 +32,17 @@ $(EDITABLE_STAMP): $(STAMP) pyproject.toml
 $(D2_STAMP): $(STAMP)
 	bash tools/install_detectron2.sh $(PY) $(DETECTRON2_COMMIT) $@
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures are built once):
+# many end-to-end tests wait on the subprocesses they start, so two files share the 2 cores well.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 # The whole suite, slow end-to-end checks included (what CI runs). -rs prints every skip reason.
 test: venv
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) tests
 
 # Everything but the tests marked slow.
 test-fast: venv
-	$(PY) -m pytest -q -rs -m "not slow" tests
+	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow" tests
 
 # ruff and mutmut, pinned in requirements-dev.txt, into the same venv.
 DEV_STAMP := $(VENV)/.dev-installed
