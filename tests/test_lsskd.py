@@ -234,3 +234,18 @@ def test_branches_and_previous_network_are_trained_checkpointed_and_restored():
         and not other.previous.training
     )
     assert "branches on layer1-4" in m.describe()
+
+
+def test_a_checkpoint_written_in_the_first_epoch_restores_without_a_previous_network():
+    # A run interrupted during its first epoch: no previous network exists yet, and the restored
+    # method must train that epoch on the hard labels, as the uninterrupted run does.
+    m = make_method("lsskd", labels=[0, 1, 2, 3], num_classes=4, epochs=2)
+    m.wrap_model(build_resnet("resnet18", 4))
+    m.on_epoch_start(0, m.net.model)
+    state = m.state_dict()
+    assert state["previous"] is None
+    other = make_method("lsskd", labels=[0, 1, 2, 3], num_classes=4, epochs=2)
+    other.wrap_model(build_resnet("resnet18", 4))
+    other.load_state_dict(state)
+    assert other.previous is None
+    assert other.state_dict()["previous"] is None

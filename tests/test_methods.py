@@ -16,6 +16,7 @@ from pretrain.config import get_cfg
 from pretrain.cutmix import CutMix
 from pretrain.engine import Trainer, train_step
 from pretrain.methods import METHODS, MethodContext, build_method
+from pretrain.methods.base import module_bytes
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
 from pretrain.methods.tfkd import tfkd_kl
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
@@ -688,3 +689,31 @@ def test_describe_names_the_method_its_options_and_cutmix():
     assert text.startswith("cskd: T 4, lambda 1") and "no CutMix" in text
     assert "epsilon 0.1" in make_method("ls").describe()
     assert CutMix.from_config(get_cfg()) is None  # off by default
+
+
+def test_the_baseline_describes_its_loss_and_cutmix():
+    assert make_method("baseline").describe() == "baseline: cross-entropy; no CutMix"
+
+
+# -- memory estimates (the start-of-run log and tools/benchmark.py) ----------------------------
+# resnet18 with 2 classes: 11,177,538 float32 parameters, the running mean and variance of 4,800
+# BatchNorm channels (float32) and 20 num_batches_tracked counters (int64).
+RESNET18_2_BYTES = 11_177_538 * 4 + 2 * 4_800 * 4 + 20 * 8
+
+
+def test_memory_estimates_count_the_tensors_each_method_keeps(teacher_file):
+    assert module_bytes(torchvision.models.resnet18(num_classes=2)) == RESNET18_2_BYTES
+    assert make_method("baseline").extra_memory() == {}
+    for name in ("tfkd", "nkd"):
+        m = make_method(name, num_classes=2, TEACHER__WEIGHTS=teacher_file)
+        assert m.extra_memory() == {"teacher": RESNET18_2_BYTES}
+    # The default table: 4 samples and the spare row, 3 classes, bfloat16.
+    assert make_method("pskd").extra_memory() == {"table": 5 * 3 * 2}
+    m = make_method("pskd", num_classes=2, PSKD__SOURCE="previous_model")
+    assert m.extra_memory() == {"previous_model": RESNET18_2_BYTES}
+    m = make_method("lsskd", labels=[0, 1], num_classes=2)
+    net = m.wrap_model(build_resnet("resnet18", 2))
+    assert m.extra_memory() == {}  # no previous network before the second epoch
+    m.on_epoch_start(1, net.model)
+    branches = module_bytes(net.branches)
+    assert m.extra_memory() == {"previous_model": RESNET18_2_BYTES + branches}

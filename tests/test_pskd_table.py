@@ -1,5 +1,5 @@
-"""PS-KD prediction table: memory accounting at its defaults and at the int16/int32 id boundary,
-and the checkpoint of a top-k table (values and class ids) in one process."""
+"""PS-KD prediction table: memory accounting at its defaults, at the int16/int32 id boundary and
+per rank, and the checkpoint of a top-k table (values and class ids) in one process."""
 
 import pytest
 import torch
@@ -15,6 +15,14 @@ def test_topk_ids_take_two_bytes_up_to_32767_classes_and_four_above():
     assert table_bytes(10, 32767, "float32", topk=3) == 10 * 3 * (4 + 2)
     assert table_bytes(10, 32768, "float32", topk=3) == 10 * 3 * (4 + 4)
     assert table_bytes(10, 32768, "bfloat16", topk=3) == 10 * 3 * (2 + 4)
+
+
+def test_a_rank_holds_its_rows_and_the_spare_row():
+    # Dense: 10 rows + the spare row, 5 classes, bfloat16 (2 bytes).
+    assert PredictionTable(list(range(5)) * 2, 5, torch.device("cpu")).nbytes() == 11 * 5 * 2
+    # Top-2, float32: 11 rows of 2 values (4 bytes) and 2 int16 class ids (2 bytes).
+    table = PredictionTable(list(range(5)) * 2, 5, torch.device("cpu"), "float32", topk=2)
+    assert table.nbytes() == 11 * 2 * (4 + 2)
 
 
 def test_topk_table_checkpoint_keeps_values_and_class_ids():
