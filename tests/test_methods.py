@@ -291,6 +291,30 @@ def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
         )
 
 
+@pytest.mark.parametrize("name", ["tfkd", "nkd"])
+def test_the_teacher_is_made_on_the_training_device(teacher_file, name):
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES = name, "resnet18", 2
+    cfg.TEACHER.WEIGHTS = teacher_file
+    # The meta device stands for a GPU: a teacher left on the CPU would show here.
+    ctx = MethodContext(cfg, 2, [0, 1], torch.device("meta"), per_rank_batch=2, epochs=2)
+    assert {p.device.type for p in build_method(ctx).teacher.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize(
+    "reduction, divides",
+    [
+        ("mean", "divides by B*K, as the reference CIFAR code"),
+        ("batchmean", "divides by B: the per-sample KL"),
+    ],
+)
+def test_tfkd_describes_its_kl_reduction(teacher_file, reduction, divides):
+    m = make_method(
+        "tfkd", num_classes=2, TEACHER__WEIGHTS=teacher_file, TFKD__KL_REDUCTION=reduction
+    )
+    assert m.settings()[1].endswith(f"KL reduction {reduction} ({divides})")
+
+
 # -- USKD -----------------------------------------------------------------------------------
 # K = 3, labels [0, 1].
 # logits: row 0 [ln 4, ln 2, ln 2] -> s = [1/2, 1/4, 1/4]; row 1 [0, 0, ln 2] -> s = [1/4, 1/4, 1/2]
