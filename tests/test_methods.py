@@ -291,6 +291,7 @@ def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
         )
 
 
+@pytest.mark.filterwarnings("ignore:for .*: copying from a non-meta parameter")
 @pytest.mark.parametrize("name", ["tfkd", "nkd"])
 def test_the_teacher_is_made_on_the_training_device(teacher_file, name):
     cfg = get_cfg()
@@ -702,17 +703,46 @@ def test_pskd_bad_settings_are_named(overrides, match):
 
 
 def test_describe_names_the_method_its_options_and_cutmix():
-    text = make_method("pskd", AUG__CUTMIX__ENABLED=True).describe()
-    assert (
-        text.startswith("pskd: alpha_T 0.8")
-        and "table" in text
-        and "CutMix on 0.5 of every batch" in text
+    assert make_method("pskd", AUG__CUTMIX__ENABLED=True).describe() == "; ".join(
+        [
+            "pskd: alpha_T 0.8 (alpha_e = alpha_T * (e + 1) / 4)",
+            "past predictions from a sharded dense bfloat16 table",
+            "CutMix-ed samples get plain CutMix targets, never PS-KD ones, and their predictions "
+            "are never stored",
+            "stale past predictions for samples CutMix-ed in the previous epoch",
+            "CutMix on 0.5 of every batch, lambda ~ Beta(1, 1), targets mixed by clipped box area",
+        ]
     )
-    assert "never stored" in text
-    text = make_method("cskd").describe()
-    assert text.startswith("cskd: T 4, lambda 1") and "no CutMix" in text
+    m = make_method("pskd", PSKD__TOPK=2, PSKD__TABLE_DTYPE="float32")
+    assert m.source.table.topk == 2
+    assert "past predictions from a sharded top-2 float32 table; no CutMix" in m.describe()
+    assert make_method("cskd").describe() == (
+        "cskd: T 4, lambda 1; one partner per anchor drawn from the anchor's class over the "
+        "whole training set (uniform, with replacement), partner forward under no_grad; no CutMix"
+    )
     assert "epsilon 0.1" in make_method("ls").describe()
     assert CutMix.from_config(get_cfg()) is None  # off by default
+
+
+def test_pskd_accepts_a_topk_of_every_class():
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.NUM_CLASSES, cfg.PSKD.TOPK = "pskd", 3, 3
+    assert METHODS["pskd"].config_problems(cfg) == []
+    cfg.PSKD.TOPK = 4
+    assert METHODS["pskd"].config_problems(cfg) == [
+        "PSKD.TOPK is 4, must be at most MODEL.NUM_CLASSES (3)"
+    ]
+
+
+@pytest.mark.parametrize("source", ["table", "previous_model"])
+def test_pskd_keeps_its_past_predictions_on_the_training_device(source):
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.ARCH, cfg.PSKD.SOURCE = "pskd", "resnet18", source
+    # The meta device stands for a GPU: a table or model left on the CPU would show here.
+    ctx = MethodContext(cfg, 3, [0, 1, 2], torch.device("meta"), per_rank_batch=3, epochs=2)
+    held = build_method(ctx).source
+    tensors = [held.table.values] if source == "table" else list(held.model.parameters())
+    assert {t.device.type for t in tensors} == {"meta"}
 
 
 def test_the_baseline_describes_its_loss_and_cutmix():
