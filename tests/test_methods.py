@@ -291,7 +291,7 @@ def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
         )
 
 
-@pytest.mark.filterwarnings("ignore:for .*: copying from a non-meta parameter")
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")
 @pytest.mark.parametrize("name", ["tfkd", "nkd"])
 def test_the_teacher_is_made_on_the_training_device(teacher_file, name):
     cfg = get_cfg()
