@@ -436,6 +436,9 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     other.load_state_dict(state)
     assert torch.equal(other.net.head.weight, module.head.weight)
     assert "Linear(256 -> 4)" in m.describe()
+    assert make_method("uskd").describe() == (
+        "uskd: alpha 1, beta 0.1, mu 0.005; weak head on layer3; no CutMix"
+    )
 
 
 @pytest.mark.parametrize("name", ["uskd", "lsskd"])
@@ -743,6 +746,16 @@ def test_pskd_keeps_its_past_predictions_on_the_training_device(source):
     held = build_method(ctx).source
     tensors = [held.table.values] if source == "table" else list(held.model.parameters())
     assert {t.device.type for t in tensors} == {"meta"}
+
+
+def test_the_training_sampler_is_this_ranks_shard_of_the_seeded_order():
+    from pretrain.samplers import ShardedSampler
+
+    sampler = make_method("baseline").build_train_sampler(10, 1, 2, seed=5)
+    assert list(sampler) == list(ShardedSampler(10, 1, 2, seed=5))
+    other_rank = list(ShardedSampler(10, 0, 2, seed=5))
+    other_seed = list(ShardedSampler(10, 1, 2, seed=0))
+    assert len(list(sampler)) == 5 and list(sampler) not in (other_rank, other_seed)
 
 
 def test_the_baseline_describes_its_loss_and_cutmix():
