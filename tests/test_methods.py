@@ -748,6 +748,14 @@ def test_pskd_keeps_its_past_predictions_on_the_training_device(source):
     assert {t.device.type for t in tensors} == {"meta"}
 
 
+def test_cutmix_draws_boxes_for_the_batchs_height_and_width():
+    m = make_method("baseline", AUG__CUTMIX__ENABLED=True)
+    draws = []
+    m.cutmix.draw = lambda *args: draws.append(args)  # record, mix nothing
+    m.mix_batch(torch.zeros(4, 3, 5, 7), torch.tensor([0, 1, 2, 0]))
+    assert draws == [(4, 5, 7)]
+
+
 def test_the_training_sampler_is_this_ranks_shard_of_the_seeded_order():
     from pretrain.samplers import ShardedSampler
 
