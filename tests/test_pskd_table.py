@@ -113,3 +113,39 @@ def test_other_ranks_send_their_shard_to_rank_0(monkeypatch):
     assert (dst_values, dst_ids) == (0, 0)
     torch.testing.assert_close(values, _shard(2, 3, "values"))  # the spare row stays home
     assert ids.dtype == torch.int32 and torch.equal(ids, _shard(2, 3, "ids").int())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_loads_its_own_rows_of_the_checkpoint_table(world, monkeypatch):
+    # The full table's row g holds [g, g + 0.5] with ids [g % K, (g + 1) % K]: rank r keeps rows
+    # r, r + world, ... (the rows it writes and reads in training).
+    g = torch.arange(NUM_SAMPLES)
+    state = {
+        "values": torch.stack([g + 0.0, g + 0.5], 1),
+        "ids": torch.stack([g % K, (g + 1) % K], 1).short(),
+        "topk": 2,
+        "num_classes": K,
+    }
+    for rank in range(world):
+        table = _table_on_rank(rank, world, monkeypatch, [])
+        table.values.zero_()
+        table.ids.zero_()
+        table.load_state_dict(state)
+        mine = torch.arange(rank, NUM_SAMPLES, world)
+        torch.testing.assert_close(table.values[: len(mine)], state["values"][mine])
+        assert torch.equal(table.ids[: len(mine)], state["ids"][mine].to(table.ids.dtype))
+
+
+def test_topk_must_be_between_zero_and_the_number_of_classes():
+    PredictionTable([0, 1], 3, torch.device("cpu"), topk=3)  # every class kept: allowed
+    for topk in (-1, 4):
+        with pytest.raises(ValueError, match=r"PSKD.TOPK must be in \[0, 3\]"):
+            PredictionTable([0, 1], 3, torch.device("cpu"), topk=topk)
+
+
+@pytest.mark.parametrize("topk", [0, 2])
+def test_the_table_reads_on_its_own_device_whatever_the_indices_device(topk):
+    # The meta device stands for a GPU: indices arrive from the CPU sampler, and any tensor the
+    # read makes on the CPU would show here.
+    table = PredictionTable([0, 1, 2], 3, torch.device("meta"), topk=topk)
+    assert table.read(torch.arange(3), 3).device.type == "meta"
