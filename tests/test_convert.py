@@ -240,7 +240,9 @@ def test_refuses_other_architectures(name, expect):
 def test_refuses_cifar_stem(r18_state_dict, tmp_path):
     sd = dict(r18_state_dict, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     msg = _refusal(tmp_path, obj={"model": sd})
-    assert "conv1.weight (64, 3, 3, 3) (expected (64, 3, 7, 7))" in msg and "CIFAR" in msg
+    assert "conv1.weight (64, 3, 3, 3) (expected (64, 3, 7, 7))" in msg
+    hint = "; a 3x3 stem is the CIFAR variant, which Detectron2's 7x7 stem cannot take"
+    assert msg.endswith(hint)
 
 
 def test_refuses_missing_backbone_key(r18_state_dict, tmp_path):
