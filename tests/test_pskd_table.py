@@ -149,3 +149,10 @@ def test_the_table_reads_on_its_own_device_whatever_the_indices_device(topk):
     # read makes on the CPU would show here.
     table = PredictionTable([0, 1, 2], 3, torch.device("meta"), topk=topk)
     assert table.read(torch.arange(3), 3).device.type == "meta"
+
+
+@pytest.mark.parametrize("classes, id_dtype", [(32767, torch.int16), (32768, torch.int32)])
+def test_topk_class_ids_fit_the_largest_class(classes, id_dtype):
+    table = PredictionTable([classes - 1, 0], classes, torch.device("cpu"), topk=2)
+    assert table.ids.dtype == id_dtype
+    assert table.read(torch.tensor([0]), 1)[0, classes - 1] == 1  # the last class, not wrapped
