@@ -231,7 +231,7 @@ class TrainingCheckpointer:
                 state["scaler"] = self.scaler.state_dict()
             save_checkpoint(self.cfg.OUTPUT_DIR, iteration, state, self.cfg.SOLVER.MAX_TO_KEEP)
         du.barrier()
-        faults.reached(f"checkpoint {iteration}")
+        faults.reached(f"checkpoint {iteration}", self.cfg.OUTPUT_DIR)
 
     def load(self, state, iters_per_epoch):
         """Restore a checkpoint's ``state``; returns (iteration, epoch, step) to continue from."""

@@ -240,7 +240,7 @@ class Trainer:
                 self.amp_dtype,
             )
             self.iteration += 1
-            faults.reached(f"step {self.iteration}")
+            faults.reached(f"step {self.iteration}", cfg.OUTPUT_DIR)
             window_iters += 1
             # Device-side bookkeeping only: the host looks at these at log/checkpoint time.
             loss = loss.detach()

@@ -8,10 +8,17 @@ signal in time (which a loaded machine makes miss).
     PRETRAIN_FAULT="hang at step 1 on rank 1"         rank 1 stays alive after its first training
                                                       step but never answers again (a frozen
                                                       node): only a signal ends it
+    PRETRAIN_FAULT="kill group at checkpoint 4 in /x/pretrain/tfkd/seed0"
+                                                      SIGKILL the whole process group (the run and
+                                                      whatever started it in that group, e.g. a
+                                                      study: a node failure), only in the run
+                                                      whose OUTPUT_DIR is /x/pretrain/tfkd/seed0
 
 The code names its points with ``reached``: ``write <file name>`` in every atomic write,
 ``step <iteration>`` after each training step, ``checkpoint <iteration>`` on every rank once a
-checkpoint is written. Without the variable (every normal run) ``reached`` does nothing.
+checkpoint is written, each with the run folder it is in; "in <folder>" limits a fault to one
+run folder, where several runs share the environment (the stages of a study). Without the
+variable (every normal run) ``reached`` does nothing.
 """
 
 import os
@@ -22,20 +29,28 @@ import threading
 from . import distributed as du
 
 VARIABLE = "PRETRAIN_FAULT"
-_SPEC = re.compile(r"(kill|hang) at (.+?)(?: on rank (\d+))?")
+_SPEC = re.compile(r"(kill|kill group|hang) at (.+?)(?: in (.+?))?(?: on rank (\d+))?")
 
 
-def reached(point):
-    """Die or hang here if ``PRETRAIN_FAULT`` names ``point`` (and this rank, if it names one)."""
+def reached(point, run_folder):
+    """Die or hang here if ``PRETRAIN_FAULT`` names ``point`` (and this run folder and rank, if
+    it names them)."""
     spec = os.environ.get(VARIABLE)
     if not spec:
         return
     match = _SPEC.fullmatch(spec.strip())
     if match is None:
-        raise ValueError(f"{VARIABLE}={spec!r}: expected '<kill|hang> at <point>[ on rank <r>]'")
-    action, where, rank = match.groups()
+        raise ValueError(
+            f"{VARIABLE}={spec!r}: expected '<kill|kill group|hang> at <point>[ in <run folder>]"
+            f"[ on rank <r>]'"
+        )
+    action, where, folder, rank = match.groups()
     if where != point or (rank is not None and int(rank) != du.get_rank()):
+        return
+    if folder is not None and os.path.realpath(folder) != os.path.realpath(run_folder):
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "kill group":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     threading.Event().wait()  # hang: an event nothing sets; only a signal ends the process

@@ -67,7 +67,7 @@ def atomic_open(path, mode="wb"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-            faults.reached(f"write {os.path.basename(path)}")
+            faults.reached(f"write {os.path.basename(path)}", folder)
             f.flush()
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), new_file_mode())

@@ -129,3 +129,14 @@ def kill_tree(pid):
     for victim in [pid] + descendants(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
+
+
+def first_checkpoint(study_data, stage):
+    """The iteration of a synthetic study's pretraining stage's first checkpoint: the end of its
+    first epoch (every training image once, in full batches)."""
+    from pretrain.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, stage.backbone.config))
+    images = study_data["data"]["synthetic"]["classification"]
+    return images["classes"] * images["train_per_class"] // cfg.SOLVER.IMS_PER_BATCH

@@ -240,7 +240,9 @@ def test_refuses_other_architectures(name, expect):
 def test_refuses_cifar_stem(r18_state_dict, tmp_path):
     sd = dict(r18_state_dict, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     msg = _refusal(tmp_path, obj={"model": sd})
-    assert "conv1.weight (64, 3, 3, 3) (expected (64, 3, 7, 7))" in msg and "CIFAR" in msg
+    assert "conv1.weight (64, 3, 3, 3) (expected (64, 3, 7, 7))" in msg
+    hint = "; a 3x3 stem is the CIFAR variant, which Detectron2's 7x7 stem cannot take"
+    assert msg.endswith(hint)
 
 
 def test_refuses_missing_backbone_key(r18_state_dict, tmp_path):
@@ -290,3 +292,48 @@ def test_read_source_of_foreign_files(tmp_path):
         pickle.dump({"model": {}, "__author__": "torchvision"}, f)
     assert read_source(str(other)) is None
     assert read_source(str(tmp_path / "absent.pkl")) is None
+
+
+def test_the_payload_names_its_arch_and_source(r18_state_dict, tmp_path):
+    src = tmp_path / "model_final.pth"
+    torch.save(r18_state_dict, src)
+    assert convert(str(src), str(tmp_path / "out.pkl")) == "resnet18"
+    payload = load_pkl(tmp_path / "out.pkl")
+    assert payload["arch"] == "resnet18" and payload["__source__"] == str(src)
+    assert "arch" not in to_d2(r18_state_dict)
+
+
+def test_the_classifier_is_dropped_wherever_it_sits(r18_state_dict):
+    # A state dict with fc first (another saver's order) still gives every backbone weight.
+    fc_first = {k: v for k, v in r18_state_dict.items() if k.startswith("fc.")}
+    fc_first.update((k, v) for k, v in r18_state_dict.items() if not k.startswith("fc."))
+    assert to_d2(fc_first)["model"].keys() == to_d2(r18_state_dict)["model"].keys()
+    assert not any("fc" in k for k in to_d2(fc_first)["model"])
+
+
+def test_refusals_list_the_first_keys_and_shapes(r18_state_dict):
+    keys = list(meta_state_dict("vgg11"))
+    with pytest.raises(ConversionError) as info:
+        identify_resnet(meta_state_dict("vgg11"))
+    assert str(info.value) == (
+        "checkpoint is not a torchvision ResNet-18/34/50/101/152: found basic blocks per stage "
+        f"(0, 0, 0, 0) (keys start {', '.join(keys[:5])} ...)"
+    )
+    backbone = [k for k in r18_state_dict if not k.startswith("fc.")]
+    missing = {k: v for k, v in r18_state_dict.items() if k not in backbone[-7:]}
+    with pytest.raises(ConversionError, match="7 missing keys") as info:
+        identify_resnet(missing)
+    assert str(info.value).endswith(f"7 missing keys ({', '.join(backbone[-7:-2])})")
+    extra = dict(r18_state_dict, **{f"aux.{i}": torch.zeros(1) for i in range(7)})
+    with pytest.raises(ConversionError, match="7 unexpected keys") as info:
+        identify_resnet(extra)
+    assert str(info.value).endswith("7 unexpected keys (aux.0, aux.1, aux.2, aux.3, aux.4)")
+    wrong = dict(r18_state_dict)
+    for k in backbone[-4:]:
+        wrong[k] = torch.zeros(2)
+    with pytest.raises(ConversionError) as info:
+        identify_resnet(wrong)
+    shapes = "; ".join(
+        f"{k} (2,) (expected {tuple(r18_state_dict[k].shape)})" for k in backbone[-4:-1]
+    )
+    assert str(info.value).endswith(f"4 wrong shapes ({shapes})")  # no stem: no CIFAR hint

@@ -64,3 +64,17 @@ def test_method_builds_the_pair_sampler_of_its_labels_batch_rank_and_seed():
         built.set_epoch(epoch)
         reference.set_epoch(epoch)
         assert list(built) == list(reference) and len(built) == len(reference)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_step_is_its_anchors_then_a_partner_of_each_ones_class(rank):
+    labels = [0, 0, 1, 1, 2, 2, 0, 1, 2, 0, 1]
+    sampler = ClassPairSampler(labels, batch_size=3, rank=rank, world_size=2, seed=4)
+    keys = [i for i, _ in sampler]
+    # 6 anchors on this rank (11 padded to 12, dealt out by 2): steps of 3 anchors + 3 partners.
+    assert len(keys) == len(sampler) == 12
+    anchors = list(ShardedSampler(len(labels), rank, 2, seed=4))
+    for step in range(2):
+        chunk = keys[6 * step : 6 * step + 6]
+        assert chunk[:3] == [i for i, _ in anchors[3 * step : 3 * step + 3]]
+        assert [labels[i] for i in chunk[3:]] == [labels[i] for i in chunk[:3]]

@@ -20,6 +20,12 @@ def test_box_clipped_at_the_border_recomputes_lambda():
     assert lam == pytest.approx(1 - 9 / 100)  # not the nominal 0.75
 
 
+@pytest.mark.parametrize("cy, cx, box", [(5, 0, (3, 7, 0, 2)), (0, 5, (0, 2, 3, 7))])
+def test_box_clipped_at_the_first_row_or_column_starts_there(cy, cx, box):
+    # Nominal 5x5 box (lam 0.75 on 10x10) centred on the first column (row): 4 x 2 pixels.
+    assert cutmix_box(10, 10, 0.75, cy, cx) == (box, pytest.approx(1 - 8 / 100))
+
+
 def test_mix_pastes_the_partner_box_and_mixes_targets_by_area():
     images = torch.stack([torch.full((1, 4, 4), float(v)) for v in (1, 2, 3)])
     targets = torch.eye(3)
@@ -84,3 +90,34 @@ def test_draws_are_reproducible_from_the_global_rng():
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CutMix(**kwargs)
+
+
+def test_probability_zero_never_mixes_even_on_a_zero_draw(monkeypatch):
+    # torch.rand draws from [0, 1): 0.0 itself is a possible draw.
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.zeros(()))
+    assert CutMix(prob=0.0).draw(8, 4, 4) is None
+    assert CutMix(prob=0.5).draw(8, 4, 4) is not None
+
+
+def test_half_rule_mixes_a_single_sample_with_itself():
+    # round(0.5 * 3) = 2 and round(0.5 * 2) = 1: a one-sample draw is still a draw (a no-op
+    # paste), so that sample takes the CutMix side of the rule, not the other method's.
+    torch.manual_seed(0)
+    mix = CutMix(prob=0.5, mode="half").draw(2, 4, 4)
+    assert mix is not None and mix.which.tolist() == mix.partner.tolist()
+    assert mix.unmixed(2).tolist() == [1 - mix.which.item()]
+
+
+def test_defaults_are_the_configs_and_the_description_names_the_rule():
+    from pretrain.config import get_cfg
+
+    c = get_cfg().AUG.CUTMIX
+    cutmix = CutMix()
+    assert (cutmix.prob, cutmix.beta, cutmix.mode) == (c.PROB, c.BETA, "batch")
+    assert cutmix.describe() == (
+        "CutMix on whole batches with probability 0.5, lambda ~ Beta(1, 1), targets mixed by "
+        "clipped box area"
+    )
+    assert CutMix(prob=0.5, beta=2.0, mode="half").describe() == (
+        "CutMix on 0.5 of every batch, lambda ~ Beta(2, 2), targets mixed by clipped box area"
+    )

@@ -33,7 +33,13 @@ from detection.convert import convert  # noqa: E402
 from detection.report import protocol, read_run  # noqa: E402
 from detection.synthetic_voc import VOC_CLASSES, write_voc  # noqa: E402
 from detection.verify import verify_d2_weights  # noqa: E402
-from detection.voc import VOCEvaluator, VOCFormatError, load_voc_split, register_voc  # noqa: E402
+from detection.voc import (  # noqa: E402
+    VOCEvaluator,
+    VOCFormatError,
+    check_test_split,
+    load_voc_split,
+    register_voc,
+)
 from pretrain.config import get_cfg as get_pretrain_cfg  # noqa: E402
 from tools.convert_to_d2 import main as convert_main  # noqa: E402
 
@@ -366,6 +372,23 @@ def test_evaluator_names_bad_test_annotation(voc, tmp_path):
     ev.reset()
     with pytest.raises(VOCFormatError, match="has no <difficult>") as info:
         ev.evaluate()
+    assert test_xml in str(info.value)
+
+
+def test_the_test_split_check_reads_what_the_evaluator_reads(voc, tmp_path):
+    # A field only the evaluator reads (<difficult>) is missing in a test annotation: training's
+    # loader accepts the split, the check before training names the file.
+    root, _ = _broken_copy(voc, tmp_path, lambda t: t)
+    register_voc(root)
+    check_test_split("voc_2007_test")  # a good split passes
+    test_xml = os.path.join(root, "VOC2007", "Annotations", "000010.xml")
+    with open(test_xml) as f:
+        text = f.read()
+    with open(test_xml, "w") as f:
+        f.write(text.replace("<difficult>0</difficult>", "", 1))
+    DatasetCatalog.get("voc_2007_test")
+    with pytest.raises(VOCFormatError, match="has no <difficult>") as info:
+        check_test_split("voc_2007_test")
     assert test_xml in str(info.value)
 
 

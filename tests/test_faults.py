@@ -1,7 +1,9 @@
-"""PRETRAIN_FAULT (pretrain/faults.py) acts at its point and rank only, and a malformed value is
-named. The kill and hang themselves stop real runs in tests/test_reliability.py; here they are
-replaced by an exception, so a wrong match cannot stop the test process."""
+"""PRETRAIN_FAULT (pretrain/faults.py) acts at its point, run folder and rank only, and a
+malformed value is named. The kill and hang themselves stop real runs in
+tests/test_reliability.py and the study tests; here they are replaced by an exception, so a wrong
+match cannot stop the test process."""
 
+import os
 import signal
 
 import pytest
@@ -16,13 +18,19 @@ class Fired(Exception):
 @pytest.fixture
 def actions(monkeypatch):
     def kill(pid, sig):
+        assert pid == os.getpid()
         raise Fired(signal.Signals(sig).name)
+
+    def killpg(group, sig):
+        assert group == os.getpgrp()
+        raise Fired(f"group {signal.Signals(sig).name}")
 
     class Event:
         def wait(self):
             raise Fired("hang")
 
     monkeypatch.setattr(faults.os, "kill", kill)
+    monkeypatch.setattr(faults.os, "killpg", killpg)
     monkeypatch.setattr(faults.threading, "Event", Event)
     return monkeypatch
 
@@ -39,21 +47,28 @@ def actions(monkeypatch):
         ("hang at step 1", "step 1", "hang"),
         ("kill at write model_0000008.pth", "write model_0000008.pth", "SIGKILL"),
         ("kill at write model_0000008.pth", "write last_checkpoint", None),
+        ("kill group at checkpoint 8", "checkpoint 8", "group SIGKILL"),
+        ("kill group at checkpoint 8 in /runs/a", "checkpoint 8", "group SIGKILL"),
+        ("kill group at checkpoint 8 in /runs/a/", "checkpoint 8", "group SIGKILL"),
+        ("kill group at checkpoint 8 in /runs/b", "checkpoint 8", None),
+        ("kill group at checkpoint 8 in /runs", "checkpoint 8", None),
+        ("hang at step 1 in /runs/a on rank 0", "step 1", "hang"),
+        ("hang at step 1 in /runs/a on rank 1", "step 1", None),
     ],
 )
-def test_fault_acts_at_its_point_and_rank_only(actions, spec, point, fired):
+def test_fault_acts_at_its_point_folder_and_rank_only(actions, spec, point, fired):
     if spec is None:
         actions.delenv(faults.VARIABLE, raising=False)
     else:
         actions.setenv(faults.VARIABLE, spec)
     if fired is None:
-        faults.reached(point)
+        faults.reached(point, "/runs/a")
     else:
-        with pytest.raises(Fired, match=fired):
-            faults.reached(point)
+        with pytest.raises(Fired, match=f"^{fired}$"):
+            faults.reached(point, "/runs/a")
 
 
 def test_malformed_fault_is_named(monkeypatch):
     monkeypatch.setenv(faults.VARIABLE, "crash at step 1")
     with pytest.raises(ValueError, match="PRETRAIN_FAULT='crash at step 1': expected"):
-        faults.reached("step 1")
+        faults.reached("step 1", "/runs/a")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from pretrain.methods.lsskd import (
     ROTATIONS,
@@ -41,6 +42,10 @@ def test_rotate_batch_follows_each_image_by_its_rotations():
 def test_rotate_batch_keeps_channels_last_and_refuses_non_square_crops():
     x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     assert rotate_batch(x).is_contiguous(memory_format=torch.channels_last)
+    # A plain batch, and one that is neither format (transposed), come out plain.
+    for x in (torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4).transpose(2, 3)):
+        out = rotate_batch(x)
+        assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="square"):
         rotate_batch(torch.randn(1, 3, 4, 6))
 
@@ -234,3 +239,79 @@ def test_branches_and_previous_network_are_trained_checkpointed_and_restored():
         and not other.previous.training
     )
     assert "branches on layer1-4" in m.describe()
+
+
+def test_a_checkpoint_written_in_the_first_epoch_restores_without_a_previous_network():
+    # A run interrupted during its first epoch: no previous network exists yet, and the restored
+    # method must train that epoch on the hard labels, as the uninterrupted run does.
+    m = make_method("lsskd", labels=[0, 1, 2, 3], num_classes=4, epochs=2)
+    m.wrap_model(build_resnet("resnet18", 4))
+    m.on_epoch_start(0, m.net.model)
+    state = m.state_dict()
+    assert state["previous"] is None
+    other = make_method("lsskd", labels=[0, 1, 2, 3], num_classes=4, epochs=2)
+    other.wrap_model(build_resnet("resnet18", 4))
+    other.load_state_dict(state)
+    assert other.previous is None
+    assert other.state_dict()["previous"] is None
+
+
+def _block(block):
+    """(output channels, stride, downsample) of a torchvision BasicBlock or Bottleneck."""
+    convs = [
+        m
+        for name, m in block.named_modules()
+        if isinstance(m, nn.Conv2d) and not name.startswith("downsample")
+    ]
+    ds = block.downsample
+    if ds is not None:
+        assert [type(m) for m in ds] == [nn.Conv2d, nn.BatchNorm2d]
+        assert ds[0].kernel_size == (1, 1) and ds[0].bias is None
+        ds = (ds[0].in_channels, ds[0].out_channels, ds[0].stride[0])
+    return convs[-1].out_channels, max(c.stride[0] for c in convs), ds
+
+
+@pytest.mark.parametrize("arch, e", [("resnet18", 1), ("resnet50", 4)])
+def test_each_branch_walks_the_remaining_stages_one_block_each(arch, e):
+    with torch.device("meta"):  # shapes only
+        net = ResNetWithBranches(build_resnet(arch, 5), 5)
+    # Per branch (on layer1..layer4): per block (out channels, stride, downsample (in, out,
+    # stride)). The layer4 branch: one stride-1 block of layer4's width, no downsample.
+    expected = [
+        [(128 * e, 2, (64 * e, 128 * e, 2)), (256 * e, 2, (128 * e, 256 * e, 2))]
+        + [(512 * e, 2, (256 * e, 512 * e, 2))],
+        [(256 * e, 2, (128 * e, 256 * e, 2)), (512 * e, 2, (256 * e, 512 * e, 2))],
+        [(512 * e, 2, (256 * e, 512 * e, 2))],
+        [(512 * e, 1, None)],
+    ]
+    assert [[_block(b) for b in branch["extractor"]] for branch in net.branches] == expected
+
+
+def test_branch_convolutions_get_torchvisions_initialisation():
+    torch.manual_seed(0)
+    net = ResNetWithBranches(build_resnet("resnet18", 5), 5)
+    conv = net.branches[0]["extractor"][0].conv1  # 64 -> 128, 3x3
+    # kaiming_normal_(mode="fan_out", nonlinearity="relu"): std sqrt(2 / (128 * 9)) (fan_in:
+    # sqrt(2 / (64 * 9)), 41% more).
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (128 * 9)), rel=0.05)
+
+
+def test_branches_are_made_on_the_model_device():
+    with torch.device("meta"):
+        model = build_resnet("resnet18", 5)
+    net = ResNetWithBranches(model, 5)  # outside the meta context: only .to() moves them
+    assert {p.device.type for p in net.branches.parameters()} == {"meta"}
+
+
+def test_lsskd_describes_its_task_targets_and_terms():
+    assert make_method("lsskd", epochs=4).describe() == "; ".join(
+        [
+            "lsskd: 4 rotations, joint labels c * 4 + j; branches on layer1-4, trained, not "
+            "exported",
+            "alpha_T 0.8 (alpha_e = alpha_T * (e + 1) / 4), past predictions from the previous "
+            "epoch's network (frozen copy, eval mode, extra forward)",
+            "deep-to-shallow KL weight 1 at T 3, feature alignment weight 1",
+            "a CutMix-ed batch trains on unsoftened mixed targets",
+            "no CutMix",
+        ]
+    )

@@ -16,6 +16,7 @@ from pretrain.config import get_cfg
 from pretrain.cutmix import CutMix
 from pretrain.engine import Trainer, train_step
 from pretrain.methods import METHODS, MethodContext, build_method
+from pretrain.methods.base import module_bytes
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
 from pretrain.methods.tfkd import tfkd_kl
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
@@ -290,6 +291,31 @@ def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
         )
 
 
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")
+@pytest.mark.parametrize("name", ["tfkd", "nkd"])
+def test_the_teacher_is_made_on_the_training_device(teacher_file, name):
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES = name, "resnet18", 2
+    cfg.TEACHER.WEIGHTS = teacher_file
+    # The meta device stands for a GPU: a teacher left on the CPU would show here.
+    ctx = MethodContext(cfg, 2, [0, 1], torch.device("meta"), per_rank_batch=2, epochs=2)
+    assert {p.device.type for p in build_method(ctx).teacher.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize(
+    "reduction, divides",
+    [
+        ("mean", "divides by B*K, as the reference CIFAR code"),
+        ("batchmean", "divides by B: the per-sample KL"),
+    ],
+)
+def test_tfkd_describes_its_kl_reduction(teacher_file, reduction, divides):
+    m = make_method(
+        "tfkd", num_classes=2, TEACHER__WEIGHTS=teacher_file, TFKD__KL_REDUCTION=reduction
+    )
+    assert m.settings()[1].endswith(f"KL reduction {reduction} ({divides})")
+
+
 # -- USKD -----------------------------------------------------------------------------------
 # K = 3, labels [0, 1].
 # logits: row 0 [ln 4, ln 2, ln 2] -> s = [1/2, 1/4, 1/4]; row 1 [0, 0, ln 2] -> s = [1/4, 1/4, 1/2]
@@ -410,6 +436,9 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     other.load_state_dict(state)
     assert torch.equal(other.net.head.weight, module.head.weight)
     assert "Linear(256 -> 4)" in m.describe()
+    assert make_method("uskd").describe() == (
+        "uskd: alpha 1, beta 0.1, mu 0.005; weak head on layer3; no CutMix"
+    )
 
 
 @pytest.mark.parametrize("name", ["uskd", "lsskd"])
@@ -677,14 +706,89 @@ def test_pskd_bad_settings_are_named(overrides, match):
 
 
 def test_describe_names_the_method_its_options_and_cutmix():
-    text = make_method("pskd", AUG__CUTMIX__ENABLED=True).describe()
-    assert (
-        text.startswith("pskd: alpha_T 0.8")
-        and "table" in text
-        and "CutMix on 0.5 of every batch" in text
+    assert make_method("pskd", AUG__CUTMIX__ENABLED=True).describe() == "; ".join(
+        [
+            "pskd: alpha_T 0.8 (alpha_e = alpha_T * (e + 1) / 4)",
+            "past predictions from a sharded dense bfloat16 table",
+            "CutMix-ed samples get plain CutMix targets, never PS-KD ones, and their predictions "
+            "are never stored",
+            "stale past predictions for samples CutMix-ed in the previous epoch",
+            "CutMix on 0.5 of every batch, lambda ~ Beta(1, 1), targets mixed by clipped box area",
+        ]
     )
-    assert "never stored" in text
-    text = make_method("cskd").describe()
-    assert text.startswith("cskd: T 4, lambda 1") and "no CutMix" in text
+    m = make_method("pskd", PSKD__TOPK=2, PSKD__TABLE_DTYPE="float32")
+    assert m.source.table.topk == 2
+    assert "past predictions from a sharded top-2 float32 table; no CutMix" in m.describe()
+    assert make_method("cskd").describe() == (
+        "cskd: T 4, lambda 1; one partner per anchor drawn from the anchor's class over the "
+        "whole training set (uniform, with replacement), partner forward under no_grad; no CutMix"
+    )
     assert "epsilon 0.1" in make_method("ls").describe()
     assert CutMix.from_config(get_cfg()) is None  # off by default
+
+
+def test_pskd_accepts_a_topk_of_every_class():
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.NUM_CLASSES, cfg.PSKD.TOPK = "pskd", 3, 3
+    assert METHODS["pskd"].config_problems(cfg) == []
+    cfg.PSKD.TOPK = 4
+    assert METHODS["pskd"].config_problems(cfg) == [
+        "PSKD.TOPK is 4, must be at most MODEL.NUM_CLASSES (3)"
+    ]
+
+
+@pytest.mark.parametrize("source", ["table", "previous_model"])
+def test_pskd_keeps_its_past_predictions_on_the_training_device(source):
+    cfg = get_cfg()
+    cfg.METHOD.NAME, cfg.MODEL.ARCH, cfg.PSKD.SOURCE = "pskd", "resnet18", source
+    # The meta device stands for a GPU: a table or model left on the CPU would show here.
+    ctx = MethodContext(cfg, 3, [0, 1, 2], torch.device("meta"), per_rank_batch=3, epochs=2)
+    held = build_method(ctx).source
+    tensors = [held.table.values] if source == "table" else list(held.model.parameters())
+    assert {t.device.type for t in tensors} == {"meta"}
+
+
+def test_cutmix_draws_boxes_for_the_batchs_height_and_width():
+    m = make_method("baseline", AUG__CUTMIX__ENABLED=True)
+    draws = []
+    m.cutmix.draw = lambda *args: draws.append(args)  # record, mix nothing
+    m.mix_batch(torch.zeros(4, 3, 5, 7), torch.tensor([0, 1, 2, 0]))
+    assert draws == [(4, 5, 7)]
+
+
+def test_the_training_sampler_is_this_ranks_shard_of_the_seeded_order():
+    from pretrain.samplers import ShardedSampler
+
+    sampler = make_method("baseline").build_train_sampler(10, 1, 2, seed=5)
+    assert list(sampler) == list(ShardedSampler(10, 1, 2, seed=5))
+    other_rank = list(ShardedSampler(10, 0, 2, seed=5))
+    other_seed = list(ShardedSampler(10, 1, 2, seed=0))
+    assert len(list(sampler)) == 5 and list(sampler) not in (other_rank, other_seed)
+
+
+def test_the_baseline_describes_its_loss_and_cutmix():
+    assert make_method("baseline").describe() == "baseline: cross-entropy; no CutMix"
+
+
+# -- memory estimates (the start-of-run log and tools/benchmark.py) ----------------------------
+# resnet18 with 2 classes: 11,177,538 float32 parameters, the running mean and variance of 4,800
+# BatchNorm channels (float32) and 20 num_batches_tracked counters (int64).
+RESNET18_2_BYTES = 11_177_538 * 4 + 2 * 4_800 * 4 + 20 * 8
+
+
+def test_memory_estimates_count_the_tensors_each_method_keeps(teacher_file):
+    assert module_bytes(torchvision.models.resnet18(num_classes=2)) == RESNET18_2_BYTES
+    assert make_method("baseline").extra_memory() == {}
+    for name in ("tfkd", "nkd"):
+        m = make_method(name, num_classes=2, TEACHER__WEIGHTS=teacher_file)
+        assert m.extra_memory() == {"teacher": RESNET18_2_BYTES}
+    # The default table: 4 samples and the spare row, 3 classes, bfloat16.
+    assert make_method("pskd").extra_memory() == {"table": 5 * 3 * 2}
+    m = make_method("pskd", num_classes=2, PSKD__SOURCE="previous_model")
+    assert m.extra_memory() == {"previous_model": RESNET18_2_BYTES}
+    m = make_method("lsskd", labels=[0, 1], num_classes=2)
+    net = m.wrap_model(build_resnet("resnet18", 2))
+    assert m.extra_memory() == {}  # no previous network before the second epoch
+    m.on_epoch_start(1, net.model)
+    branches = module_bytes(net.branches)
+    assert m.extra_memory() == {"previous_model": RESNET18_2_BYTES + branches}

@@ -13,6 +13,7 @@ from pretrain.metrics import (
     optimal_aurc,
     per_sample_stats,
     plot_reliability_diagram,
+    reliability_bins,
     summarize,
 )
 
@@ -29,6 +30,28 @@ def test_ece_bins_are_left_open_right_closed():
     # 0.6 belongs to (0.5, 0.6], not (0.6, 0.7]: one bin with acc 0.5, conf 0.6.
     conf = torch.tensor([0.6, 0.6], dtype=torch.float64)
     assert ece(conf, torch.tensor([1.0, 0.0], dtype=torch.float64)) == pytest.approx(10.0)
+
+
+def test_each_bin_holds_its_upper_edge():
+    # Confidence k / 10 (the float64 value) is in bin k - 1 = (k - 1, k] / 10, for all ten bins.
+    conf = torch.arange(1, 11, dtype=torch.float64) / 10
+    bins = reliability_bins(conf, torch.ones(10, dtype=torch.float64))
+    assert [(lo, hi, n) for lo, hi, n, _, _ in bins] == [
+        pytest.approx((k / 10, (k + 1) / 10, 1)) for k in range(10)
+    ]
+    assert [conf_b for *_, conf_b in bins] == pytest.approx(conf.tolist())
+    # ECE sees the same bins: every sample right, so each bin's gap is 1 - its confidence.
+    assert ece(conf, torch.ones(10, dtype=torch.float64)) == pytest.approx(100 * 0.45)
+
+
+def test_ece_takes_its_number_of_bins():
+    # Ten by default: 0.81 (right) and 0.89 (wrong) share (0.8, 0.9]: acc 0.5, conf 0.85.
+    pair = torch.tensor([0.81, 0.89], dtype=torch.float64)
+    assert ece(pair, torch.tensor([1.0, 0.0], dtype=torch.float64)) == pytest.approx(35.0)
+    # Two bins, (0, 0.5] and (0.5, 1]: [0.3 right, 0.45 wrong] and [0.7 right, 0.9 right].
+    conf = torch.tensor([0.3, 0.45, 0.7, 0.9], dtype=torch.float64)
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    assert ece(conf, correct, n_bins=2) == pytest.approx(100 * (2 / 4 * 0.125 + 2 / 4 * 0.2))
 
 
 def test_aurc_and_eaurc_hand_computed():
@@ -115,8 +138,63 @@ def test_summary_depends_on_the_set_not_its_order():
         assert a[key] == pytest.approx(b[key])
 
 
-def test_reliability_diagram_is_a_png(tmp_path):
-    stats = per_sample_stats(torch.randn(40, 5), torch.randint(0, 5, (40,)))
+@pytest.mark.parametrize("title", [None, "R-18 PS-KD"])
+def test_reliability_diagram_draws_each_bins_accuracy_gap_and_share(tmp_path, monkeypatch, title):
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (drawn.append(fig), close(fig)))
+    # Bins (0.8, 0.9]: 0.85 right; (0.7, 0.8]: 0.75 wrong; (0.5, 0.6]: 0.6 right, 0.55 wrong.
+    stats = torch.stack([torch.zeros(4), CONF, CORRECT, CORRECT], dim=1)
     path = tmp_path / "rel.png"
-    plot_reliability_diagram(stats, str(path), title="test")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if title is None:
+        plot_reliability_diagram(stats, str(path))
+    else:
+        plot_reliability_diagram(stats, str(path), title=title)
+    (fig,) = drawn
+    assert not plt.fignum_exists(fig.number)  # closed: a long run draws one per evaluation
+    ax, shares_ax = fig.axes
+    # Three bar series of 10 bars each, centred on the bins, 0.1 wide: accuracy, gap, share.
+    acc_bars, gap_bars = ax.containers
+    (share_bars,) = shares_ax.containers
+    centers = [k / 10 + 0.05 for k in range(10)]
+    for bars in (acc_bars, gap_bars, share_bars):
+        assert [b.get_x() + b.get_width() / 2 for b in bars] == pytest.approx(centers)
+        assert [b.get_width() for b in bars] == pytest.approx([0.1] * 10)
+    acc = [0, 0, 0, 0, 0, 0.5, 0, 0, 1, 0]
+    assert [b.get_height() for b in acc_bars] == pytest.approx(acc)
+    # The gap spans accuracy to mean confidence: above the bar (0.5 -> 0.575, 0 -> 0.75) or
+    # inside it (0.85 -> 1); empty bins draw nothing.
+    assert [b.get_y() for b in gap_bars] == pytest.approx([0] * 5 + [0.5, 0, 0, 0.85, 0])
+    assert [b.get_height() for b in gap_bars] == pytest.approx([0] * 5 + [0.075, 0, 0.75, 0.15, 0])
+    assert [b.get_height() for b in share_bars] == pytest.approx([0] * 5 + [0.5, 0, 0.25, 0.25, 0])
+    rgba = matplotlib.colors.to_rgba
+    assert acc_bars[0].get_facecolor() == rgba("tab:blue")
+    assert acc_bars[0].get_edgecolor() == share_bars[0].get_edgecolor() == rgba("black")
+    assert gap_bars[0].get_edgecolor() == rgba("tab:red") and not gap_bars[0].get_fill()
+    assert gap_bars[0].get_hatch() == "//" and share_bars[0].get_facecolor() == rgba("gray")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accuracy", "gap to confidence"]
+    assert ax.get_legend()._loc == 2  # upper left
+    (diagonal,) = ax.lines
+    assert diagonal.get_xydata().tolist() == [[0, 0], [1, 1]]
+    assert (diagonal.get_linestyle(), diagonal.get_color(), diagonal.get_linewidth()) == (
+        "--",
+        "k",
+        1,
+    )
+    assert ax.get_xlim() == ax.get_ylim() == (0, 1)
+    assert (ax.get_ylabel(), shares_ax.get_xlabel(), shares_ax.get_ylabel()) == (
+        "accuracy",
+        "confidence",
+        "share",
+    )
+    ece_text = f"ECE {ece(CONF, CORRECT):.2f}%"
+    assert ax.get_title() == (ece_text if title is None else f"{title}  {ece_text}")
+    assert shares_ax.get_shared_x_axes().joined(ax, shares_ax)
+    # 4.5 x 6 inches at 120 dpi; the accuracy panel three times the share panel's height.
+    assert ax.get_position().height == pytest.approx(3 * shares_ax.get_position().height, rel=0.05)
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (540, 720)

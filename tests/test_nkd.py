@@ -191,3 +191,13 @@ def test_nkd_loads_torchvision_weights_needs_a_teacher_and_describes_itself(tmp_
         make_method(
             "nkd", num_classes=2, TEACHER__WEIGHTS=str(tmp_path / "tv.pth"), NKD__TEMPERATURE=0.0
         )
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_nkd_loss_keeps_every_tensor_on_the_logits_device(soft):
+    # On the meta device, a tensor made on the CPU instead is an error, as it is on a GPU.
+    logits = torch.randn(4, 5, device="meta")
+    targets = (
+        torch.rand(4, 5, device="meta") if soft else torch.zeros(4, dtype=torch.long, device="meta")
+    )
+    assert nkd_loss(logits, logits.clone(), targets, 1.0, 1.5).device.type == "meta"

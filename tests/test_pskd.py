@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_flatten
 from conftest import file_rendezvous
 from pretrain.methods.pskd import alpha_at, soft_targets
 from pretrain.prediction_table import PredictionTable, table_bytes
+from test_methods import LN, fixed, make_method
 
 
 def test_alpha_schedule_grows_linearly_and_ends_at_alpha_T():
@@ -122,6 +123,20 @@ def test_table_checkpoint_round_trip():
     torch.testing.assert_close(fresh.read(torch.arange(3), 3), table.read(torch.arange(3), 3))
     with pytest.raises(ValueError, match="PSKD.TOPK"):
         PredictionTable([0, 1, 2], 3, torch.device("cpu"), topk=2).load_state_dict(state)
+
+
+def test_the_methods_checkpoint_carries_its_epoch_and_table():
+    m = make_method("pskd", PSKD__TABLE_DTYPE="float32")  # labels 0, 1, 2, 0; 3 classes
+    m.on_epoch_start(1, None)
+    logits = torch.tensor([[0.0, LN(3), 0.0]] * 4)  # softmax [1/5, 3/5, 1/5]
+    m.training_step(
+        fixed(logits), torch.zeros(4, 3, 4, 4), torch.tensor([0, 1, 2, 0]), torch.arange(4)
+    )
+    restored = make_method("pskd", PSKD__TABLE_DTYPE="float32")
+    restored.load_state_dict(m.state_dict())
+    assert restored.epoch == 1
+    stored = restored.source.read(None, None, torch.arange(4))
+    torch.testing.assert_close(stored, torch.tensor([[0.2, 0.6, 0.2]] * 4))
 
 
 def _rank_probs(rank):

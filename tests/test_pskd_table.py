@@ -1,5 +1,5 @@
-"""PS-KD prediction table: memory accounting at its defaults and at the int16/int32 id boundary,
-and the checkpoint of a top-k table (values and class ids) in one process."""
+"""PS-KD prediction table: memory accounting at its defaults, at the int16/int32 id boundary and
+per rank, and the checkpoint of a top-k table (values and class ids) in one process."""
 
 import pytest
 import torch
@@ -15,6 +15,14 @@ def test_topk_ids_take_two_bytes_up_to_32767_classes_and_four_above():
     assert table_bytes(10, 32767, "float32", topk=3) == 10 * 3 * (4 + 2)
     assert table_bytes(10, 32768, "float32", topk=3) == 10 * 3 * (4 + 4)
     assert table_bytes(10, 32768, "bfloat16", topk=3) == 10 * 3 * (2 + 4)
+
+
+def test_a_rank_holds_its_rows_and_the_spare_row():
+    # Dense: 10 rows + the spare row, 5 classes, bfloat16 (2 bytes).
+    assert PredictionTable(list(range(5)) * 2, 5, torch.device("cpu")).nbytes() == 11 * 5 * 2
+    # Top-2, float32: 11 rows of 2 values (4 bytes) and 2 int16 class ids (2 bytes).
+    table = PredictionTable(list(range(5)) * 2, 5, torch.device("cpu"), "float32", topk=2)
+    assert table.nbytes() == 11 * 2 * (4 + 2)
 
 
 def test_topk_table_checkpoint_keeps_values_and_class_ids():
@@ -105,3 +113,46 @@ def test_other_ranks_send_their_shard_to_rank_0(monkeypatch):
     assert (dst_values, dst_ids) == (0, 0)
     torch.testing.assert_close(values, _shard(2, 3, "values"))  # the spare row stays home
     assert ids.dtype == torch.int32 and torch.equal(ids, _shard(2, 3, "ids").int())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_loads_its_own_rows_of_the_checkpoint_table(world, monkeypatch):
+    # The full table's row g holds [g, g + 0.5] with ids [g % K, (g + 1) % K]: rank r keeps rows
+    # r, r + world, ... (the rows it writes and reads in training).
+    g = torch.arange(NUM_SAMPLES)
+    state = {
+        "values": torch.stack([g + 0.0, g + 0.5], 1),
+        "ids": torch.stack([g % K, (g + 1) % K], 1).short(),
+        "topk": 2,
+        "num_classes": K,
+    }
+    for rank in range(world):
+        table = _table_on_rank(rank, world, monkeypatch, [])
+        table.values.zero_()
+        table.ids.zero_()
+        table.load_state_dict(state)
+        mine = torch.arange(rank, NUM_SAMPLES, world)
+        torch.testing.assert_close(table.values[: len(mine)], state["values"][mine])
+        assert torch.equal(table.ids[: len(mine)], state["ids"][mine].to(table.ids.dtype))
+
+
+def test_topk_must_be_between_zero_and_the_number_of_classes():
+    PredictionTable([0, 1], 3, torch.device("cpu"), topk=3)  # every class kept: allowed
+    for topk in (-1, 4):
+        with pytest.raises(ValueError, match=r"PSKD.TOPK must be in \[0, 3\]"):
+            PredictionTable([0, 1], 3, torch.device("cpu"), topk=topk)
+
+
+@pytest.mark.parametrize("topk", [0, 2])
+def test_the_table_reads_on_its_own_device_whatever_the_indices_device(topk):
+    # The meta device stands for a GPU: indices arrive from the CPU sampler, and any tensor the
+    # read makes on the CPU would show here.
+    table = PredictionTable([0, 1, 2], 3, torch.device("meta"), topk=topk)
+    assert table.read(torch.arange(3), 3).device.type == "meta"
+
+
+@pytest.mark.parametrize("classes, id_dtype", [(32767, torch.int16), (32768, torch.int32)])
+def test_topk_class_ids_fit_the_largest_class(classes, id_dtype):
+    table = PredictionTable([classes - 1, 0], classes, torch.device("cpu"), topk=2)
+    assert table.ids.dtype == id_dtype
+    assert table.read(torch.tensor([0]), 1)[0, classes - 1] == 1  # the last class, not wrapped

@@ -145,3 +145,15 @@ def test_the_trainer_sets_the_scheduled_lr_before_every_step(
     expected = [0.02 * f for f in warmup + [1.0] * 4 + [0.1] * 8 + [0.01] * 4]
     assert all(len(lr) == 1 for lr in lrs)  # one rate for every parameter group
     assert [lr.pop() for lr in lrs] == pytest.approx(expected, rel=1e-9)
+
+
+def test_steps_may_start_at_epoch_one_not_zero_and_warmup_may_be_off():
+    name = os.path.join(CONFIGS, "cpu_synthetic_R_18.yaml")
+    cfg = setup_cfg(name, ["SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_EPOCHS", "0.0"])
+    schedule = build_lr_schedule(cfg, CPU)
+    total = cfg.SOLVER.EPOCHS * CPU
+    lrs = [schedule(i / total) for i in (0, CPU - 1, CPU, total - 1)]
+    assert lrs == pytest.approx([1.0, 1.0, 0.1, 0.1], rel=1e-9)
+    cfg = setup_cfg(name, ["SOLVER.STEPS", "(0,)"])
+    with pytest.raises(ValueError, match=r"inside \(0, SOLVER.EPOCHS=6\)"):
+        build_lr_schedule(cfg, CPU)

@@ -8,13 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, require_detectron2, run_tool
+from conftest import ROOT, first_checkpoint, require_detectron2, run_tool
 from study.plan import Plan
 from study.spec import load_study
 
@@ -54,24 +53,20 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
         yaml.safe_dump(data, f, sort_keys=False)
     plan = Plan(load_study(path))
     victim = plan.pretrain["tfkd", 0]
+    # Its first checkpoint, at the end of the first epoch, kills the study and the stage it runs
+    # (one process group), as a node failure would.
+    first = first_checkpoint(data, victim)
+    fault = f"kill group at checkpoint {first} in {victim.out}"
     proc = subprocess.Popen(
         _study_cmd(path),
         cwd=ROOT,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=dict(os.environ, OMP_NUM_THREADS="1", PRETRAIN_FAULT=fault),
     )
-    deadline = time.time() + 600
-    while not os.path.exists(os.path.join(victim.out, "last_checkpoint")):
-        assert proc.poll() is None and time.time() < deadline, (
-            "the study ended before the stage to kill began"
-        )
-        time.sleep(0.05)
-    os.killpg(
-        proc.pid, signal.SIGKILL
-    )  # the study and the stage's process, as a node failure would
-    proc.wait()
+    assert proc.wait(timeout=600) == -signal.SIGKILL
+    assert os.path.isfile(os.path.join(victim.out, f"model_{first:07d}.pth"))
     assert not os.path.exists(os.path.join(victim.out, "model_final.pth"))
 
     status = _run(path, "--status").stdout

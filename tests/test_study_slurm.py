@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, require_detectron2
+from conftest import ROOT, first_checkpoint, require_detectron2
 from slurm_cluster import SlurmCluster, unavailable_reason
 from study.plan import Plan
 from study.spec import load_study
@@ -34,18 +34,18 @@ def _study_file(tmp_path):
     with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
         data = yaml.safe_load(f)
     data.update(output_root=str(tmp_path / "out"), seeds=[0])
-    # The tiny study's 3 epochs, a checkpoint after each: room to signal the job after the first.
+    # The tiny study's 3 epochs, a checkpoint after each: the job is signalled after the first.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
+    return str(path), data
 
 
-def _study(cluster, path, *args):
+def _study(cluster, path, *args, **env):
     return subprocess.run(
         [sys.executable, "tools/study.py", "--config-file", path, *args],
         cwd=ROOT,
-        env=dict(cluster.env, OMP_NUM_THREADS="1"),
+        env=dict(cluster.env, OMP_NUM_THREADS="1", **env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -54,9 +54,13 @@ def _study(cluster, path, *args):
 
 
 def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
-    path = _study_file(tmp_path)
+    path, data = _study_file(tmp_path)
     plan = Plan(load_study(path))
-    submitted = _study(cluster, path, "--executor", "slurm")
+    victim = plan.pretrain["tfkd", 0]
+    # The jobs inherit the submitting environment: the TF-KD pretraining stops after its first
+    # checkpoint and waits there for the preemption signal, so it cannot finish before it.
+    fault = f"hang at checkpoint {first_checkpoint(data, victim)} in {victim.out}"
+    submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     jobs = {sid: job for sid, job in re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M)}
     assert set(jobs) == {s.id for s in plan.stages}
@@ -71,7 +75,6 @@ def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
     )  # none twice
 
     # Preempt the TF-KD pretraining once it has a checkpoint: submitit's signal, then requeue.
-    victim = plan.pretrain["tfkd", 0]
     deadline = time.time() + 900
     while not os.path.exists(os.path.join(victim.out, "last_checkpoint")):
         assert time.time() < deadline, cluster.logs()
