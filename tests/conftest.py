@@ -75,6 +75,23 @@ def file_rendezvous(folder):
     return f"file://{os.path.join(str(folder), 'rendezvous')}"
 
 
+def pretrain_argv(config, root, out, *opts, first=()):
+    """tools/pretrain.py's argv: ``--config-file config``, then ``first`` (flags such as
+    ``--resume``, or KEY VALUE pairs that ``opts`` may override), DATA.ROOT ``root``, OUTPUT_DIR
+    ``out`` and the KEY VALUE pairs ``opts`` (a later pair wins)."""
+    return [
+        "tools/pretrain.py",
+        "--config-file",
+        config,
+        *first,
+        "DATA.ROOT",
+        root,
+        "OUTPUT_DIR",
+        out,
+        *opts,
+    ]
+
+
 def run_tool(args, nproc=1, timeout=300, check=True, env=None):
     """Run a tool from tools/ in a subprocess (under torchrun --standalone when nproc > 1: its
     rendezvous binds a port of the system's choosing). ``env``: variables to add."""

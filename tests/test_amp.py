@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import pretrain_argv
 from pretrain import engine
 from pretrain.config import get_cfg
 from pretrain.methods import MethodContext, build_method
@@ -41,22 +42,9 @@ SHORT = [
 
 
 def args(root, out, dtype, *overrides, enabled=True, resume=False):
-    return [
-        "tools/pretrain.py",
-        "--config-file",
-        CONFIG,
-        *(["--resume"] if resume else []),
-        "DATA.ROOT",
-        root,
-        "OUTPUT_DIR",
-        out,
-        *SHORT,
-        "SOLVER.AMP.ENABLED",
-        str(enabled),
-        "SOLVER.AMP.DTYPE",
-        dtype,
-        *overrides,
-    ]
+    amp = ["SOLVER.AMP.ENABLED", str(enabled), "SOLVER.AMP.DTYPE", dtype]
+    flags = ["--resume"] if resume else []
+    return pretrain_argv(CONFIG, root, out, *SHORT, *amp, *overrides, first=flags)
 
 
 def checkpoint(out, iteration):

@@ -10,36 +10,38 @@ from pretrain.table_footprint import table_memory
 from pretrain.training_benchmark import parse_method
 from tools.benchmark import main
 
+# One timed iteration of one round of resnet18 on 32x32 CPU batches of 4.
+TINY = [
+    "--device",
+    "cpu",
+    "--arch",
+    "resnet18",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--iters",
+    "1",
+    "--warmup",
+    "1",
+    "--rounds",
+    "1",
+    "--num-classes",
+    "10",
+    "--num-samples",
+    "64",
+    "--threads",
+    "1",
+]
+
 
 def test_tiny_training_benchmark_writes_the_json_schema(tmp_path):
     out = tmp_path / "bench.json"
+    # TINY with two timed iterations and two rounds (the later flags win).
     main(
-        [
-            "--device",
-            "cpu",
-            "--arch",
-            "resnet18",
-            "--image-size",
-            "32",
-            "--batch-size",
-            "4",
-            "--methods",
-            "baseline,pskd:PSKD.TOPK=2",
-            "--iters",
-            "2",
-            "--warmup",
-            "1",
-            "--rounds",
-            "2",
-            "--num-classes",
-            "10",
-            "--num-samples",
-            "64",
-            "--threads",
-            "1",
-            "--json",
-            str(out),
-        ]
+        TINY
+        + ["--methods", "baseline,pskd:PSKD.TOPK=2", "--iters", "2", "--rounds", "2"]
+        + ["--json", str(out)]
     )
     report = json.loads(out.read_text())
     assert report["mode"] == "training"
@@ -85,30 +87,6 @@ def test_method_spec_syntax():
 
 def test_command_line_help():
     assert "--input-pipeline" in run_tool(["tools/benchmark.py", "--help"]).stdout
-
-
-TINY = [
-    "--device",
-    "cpu",
-    "--arch",
-    "resnet18",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--iters",
-    "1",
-    "--warmup",
-    "1",
-    "--rounds",
-    "1",
-    "--num-classes",
-    "10",
-    "--num-samples",
-    "64",
-    "--threads",
-    "1",
-]
 
 
 def test_check_syncs_runs_every_method(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT
+from conftest import ROOT, pretrain_argv
 from pretrain import engine
 from pretrain.cli import setup_cfg
 from pretrain.data import build_dataset
@@ -146,23 +146,13 @@ def test_the_cifar_run_builds_a_cifar_stem_and_evaluates_the_test_split(
     built = []
     monkeypatch.setattr(engine.Trainer, "train", lambda self, resume=False: built.append(self))
     run_in_process(
-        [
-            "tools/pretrain.py",
-            "--config-file",
+        pretrain_argv(
             CIFAR_CONFIG,
-            "DATA.ROOT",
             root,
-            "MODEL.DEVICE",
-            "cpu",
-            "DATALOADER.NUM_WORKERS",
-            "0",
-            "SOLVER.IMS_PER_BATCH",
-            "10",
-            "TEST.IMS_PER_BATCH",
-            "6",
-            "OUTPUT_DIR",
             str(tmp_path / "run"),
-        ],
+            *["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"],
+            *["SOLVER.IMS_PER_BATCH", "10", "TEST.IMS_PER_BATCH", "6"],
+        ),
         fails=False,
     )
     (trainer,) = built

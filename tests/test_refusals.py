@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import require_detectron2
+from conftest import pretrain_argv, require_detectron2
 from test_reliability import CONFIG, run_in_process
 from test_run_folder import digest
 from tools.convert_to_d2 import main as convert_main
@@ -145,18 +145,7 @@ def test_image_set_without_images_is_named(
     root, folder = empty_copy(synthetic_root, tmp_path, split, remove_class_folders)
     out = run_folder(tmp_path)
     before = digest(out)
-    message = run_in_process(
-        [
-            "tools/pretrain.py",
-            "--config-file",
-            CONFIG,
-            "--resume",
-            "DATA.ROOT",
-            root,
-            "OUTPUT_DIR",
-            out,
-        ]
-    )
+    message = run_in_process(pretrain_argv(CONFIG, root, out, first=["--resume"]))
     assert message.startswith(f"error: ImageFolder {folder!r}: ") and expect in message, message
     assert "\n" not in message and digest(out) == before
     with open(os.path.join(out, "log.txt")) as f:

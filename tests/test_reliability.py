@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, require_detectron2, run_tool
+from conftest import ROOT, pretrain_argv, require_detectron2, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 # 6 iterations an epoch; checkpoints at iterations 4 (mid-epoch), 6 (epoch end), 8 (mid-epoch), 12.
@@ -68,17 +68,7 @@ PREVIOUS_MODEL_CUTMIX = ["PSKD.SOURCE", "previous_model", "AUG.CUTMIX.ENABLED", 
 
 
 def train_args(root, out, *extra):
-    return [
-        "tools/pretrain.py",
-        "--config-file",
-        CONFIG,
-        *extra,
-        "DATA.ROOT",
-        root,
-        "OUTPUT_DIR",
-        out,
-        *SMALL,
-    ]
+    return pretrain_argv(CONFIG, root, out, *SMALL, first=extra)
 
 
 # -- subprocess control ---------------------------------------------------------------------------
@@ -278,19 +268,9 @@ def test_eval_only_names_unusable_weights(weights, reference, synthetic_root, tm
     elif weights == "truncated":
         data = open(os.path.join(reference, "model_final.pth"), "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
+    out = str(tmp_path / "out")
     message = run_in_process(
-        [
-            "tools/pretrain.py",
-            "--config-file",
-            CONFIG,
-            "--eval-only",
-            "DATA.ROOT",
-            synthetic_root,
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-            "MODEL.WEIGHTS",
-            path,
-        ]
+        pretrain_argv(CONFIG, synthetic_root, out, "MODEL.WEIGHTS", path, first=["--eval-only"])
     )
     assert message.startswith("error: ") and path in message, message
     expect = {

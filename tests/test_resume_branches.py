@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import pretrain_argv
 from test_reliability import CONFIG, assert_same_weights, final_weights, run_in_process
 from test_run_folder import digest
 
@@ -35,18 +36,8 @@ SHORT = [
 
 
 def args(root, out, *overrides, resume=False):
-    return [
-        "tools/pretrain.py",
-        "--config-file",
-        CONFIG,
-        *(["--resume"] if resume else []),
-        "DATA.ROOT",
-        root,
-        "OUTPUT_DIR",
-        out,
-        *SHORT,
-        *overrides,
-    ]
+    flags = ["--resume"] if resume else []
+    return pretrain_argv(CONFIG, root, out, *SHORT, *overrides, first=flags)
 
 
 def read_lines(path):

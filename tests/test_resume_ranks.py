@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import ROOT, file_rendezvous, run_tool
+from conftest import ROOT, file_rendezvous, pretrain_argv, run_tool
 from pretrain.checkpoint import load_file
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
@@ -94,18 +94,7 @@ def _resume_two_ranks(tmp_path, root, out_dirs):
 @pytest.fixture(scope="module")
 def checkpoints(synthetic_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("first"))
-    run_tool(
-        [
-            "tools/pretrain.py",
-            "--config-file",
-            CONFIG,
-            "DATA.ROOT",
-            synthetic_root,
-            "OUTPUT_DIR",
-            out,
-        ]
-        + SHORT
-    )
+    run_tool(pretrain_argv(CONFIG, synthetic_root, out, *SHORT))
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, pretrain_argv
 from test_reliability import CONFIG, ckpt, last_checkpoint, run_in_process, temporaries, train_args
 
 # Appended after train_args' own overrides (which set 2 epochs).
@@ -172,22 +172,13 @@ def test_eval_only_never_replaces_the_training_outputs(finished_run, synthetic_r
     shutil.copytree(finished_run, out)
     before = digest(out)
     weights = os.path.join(out, "model_final.pth")
-    eval_only = [
-        "tools/pretrain.py",
-        "--config-file",
+    eval_only = pretrain_argv(
         "configs/pretrain/cpu_synthetic_R_18_cskd.yaml",
-        "--eval-only",
-        "DATA.ROOT",
         synthetic_root,
-        "OUTPUT_DIR",
         out,
-        "MODEL.WEIGHTS",
-        weights,
-        "INPUT.CROP_SIZE",
-        "32",
-        "INPUT.RESIZE_SIZE",
-        "32",
-    ]
+        *["MODEL.WEIGHTS", weights, "INPUT.CROP_SIZE", "32", "INPUT.RESIZE_SIZE", "32"],
+        first=["--eval-only"],
+    )
     run_in_process(eval_only, fails=False)
     after = digest(out)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -214,20 +205,13 @@ def test_failed_eval_only_writes_no_config(synthetic_root, finished_run, tmp_pat
 
     torch.save(torchvision.models.resnet50(num_classes=4).state_dict(), bad)
     message = run_in_process(
-        [
-            "tools/pretrain.py",
-            "--config-file",
+        pretrain_argv(
             CONFIG,
-            "--eval-only",
-            "DATA.ROOT",
             synthetic_root,
-            "OUTPUT_DIR",
             out,
-            "MODEL.WEIGHTS",
-            bad,
-            "METHOD.NAME",
-            "baseline",
-        ]
+            *["MODEL.WEIGHTS", bad, "METHOD.NAME", "baseline"],
+            first=["--eval-only"],
+        )
     )
     assert "does not fit" in message
     assert digest(out) == before

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import run_tool
+from conftest import pretrain_argv, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 
@@ -26,19 +26,7 @@ def read_jsonl(path):
 @pytest.fixture(scope="module")
 def trained_run(synthetic_root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    run_tool(
-        [
-            "tools/pretrain.py",
-            "--config-file",
-            CONFIG,
-            "DATA.ROOT",
-            synthetic_root,
-            "OUTPUT_DIR",
-            out,
-            "SOLVER.MAX_TO_KEEP",
-            "0",
-        ]
-    )
+    run_tool(pretrain_argv(CONFIG, synthetic_root, out, "SOLVER.MAX_TO_KEEP", "0"))
     return out
 
 
