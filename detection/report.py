@@ -24,15 +24,8 @@ from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
 from pretrain.methods import METHODS, method_label
 from pretrain.metrics import METRIC_KEYS
 
-# The PS-KD paper, Table 5: Faster R-CNN R-152 on VOC07 test, mAP (IoU > 0.5).
-PAPER_TABLE5 = {
-    method_label("baseline"): 78.26,
-    method_label("ls"): 78.44,
-    method_label("cskd"): 78.33,
-    method_label("tfkd"): 78.28,
-    method_label("pskd"): 79.50,
-    method_label("pskd", cutmix=True): 79.72,
-}
+from .paper import METHOD_ORDER, TABLE5_AP50
+
 LINK_FILE = "backbone.json"
 
 COLUMNS = (
@@ -189,7 +182,7 @@ def read_run(run_dir, label=None):
     else:
         row["method"] = label_from_dirname(run_dir)
         row["method_from"] = "run folder name" if row["method"] else None
-    row["paper_AP50"] = PAPER_TABLE5.get(row["method"])
+    row["paper_AP50"] = TABLE5_AP50.get(row["method"])
     return row
 
 
@@ -197,9 +190,11 @@ def collect(run_dirs, labels=None):
     """Rows for ``run_dirs`` in the paper's method order (other methods after, as given)."""
     labels = labels or {}
     rows = [read_run(d, labels.get(os.path.normpath(d))) for d in run_dirs]
-    order = list(PAPER_TABLE5)
     return sorted(
-        rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order)
+        rows,
+        key=lambda r: (
+            METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else len(METHOD_ORDER)
+        ),
     )
 
 
@@ -273,7 +268,7 @@ def to_markdown(rows):
             "The rows were fine-tuned with different protocols (Fine-tuning column): compare AP "
             "only between rows of the same one.",
         ]
-    reference = ", ".join(f"{k} {v:.2f}" for k, v in PAPER_TABLE5.items())
+    reference = ", ".join(f"{k} {v:.2f}" for k, v in TABLE5_AP50.items())
     lines += ["", f"Paper, all methods: {reference}.", ""]
     return "\n".join(lines)
 

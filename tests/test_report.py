@@ -16,13 +16,8 @@ import yaml
 from PIL import Image
 
 from detection.convert import convert
-from detection.report import (
-    PAPER_TABLE5,
-    label_from_dirname,
-    read_run,
-    record_backbone,
-    to_markdown,
-)
+from detection.paper import TABLE5_AP50
+from detection.report import label_from_dirname, read_run, record_backbone, to_markdown
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
 from tools.report import main as report_main
@@ -207,7 +202,7 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
     md = (out / "table5.md").read_text()
     assert "| PS-KD + CutMix | det_b | resnet18 | 79.90 | 79.72 |" in md
     assert "No link to the pretraining run" in md and "det_cskd" in md
-    for method, value in PAPER_TABLE5.items():
+    for method, value in TABLE5_AP50.items():
         assert f"{method} {value:.2f}" in md
 
     with Image.open(out / "table5.png") as img:
@@ -251,7 +246,7 @@ def test_pretraining_run_gives_a_row_without_ap(runs, tmp_path):
     pre = os.path.join(os.path.dirname(runs["mix"]), "pre_mix")
     row = read_run(pre)
     assert row["method"] == "PS-KD + CutMix" and row["method_from"] == "pretraining config"
-    assert row["AP50"] is None and row["paper_AP50"] == PAPER_TABLE5["PS-KD + CutMix"]
+    assert row["AP50"] is None and row["paper_AP50"] == TABLE5_AP50["PS-KD + CutMix"]
     assert row["pretrain_top1_err"] == 20.8 and row["arch"] == "resnet18"
     assert row["backbone_checkpoint"] == os.path.join(pre, "model_final.pth")
     report_main([pre, str(runs["pskd"]), "--out", str(tmp_path)])

@@ -186,6 +186,7 @@ def test_eval_only_never_replaces_the_training_outputs(finished_run, synthetic_r
     assert added == [
         "eval_only_model_final.json",
         "eval_only_model_final_config.yaml",
+        "eval_only_model_final_per_image.npz",
         "eval_only_model_final_reliability.png",
     ]
     with open(os.path.join(out, "eval_only_model_final_config.yaml")) as f:

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.report import write_report  # noqa: E402
-from study.summary import write_summary  # noqa: E402
+from study.summary_tables import write_summary  # noqa: E402
 
 
 def main(argv=None):
