@@ -87,23 +87,38 @@ def aurc_eaurc(confidence, correct, weights=None):
     Ties are ordered as the authors' ``np.argsort(conf)[::-1]`` orders them: an ascending sort
     reversed, so among equal confidences the later sample comes first (a stable sort here; numpy's
     default quicksort is not stable, so their tie order may vary with the array). Ties matter when
-    many confidences saturate at 1.0. ``weights`` (B, N), integer counts: per row, the metrics
-    of the set with sample i repeated w_i times (its copies adjacent: same confidence, same
-    error); then two (B,) tensors.
+    many confidences saturate at 1.0.
+
+    ``weights`` (B, N), integer counts: per row, the metrics of the set with sample j repeated
+    c_j times (adjacent copies: same confidence, same error); then two (B,) tensors. A run of
+    copies at ranks P+1..P+c adds ``sum_t (E + t e) / (P + t) = E dH + e (c - P dH)`` to the sum
+    of risks (E: errors ranked before it, dH = H(P + c) - H(P), H the harmonic numbers), so no
+    row is expanded; with every c_j = 1 this is the plain mean of the risks.
     """
     order = torch.sort(confidence, stable=True).indices.flip(0)
     errors = 1.0 - correct[order]
-    counts = _rows(weights, confidence)[:, order].round().long()
+    counts = _rows(weights, confidence)
+    n = counts.shape[1]
+    inverse = 1.0 / torch.arange(1, n + 1, dtype=torch.float64)
+    harmonic = torch.cat([torch.zeros(1, dtype=torch.float64), inverse.cumsum(0)])  # H(0..n)
     aurc, eaurc = [], []
-    for row in counts:
-        expanded = errors.repeat_interleave(row)
-        n = expanded.numel()
-        risk = (expanded.cumsum(0) / torch.arange(1, n + 1, dtype=torch.float64)).mean().item()
+    for block in counts.split(_ROWS_PER_BLOCK):
+        c = block[:, order].round()
+        ranks = c.cumsum(dim=1)  # P + c, the rank of each sample's last copy
+        errs = (c * errors).cumsum(dim=1)  # E + c e
+        before, errs_before = ranks - c, errs - c * errors
+        total = ranks[:, -1]
+        d_h = harmonic[ranks.long()] - harmonic[before.long()]
+        risk = (errs_before * d_h + errors * (c - before * d_h)).sum(dim=1) / total
         aurc.append(1000.0 * risk)
-        eaurc.append(1000.0 * (risk - optimal_aurc(int(round(expanded.sum().item())), n)))
-    if weights is None:
-        return aurc[0], eaurc[0]
-    return torch.tensor(aurc, dtype=torch.float64), torch.tensor(eaurc, dtype=torch.float64)
+        optimal = [optimal_aurc(int(r), int(m)) for r, m in zip(errs[:, -1].round(), total)]
+        eaurc.append(1000.0 * (risk - torch.tensor(optimal, dtype=torch.float64)))
+    aurc, eaurc = torch.cat(aurc), torch.cat(eaurc)
+    return (aurc, eaurc) if weights is not None else (aurc.item(), eaurc.item())
+
+
+# Resamples computed at once: bounds the (rows, samples) arrays of a bootstrap.
+_ROWS_PER_BLOCK = 64
 
 
 def _rows(weights, like):
