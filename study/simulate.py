@@ -37,7 +37,7 @@ class Noise:
     image_sd: float
 
 
-SEED_DOMINATED = Noise(seed_sd=0.15, image_sd=0.2)
+SEED_DOMINATED = Noise(seed_sd=0.15, image_sd=0.1)
 IMAGE_DOMINATED = Noise(seed_sd=0.0, image_sd=1.0)
 
 

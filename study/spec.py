@@ -129,7 +129,7 @@ def _read_backbones(r, node, base, pretrain_opts):
     backbones = []
     for name, entry in node.items():
         key = f"backbones.{name}"
-        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        if not isinstance(name, str) or not _is_folder_name(name):
             r.fail(key, "a backbone name must be letters, digits, '_' or '-' (it names folders)")
         r.mapping(entry, key, allowed=("config", "opts", "teacher"), required=("config",))
         config = r.file(entry["config"], f"{key}.config", base)
@@ -238,6 +238,10 @@ def _read_data(r, node):
     return data
 
 
+def _is_folder_name(name):
+    return bool(name) and name.replace("_", "").replace("-", "").isalnum()
+
+
 def load_study(path):
     """Read and check a study file; raise StudyError naming the key of the first problem."""
     if not os.path.isfile(path):
@@ -266,8 +270,8 @@ def load_study(path):
         ),
         required=("name", "output_root", "seeds", "data", "backbones", "detection"),
     )
-    if not isinstance(node["name"], str) or not node["name"]:
-        r.fail("name", "expected a non-empty string")
+    if not isinstance(node["name"], str) or not _is_folder_name(node["name"]):
+        r.fail("name", "expected letters, digits, '_' or '-' (it names the report's folder)")
     seeds = node["seeds"]
     if (
         not isinstance(seeds, list)

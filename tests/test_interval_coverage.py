@@ -47,7 +47,7 @@ def test_coverage_and_width(metric, one_thread):
     assert 0.93 <= pooled <= 0.97, [r["coverage"] for r in results]
     # The cells do what their names say: the image term dominates one kind and not the other.
     shares = [r["v_img_share"] for r in results]
-    assert max(shares[k] for k, c in enumerate(CELLS) if c[1] is SEED_DOMINATED) < 0.2
+    assert max(shares[k] for k, c in enumerate(CELLS) if c[1] is SEED_DOMINATED) < 0.35
     assert min(shares[k] for k, c in enumerate(CELLS) if c[1] is IMAGE_DOMINATED) > 0.5
 
 

@@ -13,6 +13,7 @@ from study.state import all_states
 from tools.study import main as study_main
 
 TABLE5 = os.path.join(ROOT, "configs", "study", "table5_R_152.yaml")
+TABLE4 = os.path.join(ROOT, "configs", "study", "table4_R_152.yaml")
 TINY = os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")
 
 
@@ -68,6 +69,29 @@ def test_table5_study_graph(tmp_path):
     states = all_states(plan)
     assert states["pretrain/baseline/seed0"][0] == "ready"
     assert states["pretrain/tfkd/seed0"] == ("waiting", "pretrain/baseline/seed0")
+
+
+def test_table4_study_has_the_papers_ten_rows_and_shares_table5s_stages(tmp_path):
+    from detection import paper
+
+    def plan_of(path, folder):
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        data["output_root"] = str(tmp_path / "out")  # the same for both
+        os.makedirs(tmp_path / folder)
+        return Plan(load_study(_write(tmp_path / folder, data)))
+
+    table4, table5 = plan_of(TABLE4, "t4"), plan_of(TABLE5, "t5")
+    assert sorted(table4.labels().values()) == sorted(paper.TABLE4)
+    cutmix = [b.name for b in table4.study.backbones if b.cutmix]
+    assert cutmix == ["pskd_cutmix", "cutmix", "ls_cutmix", "cskd_cutmix", "tfkd_cutmix"]
+    assert table4.study.backbone("tfkd_cutmix").teacher == "baseline"
+    # Every stage of Table 5 is a stage of Table 4 with the same command: run once, shared.
+    shared = [s for s in table5.stages if s.kind != "report"]
+    assert all(table4.command(table4.by_id[s.id]) == table5.command(s) for s in shared)
+    assert len(table4.stages) == 10 * 3 * 3 + 1
+    assert table4.report.out != table5.report.out
+    assert table4.report.id == "report/table4_R_152"
 
 
 def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
