@@ -6,9 +6,10 @@
 
 Writes table5.md, table5.csv and table5.png (one row per run) into --out. The method comes from
 --label, else from the pretraining run the backbone was converted from, else from the run folder's
-name. Also writes table5_summary.md / .csv and table5_diff.png: per method the mean and std over
-seeds (the runs' SEED), and the difference to the Baseline with a 95% interval (seeds and a
-paired bootstrap over test images; docs/study.md). Needs no Detectron2.
+name. Also writes table5_summary.md / .csv and table5_diff.png: Tables 5 (VOC07 AP50) and 4 (the
+ImageNet metrics) over seeds (the runs' SEED), per method the mean and std, the difference to the
+Baseline with a 95% interval over seeds and test images, and the paper's values with whether its
+one-run difference is in our one-run range (docs/study.md). Needs no Detectron2.
 """
 
 import argparse
@@ -41,7 +42,7 @@ def main(argv=None):
         type=int,
         default=1000,
         metavar="N",
-        help="test-image resamples for the intervals of table5_summary.md (default 1000)",
+        help="test-image resamples of the intervals of table5_summary.md (default 1000)",
     )
     args = parser.parse_args(argv)
     if args.bootstrap < 10:
