@@ -161,6 +161,11 @@ def _metric_block(s, metric, runs, base, per_image):
     values = [_value(r, metric) for r in runs.values() if _value(r, metric) is not None]
     s[f"{metric}_mean"], s[f"{metric}_std"] = mean_std(values) if values else (None, None)
     s[f"paper_{metric}"] = _paper_value(s["method"], metric)
+    s[f"{metric}_vs_paper"] = (
+        s[f"{metric}_mean"] - s[f"paper_{metric}"]
+        if None not in (s[f"{metric}_mean"], s[f"paper_{metric}"])
+        else None
+    )
     base_paper = _paper_value(BASELINE, metric)
     s[f"paper_d{metric}"] = (
         s[f"paper_{metric}"] - base_paper

@@ -120,7 +120,7 @@ def to_markdown(summary, resamples):
     metrics = paper.TABLE4_METRICS
     lines += [
         "",
-        "## Table 4: ImageNet validation (paper's value in parentheses)",
+        "## Table 4: ImageNet validation (in parentheses: the paper's value; ours minus it)",
         "",
         "| Method | Backbone | Seeds | " + " | ".join(LABELS[m] for m in metrics) + " |",
         "|---|---|---|" + "---:|" * len(metrics),
@@ -128,7 +128,11 @@ def to_markdown(summary, resamples):
     for s in table4:
         cells = [
             _pm(s[f"{m}_mean"], s[f"{m}_std"])
-            + ("" if s[f"paper_{m}"] is None else f" ({_f(s[f'paper_{m}'])})")
+            + (
+                ""
+                if s[f"paper_{m}"] is None
+                else f" ({_f(s[f'paper_{m}'])}; {_f(s[f'{m}_vs_paper'], signed=True)})"
+            )
             for m in metrics
         ]
         lines.append(
@@ -191,6 +195,7 @@ CSV_COLUMNS = ["method", "arch", "protocol", "seeds"] + [
         ("d", "_pi_lo"),
         ("d", "_pi_hi"),
         ("paper_", ""),
+        ("", "_vs_paper"),
         ("paper_d", ""),
         ("paper_d", "_in_pi"),
     )

@@ -151,11 +151,17 @@ def test_the_report_prints_tables_5_and_4_with_the_papers_values(study_runs, tmp
     assert "Not the paper's setting" not in md
     assert "## Table 5" in md and "## Table 4" in md
     assert "| PS-KD | resnet152 | batch 16, lr 0.02, 18,000 it | 0, 1, 2 |" in md
-    assert f"({paper.TABLE4['PS-KD']['aurc']:.2f})" in md and "| 79.50 | +1.24 |" in md
+    aurc = _row(summary, "PS-KD")["aurc_mean"]
+    assert (
+        f"({paper.TABLE4['PS-KD']['aurc']:.2f}; {aurc - paper.TABLE4['PS-KD']['aurc']:+.2f})" in md
+    )
+    assert "| 79.50 | +1.24 |" in md
     pskd = _row(summary, "PS-KD")
     assert f"{pskd['dAP50']:+.2f} [{pskd['dAP50_lo']:+.2f}, {pskd['dAP50_hi']:+.2f}]" in md
     header = (tmp_path / "table5_summary.csv").read_text().splitlines()[0].split(",")
-    assert {"dAP50_ci", "dtop1_err_pi_lo", "paper_dnll_in_pi", "daurc_hi"} <= set(header)
+    assert {"dAP50_ci", "dtop1_err_pi_lo", "paper_dnll_in_pi", "daurc_hi", "ece_vs_paper"} <= set(
+        header
+    )
     assert (tmp_path / "table5_diff.png").stat().st_size > 0
 
 
@@ -190,6 +196,7 @@ def test_other_settings_are_flagged_and_the_paper_comparison_is_na():
         s.update(
             {
                 f"paper_{m}": 2.0,
+                f"{m}_vs_paper": -1.0,
                 f"paper_d{m}": 0.3,
                 f"paper_d{m}_in_pi": "n/a: resnet18, not the paper's resnet152",
             }
