@@ -242,13 +242,32 @@ def _is_folder_name(name):
     return bool(name) and name.replace("_", "").replace("-", "").isalnum()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last silently, so a second ``baseline:`` backbone would replace the first unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice: lines {first[key]} and {line}"
+                )
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_study(path):
     """Read and check a study file; raise StudyError naming the key of the first problem."""
     if not os.path.isfile(path):
         raise StudyError(f"{path}: study file not found")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as exc:
+        raise StudyError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML ({exc})") from None
     r = _Reader(path)

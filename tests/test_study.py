@@ -170,6 +170,27 @@ def test_bad_study_file_names_the_key(tmp_path, capsys, mutate, key, message):
     assert str(exit_info.value.code).startswith(f"error: {path}: {key}: ")
 
 
+@pytest.mark.parametrize(
+    "before, duplicate, lines",
+    [
+        (
+            "  pskd_cutmix:",
+            "  baseline: {config: configs/pretrain/imagenet_R_152_pskd.yaml}",
+            (12, 18),
+        ),
+        ("output_root:", "name: other", (5, 6)),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, before, duplicate, lines):
+    """PyYAML would keep the second silently: "baseline" would train PS-KD under its name."""
+    path = tmp_path / "study.yaml"
+    path.write_text(open(TABLE5).read().replace(before, f"{duplicate}\n{before}", 1))
+    key = duplicate.split(":")[0].strip()
+    with pytest.raises(StudyError) as info:
+        load_study(str(path))
+    assert str(info.value) == f"{path}: key {key!r} given twice: lines {lines[0]} and {lines[1]}"
+
+
 def test_teacher_methods_come_from_the_registry():
     """A backbone's teacher dependency is the method class's needs_teacher, for every method."""
     assert {name for name, cls in METHODS.items() if cls.needs_teacher} == {"tfkd", "nkd"}
