@@ -15,7 +15,7 @@ import sys
 import time
 
 from .plan import RUN_KINDS
-from .state import all_states, log_path, study_lock
+from .state import all_states, log_path, process_identity, study_lock
 from .state import write_record as _write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
         command=plan.command(stage),
         status="running",
         executor=executor,
-        pid=os.getpid(),
+        **process_identity(os.getpid()),
         job_id=job_id,
         log=log,
         started=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -65,7 +65,7 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        write_record(plan, stage, pid=proc.pid)
+        write_record(plan, stage, **process_identity(proc.pid))
         try:
             rc = proc.wait()
         except BaseException:

@@ -9,7 +9,7 @@ from conftest import ROOT
 from pretrain.methods import METHODS
 from study.plan import Plan
 from study.spec import StudyError, load_study
-from study.state import all_states
+from study.state import all_states, process_identity, write_record
 from tools.study import main as study_main
 
 TABLE5 = os.path.join(ROOT, "configs", "study", "table5_R_152.yaml")
@@ -207,3 +207,31 @@ def test_tiny_study_generates_its_data(tmp_path):
     cmd = plan.command(plan.pretrain["baseline", 1])
     assert cmd[cmd.index("DATA.ROOT") + 1] == str(tmp_path / "data" / "classification")
     assert cmd[:2] == [cmd[0], "tools/pretrain.py"]  # one process: no torchrun
+
+
+def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
+    """A record names its process by host, pid and start time: a dead pid, or a pid the system
+    gave to a later process, is never "running"."""
+    import subprocess
+    import sys
+
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    plan = Plan(load_study(_write(tmp_path, data)))
+    stage = plan.stages[0]
+
+    def state(**fields):
+        write_record(plan, stage, status="running", executor="local", log="x.log", **fields)
+        return all_states(plan)[stage.id]
+
+    me = process_identity(os.getpid())
+    assert me["host"] and me["pid_start"]
+    assert state(**me)[0] == "running"
+    assert state(**dict(me, pid_start=me["pid_start"] + "0")) == ("ready", "")  # pid reused
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    assert state(**dict(me, pid=int(dead.stdout), pid_start=None)) == ("ready", "")
+    elsewhere = state(**dict(me, host="node-7"))
+    assert elsewhere[0] == "running" and "on node-7, not this host" in elsewhere[1]
