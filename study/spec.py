@@ -20,6 +20,12 @@ from pretrain.methods import METHODS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGE_KINDS = ("data", "pretrain", "convert", "detect", "report")
+# How long a stage may go on being requeued: submitit requeues a job that reaches its time limit
+# at most max_num_timeout times (its default, 3, stops 90 ImageNet epochs on a 24-hour partition
+# after the third day), and signals it signal_delay_s before the limit so that it can stop
+# cleanly (a checkpoint of ResNet-152 with its optimizer and table takes tens of seconds).
+SLURM_REQUEUE_DEFAULTS = {"max_num_timeout": 30, "signal_delay_s": 120}
+
 # Slurm resources per stage, in submitit's names (also read by the local executor).
 RESOURCE_KEYS = {
     "nodes": int,
@@ -317,8 +323,14 @@ def load_study(path):
             f"expected an integer >= 10 (bootstrap resamples), got {bootstrap!r}",
         )
     slurm = r.mapping(
-        node.get("slurm") or {}, "slurm", allowed=("partition", "account", "additional_parameters")
+        node.get("slurm") or {},
+        "slurm",
+        allowed=("partition", "account", "additional_parameters", *SLURM_REQUEUE_DEFAULTS),
     )
+    for k, default in SLURM_REQUEUE_DEFAULTS.items():
+        v = slurm.setdefault(k, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            r.fail(f"slurm.{k}", f"expected a non-negative integer, got {v!r}")
     return Study(
         path=os.path.abspath(path),
         name=node["name"],
