@@ -235,3 +235,35 @@ def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
     assert state(**dict(me, pid=int(dead.stdout), pid_start=None)) == ("ready", "")
     elsewhere = state(**dict(me, host="node-7"))
     assert elsewhere[0] == "running" and "on node-7, not this host" in elsewhere[1]
+
+
+def test_generated_data_appears_whole_and_a_folder_the_study_did_not_make_is_kept(tmp_path):
+    from study.local import run_stage
+
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    data["data"]["synthetic"]["classification"] = {"classes": 2, "train_per_class": 2}
+    plan = Plan(load_study(_write(tmp_path, data)))
+    stage = plan.by_id["data/classification"]
+    assert run_stage(plan, stage, resume=False) == (True, "")
+    assert plan.check(stage) == (True, "")
+    assert os.listdir(os.path.dirname(stage.out)) == ["classification"]  # no partial folder left
+
+    # Other sizes asked of the same output root: the data there is not regenerated over the
+    # runs that used it, nor deleted.
+    data["data"]["synthetic"]["classification"]["train_per_class"] = 3
+    plan = Plan(load_study(_write(tmp_path, data)))
+    before = sorted(os.walk(stage.out))
+    ok, error = run_stage(plan, plan.by_id["data/classification"], resume=False)
+    assert not ok and error.startswith(f"{stage.out} exists but does not hold the data")
+    assert "4 images, expected 6" in error and "deletes only what it created" in error
+    assert sorted(os.walk(stage.out)) == before
+
+    # A user's own files where the generated VOC data would go: kept, and named.
+    voc = plan.by_id["data/voc"]
+    os.makedirs(voc.out)
+    (tmp_path / "out" / "data" / "voc" / "mine.txt").write_text("keep")
+    ok, error = run_stage(plan, voc, resume=False)
+    assert not ok and voc.out in error
+    assert (tmp_path / "out" / "data" / "voc" / "mine.txt").read_text() == "keep"
