@@ -75,9 +75,12 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
         write_record(plan, stage, **process_identity(proc.pid))
         try:
             rc = proc.wait()
+        except KeyboardInterrupt as exc:
+            _stop(proc)
+            write_record(plan, stage, status="interrupted", rc=proc.returncode)
+            raise StageInterrupted(stage, exc.args[0] if exc.args else "SIGINT") from None
         except BaseException:
-            proc.terminate()
-            proc.wait()
+            _stop(proc)
             raise
     if rc != 0:
         error = _last_error(log) or f"exit code {rc}"
@@ -96,6 +99,28 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
 
 def _no_record(*args, **kwargs):
     pass
+
+
+class StageInterrupted(Exception):
+    """Ctrl-C or SIGTERM reached the study while ``stage`` ran; the stage was stopped."""
+
+    def __init__(self, stage, signal_name):
+        super().__init__(f"{signal_name} while {stage.id} ran")
+        self.stage, self.signal_name = stage, signal_name
+
+
+def _stop(proc):
+    """Stop a stage's tool and wait for it: Ctrl-C reaches the whole process group, so it is
+    most often stopping already; otherwise (SIGTERM to the study alone) SIGTERM, which the tools
+    handle as Ctrl-C (``interrupted`` in their log, checkpoints intact), then SIGKILL."""
+    for signal_it, wait_s in ((None, 10), (proc.terminate, 60), (proc.kill, None)):
+        if signal_it:
+            signal_it()
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _refuse_existing_data(plan, stage):
