@@ -20,7 +20,7 @@ import re
 import yaml
 
 from detection.convert import read_source
-from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
+from pretrain.fileio import atomic_write_json, figure_png
 from pretrain.methods import METHODS, method_label
 from pretrain.metrics import METRIC_KEYS
 
@@ -282,8 +282,8 @@ def to_csv(rows):
     return buf.getvalue()
 
 
-def write_chart(rows, path):
-    """Grouped bars, ours vs the paper's AP50 per run."""
+def chart_png(rows):
+    """Grouped bars, ours vs the paper's AP50 per run, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -305,15 +305,15 @@ def write_chart(rows, path):
     ax.set_title("Faster R-CNN on PASCAL VOC07 test", fontsize=11)
     ax.legend(loc="upper left", ncol=2, fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    return figure_png(fig)
 
 
-def write_report(run_dirs, out_dir, labels=None):
-    """Write table5.md, table5.csv and table5.png into ``out_dir``; return the rows."""
+def report_files(run_dirs, labels=None):
+    """(rows, {file name: contents}) of the per-run table: table5.md, table5.csv, table5.png."""
     rows = collect(run_dirs, labels)
-    atomic_write_text(os.path.join(out_dir, "table5.md"), to_markdown(rows))
-    atomic_write_text(os.path.join(out_dir, "table5.csv"), to_csv(rows))
-    write_chart(rows, os.path.join(out_dir, "table5.png"))
-    return rows
+    files = {
+        "table5.md": to_markdown(rows),
+        "table5.csv": to_csv(rows),
+        "table5.png": chart_png(rows),
+    }
+    return rows, files

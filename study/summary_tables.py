@@ -4,10 +4,9 @@ intervals, beside the paper's)."""
 
 import csv
 import io
-import os
 
 from detection import paper
-from pretrain.fileio import atomic_open, atomic_write_text
+from pretrain.fileio import figure_png
 from pretrain.metrics import METRIC_LABELS
 
 from .summary import BASELINE, METRICS, NO_DETECTION, PAPER_TEST_IMAGES, summarize
@@ -216,9 +215,10 @@ def to_csv(summary):
     return buf.getvalue()
 
 
-def write_chart(summary, path):
+def chart_png(summary):
     """Differences to the baseline with their 95% intervals (ours) beside the paper's, for AP50
-    and top-1 error: an axis around zero, not bars from zero, so small effects stay visible."""
+    and top-1 error: an axis around zero, not bars from zero, so small effects stay visible.
+    PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,15 +263,15 @@ def write_chart(summary, path):
         if rows:
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    return figure_png(fig)
 
 
-def write_summary(run_dirs, out_dir, labels=None, resamples=1000):
-    """Write table5_summary.md / .csv and table5_diff.png into ``out_dir``; return the summary."""
+def summary_files(run_dirs, labels=None, resamples=1000):
+    """(summary, {file name: contents}): table5_summary.md / .csv and table5_diff.png."""
     summary = summarize(run_dirs, labels, resamples)
-    atomic_write_text(os.path.join(out_dir, "table5_summary.md"), to_markdown(summary, resamples))
-    atomic_write_text(os.path.join(out_dir, "table5_summary.csv"), to_csv(summary))
-    write_chart(summary, os.path.join(out_dir, "table5_diff.png"))
-    return summary
+    files = {
+        "table5_summary.md": to_markdown(summary, resamples),
+        "table5_summary.csv": to_csv(summary),
+        "table5_diff.png": chart_png(summary),
+    }
+    return summary, files

@@ -8,6 +8,7 @@ tests/test_detection.py runs the report on a folder a real Detectron2 run produc
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -213,6 +214,40 @@ def test_report_refuses_non_run_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a detection or pretraining run folder"):
         report_main([str(tmp_path), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_report_writes_all_its_files_or_none(runs, tmp_path, capsys):
+    out = tmp_path / "table"
+    report_main([str(runs["base"]), str(runs["pskd"]), "--out", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {
+        "table5.md",
+        "table5.csv",
+        "table5.png",
+        "table5_summary.md",
+        "table5_summary.csv",
+        "table5_diff.png",
+    }
+    # Two runs with the same SEED of one method: found while reading, after the per-run table
+    # could be made; nothing is written, and the earlier report stays whole.
+    twin = tmp_path / "twin"
+    shutil.copytree(runs["pskd"], twin)
+    with pytest.raises(SystemExit, match="two runs of PS-KD"):
+        report_main([str(runs["base"]), str(runs["pskd"]), str(twin), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # The same run twice: refused before reading anything.
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(runs["pskd"]), str(runs["pskd"]) + "/", "--out", str(out)])
+    assert stop.value.code == 2 and "given twice" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_report_refuses_a_file_as_its_folder(runs, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit):
+        report_main([str(runs["pskd"]), "--out", str(tmp_path / "file")])
+    assert "a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 @pytest.mark.parametrize("label", ["elsewhere=LS", "LS"])

@@ -13,6 +13,7 @@ import yaml
 
 from detection import paper
 from detection.report import LINK_FILE
+from pretrain.fileio import write_files_together
 from pretrain.metrics import per_sample_stats, save_per_image, summarize
 from study.imagenet_scores import ImageNetScores
 from study.statistics import (
@@ -24,7 +25,7 @@ from study.statistics import (
     one_run_prediction_interval,
 )
 from study.summary import summarize as summarize_study
-from study.summary_tables import to_csv, to_markdown, write_summary
+from study.summary_tables import summary_files, to_csv, to_markdown
 from study.voc_scores import ScoredRun
 
 VOC_IMAGES, VAL_IMAGES, CLASSES = paper.VOC07_TEST_IMAGES, paper.IMAGENET_VAL_IMAGES, 20
@@ -146,7 +147,8 @@ def test_differences_and_intervals_are_those_of_the_per_image_results(study_runs
 
 def test_the_report_prints_tables_5_and_4_with_the_papers_values(study_runs, tmp_path):
     dets = [det for _, det in study_runs.values()]
-    summary = write_summary(dets, str(tmp_path), resamples=RESAMPLES)
+    summary, files = summary_files(dets, resamples=RESAMPLES)
+    write_files_together(str(tmp_path), files)
     md = (tmp_path / "table5_summary.md").read_text()
     assert "Not the paper's setting" not in md
     assert "## Table 5" in md and "## Table 4" in md
