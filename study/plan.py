@@ -300,7 +300,10 @@ class Plan:
                 f"{cfg['METHOD']['NAME']}; this stage is seed {stage.seed}, {stage.backbone.method}"
             )
         # Memory-mapped: reads the header and tensor index, not the weights.
-        state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # a truncated or damaged archive
+            return False, f"{final}: unreadable ({' '.join(str(exc).split())})"
         if not isinstance(state, dict) or not state.get("model"):
             return False, f"{final}: no model state"
         return True, ""

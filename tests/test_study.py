@@ -267,3 +267,34 @@ def test_generated_data_appears_whole_and_a_folder_the_study_did_not_make_is_kep
     ok, error = run_stage(plan, voc, resume=False)
     assert not ok and voc.out in error
     assert (tmp_path / "out" / "data" / "voc" / "mine.txt").read_text() == "keep"
+
+
+def test_a_damaged_output_is_a_state_naming_its_file(tmp_path, capsys):
+    import json
+
+    import torch
+
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    path = _write(tmp_path, data)
+    plan = Plan(load_study(path))
+    stage = plan.pretrain["baseline", 0]
+    os.makedirs(stage.out)
+    with open(os.path.join(stage.out, "config.yaml"), "w") as f:
+        yaml.safe_dump({"SEED": 0, "METHOD": {"NAME": "baseline"}}, f)
+    with open(os.path.join(stage.out, "eval_final.json"), "w") as f:
+        json.dump({"top1_err": 50.0}, f)
+    final = os.path.join(stage.out, "model_final.pth")
+    torch.save({"model": {"w": torch.zeros(1000)}}, final)
+    assert plan.check(stage) == (True, "")
+    with open(final, "rb") as f:
+        whole = f.read()
+    with open(final, "wb") as f:
+        f.write(whole[: len(whole) // 2])  # a copy cut short
+    state, detail = all_states(plan)[stage.id]
+    assert state == "interrupted" and detail.startswith(f"{final}: unreadable")
+    for flag in ("--status", "--dry-run"):
+        study_main(["--config-file", path, flag])
+    out = capsys.readouterr().out
+    assert f"{final}: unreadable" in out and "Traceback" not in out
