@@ -57,7 +57,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     return write_voc(
-        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2
+        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=5, trainval12=1, seed=2
     )
 
 
