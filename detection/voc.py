@@ -122,11 +122,23 @@ def _image_ids(dirname, split):
     list_file = os.path.join(dirname, "ImageSets", "Main", split + ".txt")
     if not os.path.isfile(list_file):
         raise VOCFormatError(f"{list_file}: image-set file not found")
+    first_line = {}
     with open(list_file) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    if not ids:
+        for number, line in enumerate(f, 1):
+            image_id = line.strip()
+            if not image_id:
+                continue
+            # voc_eval counts a listed image's objects as positives once per listing but keeps
+            # one record per id to match them against, so recall and every AP would be capped.
+            if image_id in first_line:
+                raise VOCFormatError(
+                    f"{list_file}: image id {image_id!r} listed twice (lines "
+                    f"{first_line[image_id]} and {number})"
+                )
+            first_line[image_id] = number
+    if not first_line:
         raise VOCFormatError(f"{list_file}: lists no images")
-    return ids
+    return list(first_line)
 
 
 def load_voc_split(dirname, split, class_names=CLASS_NAMES):
