@@ -130,6 +130,11 @@ def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
         ),
         (lambda d: d["resources"]["detect"].update(gpu=8), "resources.detect.gpu", "unknown key"),
         (lambda d: d["data"].pop("voc"), "data.voc", "missing"),
+        (
+            lambda d: d.update(data={"synthetic": {"voc": {"test07": 4}}}),
+            "data.synthetic.voc.test07",
+            "expected at least 5 .* got 4",
+        ),
         (lambda d: d["detection"].update(config="x.yaml"), "detection.config", "not found"),
         (lambda d: d.update(report={"bootstrap": 5}), "report.bootstrap", ">= 10"),
     ],
@@ -162,3 +167,4 @@ def test_tiny_study_generates_its_data(tmp_path):
     cmd = plan.command(plan.pretrain["baseline", 1])
     assert cmd[cmd.index("DATA.ROOT") + 1] == str(tmp_path / "data" / "classification")
     assert cmd[:2] == [cmd[0], "tools/pretrain.py"]  # one process: no torchrun
+
