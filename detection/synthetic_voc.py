@@ -25,8 +25,8 @@ VOC_CLASSES = (
 
 # Share of an image's extra objects (those of random classes) marked difficult.
 DIFFICULT_PROB = 0.25
-# A test image shows at most this many classes it must show (VOC07 test averages about 3
-# objects per image): a test split of fewer than MIN_TEST07 images cannot show all 20 realistically.
+# At most this many required classes per test image (VOC07 test averages about 3 objects per
+# image): a test split of fewer than MIN_TEST07 images cannot show all 20 realistically.
 MAX_REQUIRED = 4
 MIN_TEST07 = -(-len(VOC_CLASSES) // MAX_REQUIRED)
 
