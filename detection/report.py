@@ -30,6 +30,7 @@ LINK_FILE = "backbone.json"
 
 COLUMNS = (
     ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
+    + ["AP50_present_classes", "classes_without_test_objects"]
     + [f"pretrain_{m}" for m in METRIC_KEYS]
     + ["protocol", "max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
 )
@@ -159,7 +160,9 @@ def read_run(run_dir, label=None):
         row["ims_per_batch"] = _get(det_cfg, "SOLVER.IMS_PER_BATCH")
         if os.path.isfile(eval_path):
             result = _read_json(eval_path)
-            row.update({k: result.get(k) for k in ("AP50", "AP", "AP75")})
+            row.update({k: result.get(k) for k in ("AP50", "AP", "AP75", "AP50_present_classes")})
+            # Absent from evaluations written before the key existed: unknown, not "none".
+            row["classes_without_test_objects"] = result.get("classes_without_test_objects")
         weights = _get(det_cfg, "MODEL.WEIGHTS") or ""
         row["weights"] = weights or None
         source = _pretrain_checkpoint(weights, run_dir)
@@ -261,6 +264,19 @@ def to_markdown(rows):
             f"No VOC evaluation (voc_eval.json) yet for: {', '.join(undetected)}; their AP columns "
             "are empty.",
         ]
+    lacking = [r for r in rows if r["classes_without_test_objects"]]
+    if lacking:
+        lines += [
+            "",
+            "AP50 is the mean over all classes (as Detectron2 and the paper report it); a class "
+            "without a non-difficult test object counts as AP 0 in it:",
+        ]
+        lines += [
+            f"- {r['run']}: no test object of {', '.join(r['classes_without_test_objects'])} "
+            f"({len(r['classes_without_test_objects'])} classes); AP50 {_fmt(r['AP50'])}, "
+            f"mean over the classes present {_fmt(r['AP50_present_classes'])}."
+            for r in lacking
+        ]
     protocols = {r["protocol"] for r in rows if r["protocol"]}
     if len(protocols) > 1:
         lines += [
@@ -273,12 +289,18 @@ def to_markdown(rows):
     return "\n".join(lines)
 
 
+def _csv_value(value):
+    if value is None:
+        return ""
+    return " ".join(value) if isinstance(value, list) else value
+
+
 def to_csv(rows):
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if r[k] is None else r[k] for k in COLUMNS})
+        writer.writerow({k: _csv_value(r[k]) for k in COLUMNS})
     return buf.getvalue()
 
 

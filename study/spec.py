@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from detection.synthetic_voc import MAX_REQUIRED, MIN_TEST07
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS
 
@@ -227,6 +228,12 @@ def _read_data(r, node):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     r.fail(f"data.synthetic.{kind}.{k}", f"expected a positive integer, got {v!r}")
             sizes[kind] = {**defaults, **entry}
+        if sizes["voc"]["test07"] < MIN_TEST07:
+            r.fail(
+                "data.synthetic.voc.test07",
+                f"expected at least {MIN_TEST07} (the generated test split shows all 20 classes, "
+                f"at most {MAX_REQUIRED} per image), got {sizes['voc']['test07']}",
+            )
         return {"synthetic": sizes}
     data = {}
     for k in ("pretrain", "voc"):

@@ -57,7 +57,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     return write_voc(
-        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2
+        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=5, trainval12=1, seed=2
     )
 
 
@@ -146,6 +146,33 @@ def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
         root,
     )
     assert message.startswith(f"error: {bad}: object 0 has class 'unicorn'"), message
+    assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def test_test_id_listed_twice_stops_before_training(weights, voc, tmp_path):
+    """voc_eval would count the image's objects twice as positives but match them once."""
+    root = str(tmp_path / "voc")
+    shutil.copytree(voc, root)
+    list_file = os.path.join(root, "VOC2007", "ImageSets", "Main", "test.txt")
+    with open(list_file) as f:
+        ids = f.read().split()
+    # A blank line counts: line numbers are the file's, as an editor shows them.
+    with open(list_file, "w") as f:
+        f.write("\n".join([ids[0], ids[1], "", *ids[2:], ids[1]]) + "\n")
+    out = tmp_path / "det"
+    message = train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights["resnet18"],
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.VOC_ROOT",
+        root,
+    )
+    assert message == (
+        f"error: {list_file}: image id {ids[1]!r} listed twice (lines 2 and {len(ids) + 2})"
+    ), message
     assert not any(n.startswith("model_") for n in os.listdir(out))
 
 

@@ -18,9 +18,16 @@ from PIL import Image
 
 from detection.convert import convert
 from detection.paper import TABLE5_AP50
-from detection.report import label_from_dirname, read_run, record_backbone, to_markdown
+from detection.report import (
+    label_from_dirname,
+    read_run,
+    record_backbone,
+    report_files,
+    to_markdown,
+)
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
+from pretrain.fileio import write_files_together
 from tools.report import main as report_main
 
 
@@ -208,6 +215,42 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
 
     with Image.open(out / "table5.png") as img:
         assert img.format == "PNG" and img.width > 300
+
+
+def test_report_names_classes_without_test_objects(runs, tmp_path):
+    """A small test set without cats and dogs: the note names them beside the 20-class AP50 and
+    the mean over the present classes; the CSV has both. Runs without absent classes, and
+    evaluations written before the keys existed, get no note."""
+    run = make_detection_run(tmp_path, "det_small", tmp_path / "gone.pkl", 45.0)
+    result = json.loads((run / "voc_eval.json").read_text())
+    result.update(AP50_present_classes=50.0, classes_without_test_objects=["cat", "dog"])
+    (run / "voc_eval.json").write_text(json.dumps(result))
+    complete = make_detection_run(tmp_path, "det_full", tmp_path / "gone.pkl", 70.0)
+    result = json.loads((complete / "voc_eval.json").read_text())
+    result.update(AP50_present_classes=70.0, classes_without_test_objects=[])
+    (complete / "voc_eval.json").write_text(json.dumps(result))
+
+    write_files_together(
+        str(tmp_path / "t"), report_files([str(run), str(complete), str(runs["base"])])[1]
+    )
+    md = (tmp_path / "t" / "table5.md").read_text()
+    assert (
+        "- det_small: no test object of cat, dog (2 classes); AP50 45.00, mean over the classes "
+        "present 50.00." in md
+    )
+    assert "det_full:" not in md and "det_c:" not in md
+    with open(tmp_path / "t" / "table5.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert (
+        rows["det_small"]["AP50_present_classes"],
+        rows["det_small"]["classes_without_test_objects"],
+    ) == ("50.0", "cat dog")
+    assert (
+        rows["det_full"]["AP50_present_classes"],
+        rows["det_full"]["classes_without_test_objects"],
+    ) == ("70.0", "")
+    assert rows["det_c"]["AP50_present_classes"] == ""  # an older voc_eval.json: unknown
+    assert "mean over the classes present" not in to_markdown([read_run(str(complete))])
 
 
 def test_report_refuses_non_run_folder(tmp_path):

@@ -154,6 +154,11 @@ def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
         ),
         (lambda d: d["resources"]["detect"].update(gpu=8), "resources.detect.gpu", "unknown key"),
         (lambda d: d["data"].pop("voc"), "data.voc", "missing"),
+        (
+            lambda d: d.update(data={"synthetic": {"voc": {"test07": 4}}}),
+            "data.synthetic.voc.test07",
+            "expected at least 5 .* got 4",
+        ),
         (lambda d: d["detection"].update(config="x.yaml"), "detection.config", "not found"),
         (lambda d: d.update(report={"bootstrap": 5}), "report.bootstrap", ">= 10"),
     ],
@@ -298,3 +303,23 @@ def test_a_damaged_output_is_a_state_naming_its_file(tmp_path, capsys):
         study_main(["--config-file", path, flag])
     out = capsys.readouterr().out
     assert f"{final}: unreadable" in out and "Traceback" not in out
+
+
+def test_tiny_study_keeps_the_sizes_of_its_measured_run():
+    """configs/study/tiny_cpu.yaml's data and schedules are those of the run docs/demo.md
+    records: every detection AP50 above 0 and different between runs, so the report's intervals
+    are not degenerate. Its earlier sizes (4 detection iterations on 12 training images, 3
+    pretraining epochs on 32 images) gave AP50 0.00 and top-1 error 75% (chance) in every run.
+    The study tests run a cut copy (conftest.tiny_study), not this one."""
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    assert data["seeds"] == [0, 1] and list(data["backbones"]) == ["baseline", "tfkd"]
+    assert data["data"]["synthetic"] == {
+        "classification": {"classes": 4, "train_per_class": 24, "val_per_class": 8, "size": 64},
+        "voc": {"trainval07": 40, "test07": 20, "trainval12": 40},
+    }
+    assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
+    assert data["detection"] == {
+        "config": "configs/detection/faster_rcnn_R_18_FPN_tiny_cpu.yaml",
+        "opts": {"SOLVER.MAX_ITER": 200, "SOLVER.STEPS": [150], "SOLVER.WARMUP_ITERS": 50},
+    }

@@ -13,21 +13,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, first_checkpoint, require_detectron2, run_tool
+from conftest import ROOT, first_checkpoint, require_detectron2, run_tool, tiny_study
 from study.plan import Plan
 from study.spec import load_study
 
 require_detectron2()
 
 pytestmark = pytest.mark.slow
-TINY = os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")
 
 
 def _study(tmp_path, **changes):
-    with open(TINY) as f:
-        data = yaml.safe_load(f)
-    data["output_root"] = str(tmp_path / "out")
-    data.update(changes)
+    data = tiny_study(tmp_path / "out", **changes)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path), data

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, descendants, first_checkpoint
+from conftest import ROOT, descendants, first_checkpoint, tiny_study
 from study.plan import Plan
 from study.spec import load_study
 
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_interrupted_study_stops_its_stage_with_one_line(tmp_path, sig, to_group):
-    with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
-        data = yaml.safe_load(f)
-    data.update(output_root=str(tmp_path / "out"), seeds=[0])
+    data = tiny_study(tmp_path / "out", seeds=[0])
     del data["backbones"]["tfkd"]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, first_checkpoint, require_detectron2
+from conftest import ROOT, first_checkpoint, require_detectron2, tiny_study
 from slurm_cluster import SlurmCluster, unavailable_reason
 from study.plan import Plan
 from study.spec import load_study
@@ -32,9 +32,7 @@ def cluster():
 
 
 def _study_file(tmp_path):
-    with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
-        data = yaml.safe_load(f)
-    data.update(output_root=str(tmp_path / "out"), seeds=[0])
+    data = tiny_study(tmp_path / "out", seeds=[0])
     data["slurm"] = {"max_num_timeout": 5, "signal_delay_s": 45}
     # The tiny study's 3 epochs, a checkpoint after each: the job is signalled after the first.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
