@@ -182,9 +182,14 @@ def _metric_block(s, metric, runs, base, per_image):
         s[f"d{metric}_ci"] = "no seed in common with the Baseline"
         return
     s[f"d{metric}"], s[f"d{metric}_lo"], s[f"d{metric}_hi"] = ci["diff"], ci["lo"], ci["hi"]
-    s[f"d{metric}_ci"] = (
-        ci["kind"] if ci["lo"] is not None else "n/a: one seed and no per-image data, or no spread"
-    )
+    if ci["lo"] is not None:
+        s[f"d{metric}_ci"] = ci["kind"]
+    elif ci["kind"] is None:
+        s[f"d{metric}_ci"] = "n/a: one seed and no per-image data"
+    else:  # a metric of few values on a small test set: the seeds' differences came out equal
+        s[f"d{metric}_ci"] = (
+            "n/a: no spread (equal differences over the seeds, and no image effect they share)"
+        )
     s[f"paper_d{metric}_in_pi"] = _paper_check(s, metric, num_images, d)
     s.setdefault("test_images", {})[metric] = num_images
 
