@@ -124,6 +124,21 @@ def train_net(*argv):
     return str(info.value.code)
 
 
+def train_tiny(weights, out, voc_root, *opts):
+    """``train_net`` with the tiny config on ``voc_root`` from ``weights`` into ``out``."""
+    return train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights,
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.VOC_ROOT",
+        voc_root,
+        *opts,
+    )
+
+
 def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     root = str(tmp_path / "voc")
     shutil.copytree(voc, root)
@@ -135,16 +150,7 @@ def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     with open(bad, "w") as f:
         f.write(re.sub(r"<name>\w+</name>", "<name>unicorn</name>", text, count=1))
     out = tmp_path / "det"
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet18"],
-        "OUTPUT_DIR",
-        str(out),
-        "DATASETS.VOC_ROOT",
-        root,
-    )
+    message = train_tiny(weights["resnet18"], out, root)
     assert message.startswith(f"error: {bad}: object 0 has class 'unicorn'"), message
     assert not any(n.startswith("model_") for n in os.listdir(out))
 
@@ -160,16 +166,7 @@ def test_test_id_listed_twice_stops_before_training(weights, voc, tmp_path):
     with open(list_file, "w") as f:
         f.write("\n".join([ids[0], ids[1], "", *ids[2:], ids[1]]) + "\n")
     out = tmp_path / "det"
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet18"],
-        "OUTPUT_DIR",
-        str(out),
-        "DATASETS.VOC_ROOT",
-        root,
-    )
+    message = train_tiny(weights["resnet18"], out, root)
     assert message == (
         f"error: {list_file}: image id {ids[1]!r} listed twice (lines 2 and {len(ids) + 2})"
     ), message
@@ -178,39 +175,17 @@ def test_test_id_listed_twice_stops_before_training(weights, voc, tmp_path):
 
 def test_wrong_or_missing_weights_are_one_error_line(weights, voc, tmp_path):
     out = str(tmp_path / "det")
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet50"],
-        "OUTPUT_DIR",
-        out,
-        "DATASETS.VOC_ROOT",
-        voc,
-    )
+    message = train_tiny(weights["resnet50"], out, voc)
     assert message.startswith(
         f"error: MODEL.WEIGHTS {weights['resnet50']!r} does not initialise"
     ), message
     missing = str(tmp_path / "nowhere.pkl")
-    message = train_net(
-        "--config-file", TINY, "MODEL.WEIGHTS", missing, "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc
-    )
+    message = train_tiny(missing, out, voc)
     assert message == f"error: MODEL.WEIGHTS {missing!r} does not exist"
 
 
 def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet18"],
-        "TEST.AUG.ENABLED",
-        "True",
-        "OUTPUT_DIR",
-        str(tmp_path / "det"),
-        "DATASETS.VOC_ROOT",
-        voc,
-    )
+    message = train_tiny(weights["resnet18"], tmp_path / "det", voc, "TEST.AUG.ENABLED", "True")
     assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
 
 
