@@ -20,23 +20,17 @@ import re
 import yaml
 
 from detection.convert import read_source
-from pretrain.fileio import atomic_open, atomic_write_json, atomic_write_text
+from pretrain.fileio import atomic_write_json, figure_png
 from pretrain.methods import METHODS, method_label
 from pretrain.metrics import METRIC_KEYS
 
-# The PS-KD paper, Table 5: Faster R-CNN R-152 on VOC07 test, mAP (IoU > 0.5).
-PAPER_TABLE5 = {
-    method_label("baseline"): 78.26,
-    method_label("ls"): 78.44,
-    method_label("cskd"): 78.33,
-    method_label("tfkd"): 78.28,
-    method_label("pskd"): 79.50,
-    method_label("pskd", cutmix=True): 79.72,
-}
+from .paper import METHOD_ORDER, TABLE5_AP50
+
 LINK_FILE = "backbone.json"
 
 COLUMNS = (
     ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
+    + ["AP50_present_classes", "classes_without_test_objects"]
     + [f"pretrain_{m}" for m in METRIC_KEYS]
     + ["protocol", "max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
 )
@@ -166,7 +160,9 @@ def read_run(run_dir, label=None):
         row["ims_per_batch"] = _get(det_cfg, "SOLVER.IMS_PER_BATCH")
         if os.path.isfile(eval_path):
             result = _read_json(eval_path)
-            row.update({k: result.get(k) for k in ("AP50", "AP", "AP75")})
+            row.update({k: result.get(k) for k in ("AP50", "AP", "AP75", "AP50_present_classes")})
+            # Absent from evaluations written before the key existed: unknown, not "none".
+            row["classes_without_test_objects"] = result.get("classes_without_test_objects")
         weights = _get(det_cfg, "MODEL.WEIGHTS") or ""
         row["weights"] = weights or None
         source = _pretrain_checkpoint(weights, run_dir)
@@ -189,7 +185,7 @@ def read_run(run_dir, label=None):
     else:
         row["method"] = label_from_dirname(run_dir)
         row["method_from"] = "run folder name" if row["method"] else None
-    row["paper_AP50"] = PAPER_TABLE5.get(row["method"])
+    row["paper_AP50"] = TABLE5_AP50.get(row["method"])
     return row
 
 
@@ -197,9 +193,11 @@ def collect(run_dirs, labels=None):
     """Rows for ``run_dirs`` in the paper's method order (other methods after, as given)."""
     labels = labels or {}
     rows = [read_run(d, labels.get(os.path.normpath(d))) for d in run_dirs]
-    order = list(PAPER_TABLE5)
     return sorted(
-        rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order)
+        rows,
+        key=lambda r: (
+            METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else len(METHOD_ORDER)
+        ),
     )
 
 
@@ -266,6 +264,19 @@ def to_markdown(rows):
             f"No VOC evaluation (voc_eval.json) yet for: {', '.join(undetected)}; their AP columns "
             "are empty.",
         ]
+    lacking = [r for r in rows if r["classes_without_test_objects"]]
+    if lacking:
+        lines += [
+            "",
+            "AP50 is the mean over all classes (as Detectron2 and the paper report it); a class "
+            "without a non-difficult test object counts as AP 0 in it:",
+        ]
+        lines += [
+            f"- {r['run']}: no test object of {', '.join(r['classes_without_test_objects'])} "
+            f"({len(r['classes_without_test_objects'])} classes); AP50 {_fmt(r['AP50'])}, "
+            f"mean over the classes present {_fmt(r['AP50_present_classes'])}."
+            for r in lacking
+        ]
     protocols = {r["protocol"] for r in rows if r["protocol"]}
     if len(protocols) > 1:
         lines += [
@@ -273,9 +284,15 @@ def to_markdown(rows):
             "The rows were fine-tuned with different protocols (Fine-tuning column): compare AP "
             "only between rows of the same one.",
         ]
-    reference = ", ".join(f"{k} {v:.2f}" for k, v in PAPER_TABLE5.items())
+    reference = ", ".join(f"{k} {v:.2f}" for k, v in TABLE5_AP50.items())
     lines += ["", f"Paper, all methods: {reference}.", ""]
     return "\n".join(lines)
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    return " ".join(value) if isinstance(value, list) else value
 
 
 def to_csv(rows):
@@ -283,12 +300,12 @@ def to_csv(rows):
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: "" if r[k] is None else r[k] for k in COLUMNS})
+        writer.writerow({k: _csv_value(r[k]) for k in COLUMNS})
     return buf.getvalue()
 
 
-def write_chart(rows, path):
-    """Grouped bars, ours vs the paper's AP50 per run."""
+def chart_png(rows):
+    """Grouped bars, ours vs the paper's AP50 per run, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -310,15 +327,15 @@ def write_chart(rows, path):
     ax.set_title("Faster R-CNN on PASCAL VOC07 test", fontsize=11)
     ax.legend(loc="upper left", ncol=2, fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    return figure_png(fig)
 
 
-def write_report(run_dirs, out_dir, labels=None):
-    """Write table5.md, table5.csv and table5.png into ``out_dir``; return the rows."""
+def report_files(run_dirs, labels=None):
+    """(rows, {file name: contents}) of the per-run table: table5.md, table5.csv, table5.png."""
     rows = collect(run_dirs, labels)
-    atomic_write_text(os.path.join(out_dir, "table5.md"), to_markdown(rows))
-    atomic_write_text(os.path.join(out_dir, "table5.csv"), to_csv(rows))
-    write_chart(rows, os.path.join(out_dir, "table5.png"))
-    return rows
+    files = {
+        "table5.md": to_markdown(rows),
+        "table5.csv": to_csv(rows),
+        "table5.png": chart_png(rows),
+    }
+    return rows, files

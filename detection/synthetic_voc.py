@@ -3,8 +3,9 @@
 Each object is a filled rectangle or ellipse whose colour and shape identify its class, on a
 noisy background, so a detector can learn the classes in a short run; some objects are
 marked ``difficult`` (as VOC does) to exercise the evaluator's "ignore difficult" rule. Image i's
-first object is non-difficult and of class i mod 20, so with 20 or more test images every class
-has a countable instance in VOC2007 test and every per-class AP is defined.
+first object is non-difficult and of class i mod 20; a VOC2007 test split of fewer than 20 images
+gets up to 3 more non-difficult objects per image, so that every class has a countable instance
+in it and no class scores AP 0 for want of test objects (docs/detection.md).
 Pure numpy/PIL: no Detectron2 needed to write it.
 """
 
@@ -22,8 +23,12 @@ VOC_CLASSES = (
     "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-# Share of an image's extra objects (all but the first) marked difficult.
+# Share of an image's extra objects (those of random classes) marked difficult.
 DIFFICULT_PROB = 0.25
+# At most this many required classes per test image (VOC07 test averages about 3 objects per
+# image): a test split of fewer than MIN_TEST07 images cannot show all 20 realistically.
+MAX_REQUIRED = 4
+MIN_TEST07 = -(-len(VOC_CLASSES) // MAX_REQUIRED)
 
 
 def _class_style(cls):
@@ -55,28 +60,58 @@ def _overlaps(box, boxes):
     return False
 
 
-def _image(rng, first_cls, size):
+def _regions(width, height, n):
+    """``n`` (1-4) disjoint regions ``(x0, y0, w, h)`` of the image: the whole of it, its two
+    halves along the longer side, or its quadrants."""
+    if n == 1:
+        return [(0, 0, width, height)]
+    if n == 2:
+        if width >= height:
+            return [(0, 0, width // 2, height), (width // 2, 0, width - width // 2, height)]
+        return [(0, 0, width, height // 2), (0, height // 2, width, height - height // 2)]
+    w, h = width // 2, height // 2
+    quadrants = [
+        (0, 0, w, h),
+        (w, 0, width - w, h),
+        (0, h, w, height - h),
+        (w, h, width - w, height - h),
+    ]
+    return quadrants[:n]
+
+
+def _box_in(rng, region, size):
+    """A random box of sides size//6 .. size//2 (at most the region's) inside ``region``."""
+    rx, ry, rw, rh = region
+    bw = int(rng.integers(size // 6, min(size // 2, rw)))
+    bh = int(rng.integers(size // 6, min(size // 2, rh)))
+    x0 = rx + int(rng.integers(0, rw - bw))
+    y0 = ry + int(rng.integers(0, rh - bh))
+    return (x0, y0, x0 + bw, y0 + bh)
+
+
+def _image(rng, required, size):
+    """An image holding one non-difficult object of each class in ``required`` (1 to 4 of them,
+    each in its own region, so they never overlap) and 0-2 objects of random classes where they
+    find room, a quarter of those difficult."""
     width = int(rng.integers(size * 3 // 4, size + 1))
     height = int(rng.integers(size * 3 // 4, size + 1))
     grey = rng.uniform(60, 140)
     img = np.full((height, width, 3), grey) + rng.normal(0, 12.0, size=(height, width, 3))
+    extra = list(rng.integers(0, len(VOC_CLASSES), size=int(rng.integers(0, 3))))
     objects = []
-    classes = [first_cls] + list(rng.integers(0, len(VOC_CLASSES), size=int(rng.integers(0, 3))))
-    for i, cls in enumerate(classes):
+    for cls, region in zip(required, _regions(width, height, len(required))):
+        box = _box_in(rng, region, size)
+        _draw(img, box, cls, rng)
+        objects.append((cls, box, 0))
+    for cls in extra:
         for _ in range(20):  # rejection sampling for a free spot; give up on crowded images
-            bw = int(rng.integers(size // 6, size // 2))
-            bh = int(rng.integers(size // 6, size // 2))
-            x0 = int(rng.integers(0, width - bw))
-            y0 = int(rng.integers(0, height - bh))
-            box = (x0, y0, x0 + bw, y0 + bh)
+            box = _box_in(rng, (0, 0, width, height), size)
             if not _overlaps(box, [o[1] for o in objects]):
                 break
         else:
             continue
         _draw(img, box, int(cls), rng)
-        # The image's first object stays non-difficult so every class has a countable instance.
-        difficult = i > 0 and rng.random() < DIFFICULT_PROB
-        objects.append((int(cls), box, int(difficult)))
+        objects.append((int(cls), box, int(rng.random() < DIFFICULT_PROB)))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), objects
 
 
@@ -105,12 +140,21 @@ def _annotation_xml(folder, filename, width, height, objects):
     return "\n".join(parts)
 
 
-def _write_split(rng, root, year, split, ids, size):
+def _required_classes(i, n, every_class):
+    """The classes image ``i`` of an ``n``-image split must show: class i mod 20 and, when
+    ``every_class`` and ``n`` < 20, the classes i + n, i + 2n, ... below 20 as well, so that the
+    split's images show all 20 between them."""
+    if not every_class:
+        return [i % len(VOC_CLASSES)]
+    return [i % len(VOC_CLASSES)] + list(range(i + n, len(VOC_CLASSES), n))
+
+
+def _write_split(rng, root, year, split, ids, size, every_class=False):
     base = os.path.join(root, f"VOC{year}")
     for sub in ("Annotations", os.path.join("ImageSets", "Main"), "JPEGImages"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     for i, image_id in enumerate(ids):
-        img, objects = _image(rng, i % len(VOC_CLASSES), size)
+        img, objects = _image(rng, _required_classes(i, len(ids), every_class), size)
         img.save(os.path.join(base, "JPEGImages", image_id + ".jpg"), quality=92)
         xml = _annotation_xml(f"VOC{year}", image_id + ".jpg", img.width, img.height, objects)
         with open(os.path.join(base, "Annotations", image_id + ".xml"), "w") as f:
@@ -123,14 +167,22 @@ def write_voc(root, trainval07=40, test07=20, trainval12=40, size=128, seed=0):
     """Write ``root/VOC2007`` (trainval, test) and ``root/VOC2012`` (trainval); return ``root``.
 
     Image ids follow VOC's patterns (``000001`` in 2007, ``2012_000001`` in 2012); 2007 trainval
-    and test ids are disjoint. ``size`` is the largest image side.
+    and test ids are disjoint. ``size`` is the largest image side. The test split shows every
+    class (``MIN_TEST07`` images or more); the trainval splits, class i mod 20 in image i.
+    Raises ValueError naming the split (as the tool's option) when a size is out of range.
     """
-    if min(trainval07, test07, trainval12) < 1:
-        raise ValueError("every split needs at least one image")
+    for name, n in (("trainval07", trainval07), ("trainval12", trainval12)):
+        if n < 1:
+            raise ValueError(f"--{name} {n}: every split needs at least one image")
+    if test07 < MIN_TEST07:
+        raise ValueError(
+            f"--test07 {test07}: the test split needs at least {MIN_TEST07} images to show all "
+            f"{len(VOC_CLASSES)} classes (at most {MAX_REQUIRED} of them per image)"
+        )
     rng = np.random.default_rng(seed)
     ids07 = [f"{i:06d}" for i in range(1, trainval07 + test07 + 1)]
     _write_split(rng, root, 2007, "trainval", ids07[:trainval07], size)
-    _write_split(rng, root, 2007, "test", ids07[trainval07:], size)
+    _write_split(rng, root, 2007, "test", ids07[trainval07:], size, every_class=True)
     _write_split(
         rng, root, 2012, "trainval", [f"2012_{i:06d}" for i in range(1, trainval12 + 1)], size
     )

@@ -122,11 +122,23 @@ def _image_ids(dirname, split):
     list_file = os.path.join(dirname, "ImageSets", "Main", split + ".txt")
     if not os.path.isfile(list_file):
         raise VOCFormatError(f"{list_file}: image-set file not found")
+    first_line = {}
     with open(list_file) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    if not ids:
+        for number, line in enumerate(f, 1):
+            image_id = line.strip()
+            if not image_id:
+                continue
+            # voc_eval counts a listed image's objects as positives once per listing but keeps
+            # one record per id to match them against, so recall and every AP would be capped.
+            if image_id in first_line:
+                raise VOCFormatError(
+                    f"{list_file}: image id {image_id!r} listed twice (lines "
+                    f"{first_line[image_id]} and {number})"
+                )
+            first_line[image_id] = number
+    if not first_line:
         raise VOCFormatError(f"{list_file}: lists no images")
-    return ids
+    return list(first_line)
 
 
 def load_voc_split(dirname, split, class_names=CLASS_NAMES):
@@ -264,13 +276,17 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
                 objects,
                 predictions,
             )
-            atomic_write_json(self._output_file, self.summary(bbox, num_images))
+            absent = absent_classes(objects, self._class_names)
+            atomic_write_json(self._output_file, self.summary(bbox, num_images, absent))
         return results
 
-    def summary(self, bbox, num_images):
-        """The voc_eval.json record of one evaluation: the APs, and which model they are of
-        (the iteration it was trained to and its checkpoint file)."""
+    def summary(self, bbox, num_images, absent=()):
+        """The voc_eval.json record of one evaluation: the APs, which model they are of (the
+        iteration it was trained to and its checkpoint file), and the classes ``absent`` from the
+        test set with the AP50 mean over the others."""
         iteration, checkpoint = self._evaluated()
+        per_class = {c: bbox[f"AP50-{c}"] for c in self._class_names}
+        present = [ap for c, ap in per_class.items() if c not in absent]
         if self._is_2007:
             metric = "PASCAL VOC2007 11-point interpolated AP"
         else:
@@ -279,12 +295,19 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             "AP50": bbox["AP50"],
             "AP": bbox["AP"],
             "AP75": bbox["AP75"],
-            "per_class_AP50": {c: bbox[f"AP50-{c}"] for c in self._class_names},
+            # voc_eval's 11-point AP of a class without a countable test object is 0 (its recall
+            # is 0/0), so AP50 on a test set lacking classes stays below 100 whatever the detector
+            # does; the mean over the classes present says how well those were detected.
+            "AP50_present_classes": sum(present) / len(present) if present else None,
+            "classes_without_test_objects": list(absent),
+            "per_class_AP50": per_class,
             "metric": (
                 f"{metric}, in percent, computed like Detectron2's PascalVOCDetectionEvaluator "
                 f"(difficult objects ignored, a detection matches at IoU > threshold). AP50 is the "
                 f"mean over the {len(self._class_names)} classes at IoU 0.5 (the paper's VOC mAP); "
-                f"AP75 at 0.75; AP averages thresholds 0.50:0.95 step 0.05."
+                f"AP75 at 0.75; AP averages thresholds 0.50:0.95 step 0.05. A class with no "
+                f"non-difficult test object counts as AP 0 in them (classes_without_test_objects); "
+                f"AP50_present_classes is the mean over the other classes."
             ),
             "dataset": self._dataset_name,
             "num_images": num_images,
@@ -292,6 +315,13 @@ class VOCEvaluator(PascalVOCDetectionEvaluator):
             "iteration": iteration,
             "checkpoint": checkpoint,
         }
+
+
+def absent_classes(objects, class_names):
+    """The classes with no non-difficult object in a test set's ``objects`` (per image, as
+    ``read_annotation`` returns them): voc_eval counts difficult objects nowhere."""
+    present = {name for image in objects for name, _, difficult in image if not difficult}
+    return [c for c in class_names if c not in present]
 
 
 def detections_path(eval_json):

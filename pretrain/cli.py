@@ -1,6 +1,7 @@
 """Command-line set-up shared by the tools: argument parser and config assembly."""
 
 import argparse
+import signal
 
 import yaml
 
@@ -78,3 +79,23 @@ def error_message(exc):
         text = text.rstrip().splitlines()[-1]
         text = text.split(": ", 1)[1] if ": " in text else text
     return text
+
+
+def stop_on_termination():
+    """SIGTERM (kill, scancel, a study that stops) ends the tool as Ctrl-C does: as a
+    KeyboardInterrupt naming the signal, which the tools turn into one ``interrupted`` line."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def interrupted(exc):
+    """(exit status, signal name) of an interruption: 128 + the signal's number, as a shell
+    reports a process the signal ended. Further signals are ignored from here: the tool is
+    already stopping, and a second one would end it with a traceback."""
+    name = exc.args[0] if exc.args else "SIGINT"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    return 128 + signal.Signals[name].value, name

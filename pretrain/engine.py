@@ -35,7 +35,13 @@ from .fileio import (
 )
 from .lr_schedule import build_lr_schedule
 from .methods import MethodContext, build_method, method_label
-from .metrics import per_sample_stats, plot_reliability_diagram, summarize
+from .metrics import (
+    per_image_path,
+    per_sample_stats,
+    plot_reliability_diagram,
+    save_per_image,
+    summarize,
+)
 from .models import build_model, memory_format
 from .run_folder import (
     CONFIG_FILE,
@@ -166,11 +172,11 @@ class Trainer:
                 self.method.on_epoch_start(epoch, self.model)
             self.train_one_epoch(epoch, first)
             if (epoch + 1) % cfg.TEST.EVAL_PERIOD == 0 and epoch + 1 < cfg.SOLVER.EPOCHS:
-                metrics, _ = self.evaluate()
+                metrics, _, _ = self.evaluate()
                 self.events.evaluation(self.iteration, epoch, metrics)
-        metrics, stats = self.evaluate()
+        metrics, stats, index = self.evaluate()
         self.events.evaluation(self.iteration, cfg.SOLVER.EPOCHS - 1, metrics)
-        self.write_final(metrics, stats)
+        self.write_final(metrics, stats, index)
         self.events.close()
         return metrics
 
@@ -300,7 +306,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self):
         """Metrics over the whole validation set (sharded over ranks, gathered, identical to one
-        process). Returns (metrics dict, per-sample stats in sample order)."""
+        process). Returns (metrics dict, per-sample stats in sample order, their sample indices:
+        an unreadable image that was skipped has none)."""
         # After a training step each rank's BatchNorm buffers hold its own batch's update (DDP
         # broadcasts rank 0's only at the next forward): evaluate, and save, rank 0's model.
         du.broadcast_buffers(self.model)
@@ -328,8 +335,8 @@ class Trainer:
         self.model.train(was_training)
         stats = du.all_gather_cat(torch.cat(stats)).cpu()
         indices = du.all_gather_cat(torch.cat(indices)).cpu()
-        stats = stats[torch.argsort(indices)]
-        return summarize(stats), stats
+        order = torch.argsort(indices)
+        return summarize(stats[order]), stats[order], indices[order]
 
     def evaluate_weights(self, path):
         """--eval-only: evaluate ``path``; write its metrics, reliability diagram and config under
@@ -341,22 +348,25 @@ class Trainer:
             f"MODEL.ARCH {self.cfg.MODEL.ARCH} with MODEL.NUM_CLASSES {self.cfg.MODEL.NUM_CLASSES}",
         )
         logger.info("evaluating %s on %d validation images", path, len(self.val_set))
-        metrics, stats = self.evaluate()
+        metrics, stats, index = self.evaluate()
         metrics["weights"] = os.path.abspath(path)
         if self.rank == 0:
-            self.write_eval(metrics, stats, outputs["metrics"], outputs["reliability"])
+            self.write_eval(metrics, stats, index, outputs["metrics"], outputs["reliability"])
             atomic_write_text(outputs["config"], self.cfg.dump())
             logger.info("wrote %s", ", ".join(outputs.values()))
         logger.info("eval: %s", format_metrics(metrics))
         return metrics
 
     # -- outputs ----------------------------------------------------------------------------
-    def write_eval(self, metrics, stats, metrics_path, reliability_path):
+    def write_eval(self, metrics, stats, index, metrics_path, reliability_path):
+        # Each image's numbers first, so that a metrics file never lacks them (the study pairs
+        # runs image by image from them: docs/study.md).
+        save_per_image(per_image_path(metrics_path), stats, index, self.val_set.samples)
         atomic_write_json(metrics_path, metrics)
         title = method_label(self.cfg.METHOD.NAME, self.cfg.AUG.CUTMIX.ENABLED)
         plot_reliability_diagram(stats, reliability_path, title=title)
 
-    def write_final(self, metrics, stats):
+    def write_final(self, metrics, stats, index):
         if self.rank == 0:
             path = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
             atomic_torch_save({"model": self.model.state_dict()}, path)
@@ -369,6 +379,7 @@ class Trainer:
             self.write_eval(
                 metrics,
                 stats,
+                index,
                 os.path.join(self.cfg.OUTPUT_DIR, "eval_final.json"),
                 os.path.join(self.cfg.OUTPUT_DIR, "reliability_final.png"),
             )

@@ -9,8 +9,10 @@ permission, a read-only file system) raises ``OutputWriteError`` naming the file
 import contextlib
 import errno
 import glob
+import io
 import json
 import os
+import shutil
 import tempfile
 
 import torch
@@ -104,3 +106,35 @@ def atomic_write_json(path, obj):
 def atomic_write_text(path, text):
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def figure_png(fig):
+    """A matplotlib figure as PNG bytes (and closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_files_together(folder, files):
+    """Write ``files`` ({name: str or bytes}) into ``folder`` all or nothing: each into a
+    staging folder first, then all renamed into place, so that a failed write leaves the
+    previous files as they were (a rename does not fail for want of space)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputWriteError(f"{folder} is a file, not a folder to write into")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".staging-", dir=folder)
+    except OSError as exc:
+        raise OutputWriteError(describe_write_error(folder, exc)) from exc
+    try:
+        for name, contents in files.items():
+            data = contents.encode() if isinstance(contents, str) else contents
+            with atomic_open(os.path.join(staging, name), "wb") as f:
+                f.write(data)
+        for name in files:
+            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -14,6 +14,7 @@ import yaml
 
 from .config import get_cfg
 from .fileio import OutputWriteError
+from .metrics import per_image_path
 
 # Files a failed set-up may leave in a folder that holds no run yet.
 SETUP_FILES = ("log.txt",)
@@ -184,6 +185,7 @@ def eval_only_outputs(output_dir, weights):
         "config": stem + "_config.yaml",
     }
     outputs = {kind: os.path.join(output_dir, name) for kind, name in outputs.items()}
+    outputs["per_image"] = per_image_path(outputs["metrics"])
     existing = [path for path in outputs.values() if os.path.exists(path)]
     if existing:
         raise ValueError(

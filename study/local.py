@@ -7,15 +7,17 @@ detection) that has written anything is only continued with ``--resume`` (the to
 the newest checkpoint), never restarted over its own outputs.
 """
 
+import glob
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from .plan import RUN_KINDS
-from .state import all_states, log_path, study_lock
+from .state import all_states, log_path, process_identity, study_lock
 from .state import write_record as _write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,16 +40,21 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
     write_record = _write_record if record else _no_record
     log = log_path(plan, stage)
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    if stage.kind == "data" and os.path.isdir(stage.out):
-        shutil.rmtree(stage.out)  # generated data, never finished (else not run): write it anew
     cmd = plan.command(stage, resume=resume, node=node)
+    if stage.kind == "data":
+        refused = _refuse_existing_data(plan, stage)
+        if refused:
+            write_record(plan, stage, command=plan.command(stage), status="failed", error=refused)
+            return False, refused
+        partial = _fresh_partial_folder(stage.out)
+        cmd = [partial if arg == stage.out else arg for arg in cmd]
     write_record(
         plan,
         stage,
         command=plan.command(stage),
         status="running",
         executor=executor,
-        pid=os.getpid(),
+        **process_identity(os.getpid()),
         job_id=job_id,
         log=log,
         started=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -65,17 +72,22 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
-        write_record(plan, stage, pid=proc.pid)
+        write_record(plan, stage, **process_identity(proc.pid))
         try:
             rc = proc.wait()
+        except KeyboardInterrupt as exc:
+            _stop(proc)
+            write_record(plan, stage, status="interrupted", rc=proc.returncode)
+            raise StageInterrupted(stage, exc.args[0] if exc.args else "SIGINT") from None
         except BaseException:
-            proc.terminate()
-            proc.wait()
+            _stop(proc)
             raise
     if rc != 0:
         error = _last_error(log) or f"exit code {rc}"
         write_record(plan, stage, status="failed", rc=rc, error=error)
         return False, error
+    if stage.kind == "data":
+        os.rename(partial, stage.out)  # complete data appears at once, or not at all
     done, why_not = plan.check(stage)
     if not done:
         error = f"the command succeeded but its outputs are not valid: {why_not}"
@@ -87,6 +99,52 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
 
 def _no_record(*args, **kwargs):
     pass
+
+
+class StageInterrupted(Exception):
+    """Ctrl-C or SIGTERM reached the study while ``stage`` ran; the stage was stopped."""
+
+    def __init__(self, stage, signal_name):
+        super().__init__(f"{signal_name} while {stage.id} ran")
+        self.stage, self.signal_name = stage, signal_name
+
+
+def _stop(proc):
+    """Stop a stage's tool and wait for it: Ctrl-C reaches the whole process group, so it is
+    most often stopping already; otherwise (SIGTERM to the study alone) SIGTERM, which the tools
+    handle as Ctrl-C (``interrupted`` in their log, checkpoints intact), then SIGKILL."""
+    for signal_it, wait_s in ((None, 10), (proc.terminate, 60), (proc.kill, None)):
+        if signal_it:
+            signal_it()
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _refuse_existing_data(plan, stage):
+    """Generated data that is not done, in a folder that exists, is not the study's to delete
+    (a user's files, or data made for another study file): the reason to stop, or None."""
+    if not os.path.exists(stage.out):
+        return None
+    _, why_not = plan.check(stage)
+    return (
+        f"{stage.out} exists but does not hold the data this study file asks for ({why_not}); "
+        "the study deletes only what it created: move that folder away, or use another "
+        "output_root"
+    )
+
+
+def _fresh_partial_folder(out):
+    """An empty folder beside ``out`` for the data to be generated into, then renamed to
+    ``out``; partial folders of earlier generations that were killed (the study's own, by their
+    name) are removed first."""
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.partial-*")):
+        shutil.rmtree(stale)
+    return tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
 
 
 def run_local(plan, resume=False, out=print):

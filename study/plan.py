@@ -6,8 +6,10 @@ Stages (ids as printed by ``--status``)::
     pretrain/<backbone>/seed<k>      tools/pretrain.py        -> pretrain/<backbone>/seed<k>/
     convert/<backbone>/seed<k>       tools/convert_to_d2.py   -> weights/<backbone>_seed<k>.pkl
     detect/<backbone>/seed<k>        tools/train_net.py       -> detect/<backbone>/seed<k>/
-    report                           tools/report.py          -> report/
+    report/<study name>              tools/report.py          -> report/<study name>/
 
+The report is the study's own (named after it), so that two studies over the same output root
+(Table 5's six backbones and Table 4's ten) share every training stage and keep their reports.
 A backbone whose method needs a teacher (TF-KD) pretrains after its teacher's pretraining of the
 same seed, with TEACHER.WEIGHTS set to that run's model_final.pth. The seed is SEED of both the
 pretraining and the detection fine-tune. A stage is done when its outputs are there and valid
@@ -88,8 +90,8 @@ class Plan:
                     os.path.join(self.root, "detect", b.name, f"seed{seed}"),
                 )
         self.report = self._add(
-            Stage(study, "report", deps=[s.id for s in self.detect.values()]),
-            os.path.join(self.root, "report"),
+            Stage(study, "report", deps=[s.id for s in self.detect.values()], part=study.name),
+            os.path.join(self.root, "report", study.name),
         )
         self.by_id = {s.id: s for s in self.stages}
 
@@ -298,7 +300,10 @@ class Plan:
                 f"{cfg['METHOD']['NAME']}; this stage is seed {stage.seed}, {stage.backbone.method}"
             )
         # Memory-mapped: reads the header and tensor index, not the weights.
-        state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # a truncated or damaged archive
+            return False, f"{final}: unreadable ({' '.join(str(exc).split())})"
         if not isinstance(state, dict) or not state.get("model"):
             return False, f"{final}: no model state"
         return True, ""

@@ -58,7 +58,11 @@ class StageJob(submitit.helpers.Checkpointable):
 
 def _executor(plan, stage, dependencies):
     study, res = plan.study, stage.resources
-    executor = submitit.AutoExecutor(folder=os.path.join(plan.root, "slurm", "%j"), cluster="slurm")
+    executor = submitit.AutoExecutor(
+        folder=os.path.join(plan.root, "slurm", "%j"),
+        cluster="slurm",
+        slurm_max_num_timeout=study.slurm["max_num_timeout"],
+    )
     extra = {"kill-on-invalid-dep": "yes", **(study.slurm.get("additional_parameters") or {})}
     if dependencies:
         extra["dependency"] = "afterok:" + ":".join(dependencies)
@@ -68,6 +72,7 @@ def _executor(plan, stage, dependencies):
         tasks_per_node=1,
         cpus_per_task=res["cpus_per_task"],
         timeout_min=res["timeout_min"],
+        slurm_signal_delay_s=study.slurm["signal_delay_s"],
         slurm_additional_parameters=extra,
         # The job unpickles StageJob: the project must be importable wherever it starts.
         slurm_setup=[f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"],

@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from detection.synthetic_voc import MAX_REQUIRED, MIN_TEST07
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGE_KINDS = ("data", "pretrain", "convert", "detect", "report")
+# How long a stage may go on being requeued: submitit requeues a job that reaches its time limit
+# at most max_num_timeout times (its default, 3, stops 90 ImageNet epochs on a 24-hour partition
+# after the third day), and signals it signal_delay_s before the limit so that it can stop
+# cleanly (a checkpoint of ResNet-152 with its optimizer and table takes tens of seconds).
+SLURM_REQUEUE_DEFAULTS = {"max_num_timeout": 30, "signal_delay_s": 120}
+
 # Slurm resources per stage, in submitit's names (also read by the local executor).
 RESOURCE_KEYS = {
     "nodes": int,
@@ -129,7 +136,7 @@ def _read_backbones(r, node, base, pretrain_opts):
     backbones = []
     for name, entry in node.items():
         key = f"backbones.{name}"
-        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        if not isinstance(name, str) or not _is_folder_name(name):
             r.fail(key, "a backbone name must be letters, digits, '_' or '-' (it names folders)")
         r.mapping(entry, key, allowed=("config", "opts", "teacher"), required=("config",))
         config = r.file(entry["config"], f"{key}.config", base)
@@ -221,6 +228,12 @@ def _read_data(r, node):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     r.fail(f"data.synthetic.{kind}.{k}", f"expected a positive integer, got {v!r}")
             sizes[kind] = {**defaults, **entry}
+        if sizes["voc"]["test07"] < MIN_TEST07:
+            r.fail(
+                "data.synthetic.voc.test07",
+                f"expected at least {MIN_TEST07} (the generated test split shows all 20 classes, "
+                f"at most {MAX_REQUIRED} per image), got {sizes['voc']['test07']}",
+            )
         return {"synthetic": sizes}
     data = {}
     for k in ("pretrain", "voc"):
@@ -238,13 +251,36 @@ def _read_data(r, node):
     return data
 
 
+def _is_folder_name(name):
+    return bool(name) and name.replace("_", "").replace("-", "").isalnum()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last silently, so a second ``baseline:`` backbone would replace the first unseen."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice: lines {first[key]} and {line}"
+                )
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_study(path):
     """Read and check a study file; raise StudyError naming the key of the first problem."""
     if not os.path.isfile(path):
         raise StudyError(f"{path}: study file not found")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as exc:
+        raise StudyError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML ({exc})") from None
     r = _Reader(path)
@@ -266,8 +302,8 @@ def load_study(path):
         ),
         required=("name", "output_root", "seeds", "data", "backbones", "detection"),
     )
-    if not isinstance(node["name"], str) or not node["name"]:
-        r.fail("name", "expected a non-empty string")
+    if not isinstance(node["name"], str) or not _is_folder_name(node["name"]):
+        r.fail("name", "expected letters, digits, '_' or '-' (it names the report's folder)")
     seeds = node["seeds"]
     if (
         not isinstance(seeds, list)
@@ -294,8 +330,14 @@ def load_study(path):
             f"expected an integer >= 10 (bootstrap resamples), got {bootstrap!r}",
         )
     slurm = r.mapping(
-        node.get("slurm") or {}, "slurm", allowed=("partition", "account", "additional_parameters")
+        node.get("slurm") or {},
+        "slurm",
+        allowed=("partition", "account", "additional_parameters", *SLURM_REQUEUE_DEFAULTS),
     )
+    for k, default in SLURM_REQUEUE_DEFAULTS.items():
+        v = slurm.setdefault(k, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            r.fail(f"slurm.{k}", f"expected a non-negative integer, got {v!r}")
     return Study(
         path=os.path.abspath(path),
         name=node["name"],

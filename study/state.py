@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shlex
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -53,6 +54,36 @@ def _pid_alive(pid):
     return True
 
 
+def _start_time(pid):
+    """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22) and in
+    which boot; None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) ": field 3 on
+    return f"{boot}:{fields[19]}"
+
+
+def process_identity(pid):
+    """What names a process beyond its pid, which the system gives to a later process once this
+    one ends: the host, and the start time. Fields of a stage's record."""
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": _start_time(pid)}
+
+
+def _recorded_process_runs(record):
+    """True / False for a process of this host; None for one on another host (not checkable)."""
+    if record.get("host") not in (None, socket.gethostname()):
+        return None
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+        return False
+    return record.get("pid_start") in (None, _start_time(pid))
+
+
 def slurm_job_state(job_id):
     """The job's state as squeue shows it (PENDING, RUNNING, ...), or None once it left the
     queue."""
@@ -85,8 +116,15 @@ def stage_state(plan, stage, states):
                 return (
                     "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
                 ), f"Slurm job {record['job_id']} {job_state}; log {record['log']}"
-        elif _pid_alive(record.get("pid", -1)):
-            return "running", f"pid {record['pid']}; log {record['log']}"
+        else:
+            runs = _recorded_process_runs(record)
+            if runs:
+                return "running", f"pid {record['pid']}; log {record['log']}"
+            if runs is None:
+                return "running", (
+                    f"pid {record['pid']} on {record['host']}, not this host: check there; "
+                    f"log {record['log']}"
+                )
     if record and record.get("status") == "failed":
         return (
             "failed",

@@ -157,3 +157,25 @@ def first_checkpoint(study_data, stage):
     cfg.merge_from_file(os.path.join(ROOT, stage.backbone.config))
     images = study_data["data"]["synthetic"]["classification"]
     return images["classes"] * images["train_per_class"] // cfg.SOLVER.IMS_PER_BATCH
+
+
+def tiny_study(output_root, **changes):
+    """configs/study/tiny_cpu.yaml as a dict, writing into ``output_root``, with its data and
+    detection schedule cut to what the study tests need: the file's own sizes make every AP50
+    positive and different between runs (docs/demo.md, minutes), while the tests check the
+    study machinery, which 4 detection iterations on 12 training images exercise as well.
+    ``changes``: top-level keys."""
+    import yaml
+
+    with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(output_root)
+    data["data"]["synthetic"] = {
+        "classification": {"classes": 4, "train_per_class": 8, "val_per_class": 4, "size": 64},
+        "voc": {"trainval07": 8, "test07": 10, "trainval12": 4},
+    }
+    data["detection"]["opts"].update(
+        {"SOLVER.MAX_ITER": 4, "SOLVER.STEPS": [3], "SOLVER.WARMUP_ITERS": 1}
+    )
+    data.update(changes)
+    return data

@@ -169,7 +169,7 @@ def test_the_cifar_run_builds_a_cifar_stem_and_evaluates_the_test_split(
     )
     logits = []
     trainer.model.fc.register_forward_hook(lambda module, inputs, output: logits.append(output))
-    metrics, stats = trainer.evaluate()
+    metrics, stats, _ = trainer.evaluate()
     assert metrics["num_samples"] == TEST and stats.shape == (TEST, 4)
     # Each sample's NLL is that of its own label in the test split.
     nll = torch.nn.functional.cross_entropy(

@@ -57,7 +57,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory):
     return write_voc(
-        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=3, trainval12=1, seed=2
+        str(tmp_path_factory.mktemp("voc")), trainval07=2, test07=5, trainval12=1, seed=2
     )
 
 
@@ -124,6 +124,21 @@ def train_net(*argv):
     return str(info.value.code)
 
 
+def train_tiny(weights, out, voc_root, *opts):
+    """``train_net`` with the tiny config on ``voc_root`` from ``weights`` into ``out``."""
+    return train_net(
+        "--config-file",
+        TINY,
+        "MODEL.WEIGHTS",
+        weights,
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.VOC_ROOT",
+        voc_root,
+        *opts,
+    )
+
+
 def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     root = str(tmp_path / "voc")
     shutil.copytree(voc, root)
@@ -135,55 +150,42 @@ def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     with open(bad, "w") as f:
         f.write(re.sub(r"<name>\w+</name>", "<name>unicorn</name>", text, count=1))
     out = tmp_path / "det"
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet18"],
-        "OUTPUT_DIR",
-        str(out),
-        "DATASETS.VOC_ROOT",
-        root,
-    )
+    message = train_tiny(weights["resnet18"], out, root)
     assert message.startswith(f"error: {bad}: object 0 has class 'unicorn'"), message
+    assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def test_test_id_listed_twice_stops_before_training(weights, voc, tmp_path):
+    """voc_eval would count the image's objects twice as positives but match them once."""
+    root = str(tmp_path / "voc")
+    shutil.copytree(voc, root)
+    list_file = os.path.join(root, "VOC2007", "ImageSets", "Main", "test.txt")
+    with open(list_file) as f:
+        ids = f.read().split()
+    # A blank line counts: line numbers are the file's, as an editor shows them.
+    with open(list_file, "w") as f:
+        f.write("\n".join([ids[0], ids[1], "", *ids[2:], ids[1]]) + "\n")
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, root)
+    assert message == (
+        f"error: {list_file}: image id {ids[1]!r} listed twice (lines 2 and {len(ids) + 2})"
+    ), message
     assert not any(n.startswith("model_") for n in os.listdir(out))
 
 
 def test_wrong_or_missing_weights_are_one_error_line(weights, voc, tmp_path):
     out = str(tmp_path / "det")
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet50"],
-        "OUTPUT_DIR",
-        out,
-        "DATASETS.VOC_ROOT",
-        voc,
-    )
+    message = train_tiny(weights["resnet50"], out, voc)
     assert message.startswith(
         f"error: MODEL.WEIGHTS {weights['resnet50']!r} does not initialise"
     ), message
     missing = str(tmp_path / "nowhere.pkl")
-    message = train_net(
-        "--config-file", TINY, "MODEL.WEIGHTS", missing, "OUTPUT_DIR", out, "DATASETS.VOC_ROOT", voc
-    )
+    message = train_tiny(missing, out, voc)
     assert message == f"error: MODEL.WEIGHTS {missing!r} does not exist"
 
 
 def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
-    message = train_net(
-        "--config-file",
-        TINY,
-        "MODEL.WEIGHTS",
-        weights["resnet18"],
-        "TEST.AUG.ENABLED",
-        "True",
-        "OUTPUT_DIR",
-        str(tmp_path / "det"),
-        "DATASETS.VOC_ROOT",
-        voc,
-    )
+    message = train_tiny(weights["resnet18"], tmp_path / "det", voc, "TEST.AUG.ENABLED", "True")
     assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
 
 

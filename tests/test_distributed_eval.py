@@ -63,7 +63,7 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
         trainer = Trainer(setup_cfg(CONFIG, opts))
         _rank_batchnorm_stats(trainer.model, rank)
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        metrics, stats = trainer.evaluate()
+        metrics, stats, _ = trainer.evaluate()
         after = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         # --eval-only: every rank loads the weights file (here rank 1's model, as it was before).
         weights = os.path.join(os.path.dirname(result), "weights.pth")
@@ -75,7 +75,7 @@ def _evaluate_worker(rank, world, rendezvous, opts, result):
         trainer.val_loader = build_loader(
             trainer.val_set, ShardedSampler(1, rank, world, shuffle=False, pad=False), 4, 0, False
         )
-        one_metrics, one_stats = trainer.evaluate()
+        one_metrics, one_stats, _ = trainer.evaluate()
         torch.save(
             {
                 "gathered": gathered,

@@ -353,7 +353,7 @@ def voc_annotation(tmp_path):
     from detection.synthetic_voc import write_voc
 
     folder = os.path.join(
-        write_voc(str(tmp_path / "voc"), trainval07=2, test07=1, trainval12=1, size=64), "VOC2007"
+        write_voc(str(tmp_path / "voc"), trainval07=2, test07=5, trainval12=1, size=64), "VOC2007"
     )
     with open(os.path.join(folder, "ImageSets", "Main", "trainval.txt")) as f:
         return folder, os.path.join(folder, "Annotations", f.read().split()[0] + ".xml")

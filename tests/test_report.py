@@ -8,6 +8,7 @@ tests/test_detection.py runs the report on a folder a real Detectron2 run produc
 import csv
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -16,15 +17,17 @@ import yaml
 from PIL import Image
 
 from detection.convert import convert
+from detection.paper import TABLE5_AP50
 from detection.report import (
-    PAPER_TABLE5,
     label_from_dirname,
     read_run,
     record_backbone,
+    report_files,
     to_markdown,
 )
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
+from pretrain.fileio import write_files_together
 from tools.report import main as report_main
 
 
@@ -207,17 +210,87 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
     md = (out / "table5.md").read_text()
     assert "| PS-KD + CutMix | det_b | resnet18 | 79.90 | 79.72 |" in md
     assert "No link to the pretraining run" in md and "det_cskd" in md
-    for method, value in PAPER_TABLE5.items():
+    for method, value in TABLE5_AP50.items():
         assert f"{method} {value:.2f}" in md
 
     with Image.open(out / "table5.png") as img:
         assert img.format == "PNG" and img.width > 300
 
 
+def test_report_names_classes_without_test_objects(runs, tmp_path):
+    """A small test set without cats and dogs: the note names them beside the 20-class AP50 and
+    the mean over the present classes; the CSV has both. Runs without absent classes, and
+    evaluations written before the keys existed, get no note."""
+    run = make_detection_run(tmp_path, "det_small", tmp_path / "gone.pkl", 45.0)
+    result = json.loads((run / "voc_eval.json").read_text())
+    result.update(AP50_present_classes=50.0, classes_without_test_objects=["cat", "dog"])
+    (run / "voc_eval.json").write_text(json.dumps(result))
+    complete = make_detection_run(tmp_path, "det_full", tmp_path / "gone.pkl", 70.0)
+    result = json.loads((complete / "voc_eval.json").read_text())
+    result.update(AP50_present_classes=70.0, classes_without_test_objects=[])
+    (complete / "voc_eval.json").write_text(json.dumps(result))
+
+    write_files_together(
+        str(tmp_path / "t"), report_files([str(run), str(complete), str(runs["base"])])[1]
+    )
+    md = (tmp_path / "t" / "table5.md").read_text()
+    assert (
+        "- det_small: no test object of cat, dog (2 classes); AP50 45.00, mean over the classes "
+        "present 50.00." in md
+    )
+    assert "det_full:" not in md and "det_c:" not in md
+    with open(tmp_path / "t" / "table5.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert (
+        rows["det_small"]["AP50_present_classes"],
+        rows["det_small"]["classes_without_test_objects"],
+    ) == ("50.0", "cat dog")
+    assert (
+        rows["det_full"]["AP50_present_classes"],
+        rows["det_full"]["classes_without_test_objects"],
+    ) == ("70.0", "")
+    assert rows["det_c"]["AP50_present_classes"] == ""  # an older voc_eval.json: unknown
+    assert "mean over the classes present" not in to_markdown([read_run(str(complete))])
+
+
 def test_report_refuses_non_run_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a detection or pretraining run folder"):
         report_main([str(tmp_path), "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_report_writes_all_its_files_or_none(runs, tmp_path, capsys):
+    out = tmp_path / "table"
+    report_main([str(runs["base"]), str(runs["pskd"]), "--out", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {
+        "table5.md",
+        "table5.csv",
+        "table5.png",
+        "table5_summary.md",
+        "table5_summary.csv",
+        "table5_diff.png",
+    }
+    # Two runs with the same SEED of one method: found while reading, after the per-run table
+    # could be made; nothing is written, and the earlier report stays whole.
+    twin = tmp_path / "twin"
+    shutil.copytree(runs["pskd"], twin)
+    with pytest.raises(SystemExit, match="two runs of PS-KD"):
+        report_main([str(runs["base"]), str(runs["pskd"]), str(twin), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # The same run twice: refused before reading anything.
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(runs["pskd"]), str(runs["pskd"]) + "/", "--out", str(out)])
+    assert stop.value.code == 2 and "given twice" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_report_refuses_a_file_as_its_folder(runs, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit):
+        report_main([str(runs["pskd"]), "--out", str(tmp_path / "file")])
+    assert "a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 @pytest.mark.parametrize("label", ["elsewhere=LS", "LS"])
@@ -251,7 +324,7 @@ def test_pretraining_run_gives_a_row_without_ap(runs, tmp_path):
     pre = os.path.join(os.path.dirname(runs["mix"]), "pre_mix")
     row = read_run(pre)
     assert row["method"] == "PS-KD + CutMix" and row["method_from"] == "pretraining config"
-    assert row["AP50"] is None and row["paper_AP50"] == PAPER_TABLE5["PS-KD + CutMix"]
+    assert row["AP50"] is None and row["paper_AP50"] == TABLE5_AP50["PS-KD + CutMix"]
     assert row["pretrain_top1_err"] == 20.8 and row["arch"] == "resnet18"
     assert row["backbone_checkpoint"] == os.path.join(pre, "model_final.pth")
     report_main([pre, str(runs["pskd"]), "--out", str(tmp_path)])

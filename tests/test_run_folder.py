@@ -4,6 +4,7 @@ numeric key is range-checked, and expected failures end with one ``error:`` line
 file or key (also in log.txt), leaving what was written before intact."""
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -13,6 +14,9 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, pretrain_argv
+from pretrain.metrics import METRIC_KEYS
+from study.imagenet_scores import ImageNetScores
+from study.statistics import bootstrap_weights
 from test_reliability import CONFIG, ckpt, last_checkpoint, run_in_process, temporaries, train_args
 
 # Appended after train_args' own overrides (which set 2 epochs).
@@ -45,6 +49,17 @@ def finished_run(synthetic_root, tmp_path_factory):
     finally:
         os.umask(umask)
     return out
+
+
+def test_a_finished_run_keeps_every_images_numbers(finished_run):
+    with open(os.path.join(finished_run, "eval_final.json")) as f:
+        final = json.load(f)
+    scores = ImageNetScores.of_run(finished_run)
+    assert scores.num_images == final["num_samples"]
+    for metric in METRIC_KEYS:
+        assert scores.value(metric) == pytest.approx(final[metric], abs=1e-9)
+    assert scores.bootstrap("top1_err", bootstrap_weights(scores.num_images, 5)).shape == (5,)
+    assert ImageNetScores.of_run(os.path.dirname(finished_run)) is None
 
 
 def checkpoint_folder(finished_run, tmp_path, iteration=4):
@@ -186,6 +201,7 @@ def test_eval_only_never_replaces_the_training_outputs(finished_run, synthetic_r
     assert added == [
         "eval_only_model_final.json",
         "eval_only_model_final_config.yaml",
+        "eval_only_model_final_per_image.npz",
         "eval_only_model_final_reliability.png",
     ]
     with open(os.path.join(out, "eval_only_model_final_config.yaml")) as f:

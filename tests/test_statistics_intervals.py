@@ -1,6 +1,6 @@
-"""The Table 5 intervals on hand-made detections (no dataset needed): the t quantiles at the
-end of the table and beyond it, seed-only intervals, and the paired bootstrap interval built
-from the per-resample AP50 differences."""
+"""The intervals of study.statistics on hand-made numbers: each formula of the procedure
+(docs/study.md) computed by hand, the t quantiles, the one-run prediction interval, and the
+cases where no interval can be given."""
 
 import math
 
@@ -8,96 +8,98 @@ import numpy as np
 import pytest
 
 from study.statistics import (
-    ScoredRun,
+    IMAGES_ONLY,
+    SEEDS_AND_IMAGES,
+    SEEDS_ONLY,
     bootstrap_weights,
+    difference_interval,
     mean_std,
-    paired_ap_interval,
-    seed_interval,
-    t975,
+    one_run_prediction_interval,
+    t_quantile,
+    variance_components,
 )
 
 
-def test_t_quantiles_from_the_table_then_the_approximation():
-    assert t975(1) == 12.706 and t975(30) == 2.042
-    assert t975(31) == pytest.approx(1.96 + 2.5 / 31)
-    assert t975(100) == pytest.approx(1.985)
+def test_t_quantiles():
+    assert t_quantile(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile(2) == pytest.approx(4.3027, abs=1e-4)
+    assert t_quantile(3) < t_quantile(2.5) < t_quantile(2)  # fractional (Welch) dof
+    assert t_quantile(math.inf) == pytest.approx(1.95996, abs=1e-5)
+    assert t_quantile(4, level=0.9) == pytest.approx(2.1318, abs=1e-4)
+    with pytest.raises(ValueError, match="positive degrees of freedom"):
+        t_quantile(0)
 
 
-def test_seed_interval_pairs_common_seeds_only():
-    out = seed_interval({1: 10.0, 2: 12.0, 3: 11.0, 9: 50.0}, {1: 9.0, 2: 10.0, 3: 11.0, 4: 0.0})
-    d = np.array([1.0, 2.0, 0.0])
-    half = 4.303 * d.std(ddof=1) / math.sqrt(3)
-    assert out.pop("seeds") == [1, 2, 3]
-    assert out == pytest.approx({"diff": 1.0, "lo": 1.0 - half, "hi": 1.0 + half})
+# Three seeds' differences on the whole test set and on four shared resamples: a shared image
+# effect (x) plus each seed's own interaction.
+D = np.array([1.0, 2.0, 4.0])
+X = np.array([0.0, 1.0, -1.0, 2.0])
+BOOT = np.stack([D[0] + X + [0.1, 0, 0, 0], D[1] + X + [0, 0.2, 0, 0], D[2] + X - [0, 0, 0.3, 0]])
 
 
-def test_seed_interval_of_two_seeds_has_bounds_and_of_one_has_none():
-    two = seed_interval({1: 3.0, 2: 5.0}, {1: 1.0, 2: 2.0})
-    half = 12.706 * math.sqrt(0.5) / math.sqrt(2)
-    assert two.pop("seeds") == [1, 2]
-    assert two == pytest.approx({"diff": 2.5, "lo": 2.5 - half, "hi": 2.5 + half})
-    assert seed_interval({1: 3.0}, {1: 1.0}) == {"diff": 2.0, "lo": None, "hi": None, "seeds": [1]}
+def test_image_term_is_the_covariance_the_seeds_share():
+    v_seed, v_img = variance_components(D, BOOT)
+    cov = np.cov(BOOT)
+    assert v_seed == pytest.approx(D.var(ddof=1) / 3)
+    assert v_img == pytest.approx((cov[0, 1] + cov[0, 2] + cov[1, 2]) / 3)
+    # Not the variance of the mean over seeds (that also holds the interactions v_seed counts).
+    assert v_img < BOOT.mean(axis=0).var(ddof=1)
 
 
-def _run(scores, hits):
-    """Detections of one class on 6 images, one ground-truth box per image; detection k sits on
-    image k with ``scores[k]``, on its box when ``hits[k]``, else far from it."""
-    box = [10.0, 10.0, 50.0, 50.0]
-    far = [100.0, 100.0, 140.0, 140.0]
-    n = len(scores)
-    return ScoredRun(
-        {
-            "image_ids": np.array([f"{k:06d}" for k in range(6)]),
-            "class_names": np.array(["cat"]),
-            "det_image": np.arange(n),
-            "det_class": np.zeros(n, dtype=np.int64),
-            "det_score": np.array(scores, dtype=np.float64),
-            "det_box": np.array([box if h else far for h in hits], dtype=np.float64),
-            "gt_image": np.arange(6),
-            "gt_class": np.zeros(6, dtype=np.int64),
-            "gt_box": np.array([box] * 6, dtype=np.float64),
-            "gt_difficult": np.zeros(6, dtype=bool),
-        }
+def test_image_term_is_clipped_at_zero():
+    boot = np.stack([X, -X])  # the two seeds' resampled differences move against each other
+    assert variance_components([1.0, 2.0], boot) == (pytest.approx(0.25), 0.0)
+
+
+def test_interval_of_seeds_and_images_uses_welch_satterthwaite():
+    out = difference_interval(D, BOOT)
+    v_seed, v_img = variance_components(D, BOOT)
+    var = v_seed + v_img
+    dof = 2 * var**2 / v_seed**2
+    half = t_quantile(dof) * math.sqrt(var)
+    assert out["kind"] == SEEDS_AND_IMAGES
+    assert out["dof"] == pytest.approx(dof) and 2 < dof < math.inf
+    assert (out["diff"], out["lo"], out["hi"]) == pytest.approx(
+        (D.mean(), D.mean() - half, D.mean() + half)
     )
+    assert out["se"] == pytest.approx(math.sqrt(var))
 
 
-def test_bootstrap_caches_each_weights_array_separately():
-    run = _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 0, 1, 1, 0, 1])
-    a, b = bootstrap_weights(6, 5, seed=0), bootstrap_weights(6, 5, seed=1)
-    np.testing.assert_allclose(run.bootstrap(a), [run.ap50(w) for w in a])
-    np.testing.assert_allclose(run.bootstrap(b), [run.ap50(w) for w in b])
-    assert not np.allclose(run.bootstrap(a), run.bootstrap(b))
+def test_equal_seeds_leave_the_image_term_with_unlimited_dof():
+    d = np.array([2.0, 2.0, 2.0])
+    out = difference_interval(d, d[:, None] + X)
+    assert out["v_seed"] == 0 and out["dof"] == math.inf
+    half = t_quantile(math.inf) * math.sqrt(X.var(ddof=1))
+    assert (out["lo"], out["hi"]) == pytest.approx((2.0 - half, 2.0 + half))
 
 
-def test_paired_interval_uses_the_variance_of_the_resampled_differences():
-    weights = bootstrap_weights(6, 40, seed=3)
-    runs = {
-        1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 1, 1, 1]),
-        2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 0, 1, 1, 1, 1]),
-        7: _run([0.9] * 6, [1] * 6),
-    }
-    baseline = {
-        1: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0, 1, 1, 1, 0, 1]),
-        2: _run([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1, 1, 0, 0, 1, 1]),
-    }
-    out = paired_ap_interval(runs, baseline, weights)
-    d = np.array([runs[s].ap50() - baseline[s].ap50() for s in (1, 2)])
-    boot = np.mean(
-        [np.array([runs[s].ap50(w) - baseline[s].ap50(w) for w in weights]) for s in (1, 2)], axis=0
-    )
-    v_img, v_seed = boot.var(ddof=1), d.var(ddof=1) / 2
-    half = 12.706 * math.sqrt(v_img + v_seed)
-    assert out.pop("seeds") == [1, 2]
-    assert out == pytest.approx(
-        {
-            "diff": d.mean(),
-            "lo": d.mean() - half,
-            "hi": d.mean() + half,
-            "v_img": v_img,
-            "v_seed": v_seed,
-        }
-    )
-    assert v_img > 0
+def test_one_seed_covers_test_images_only():
+    out = difference_interval([3.0], (3.0 + X)[None])
+    half = t_quantile(math.inf) * math.sqrt(X.var(ddof=1))
+    assert out["kind"] == IMAGES_ONLY and out["v_seed"] is None
+    assert (out["lo"], out["hi"]) == pytest.approx((3.0 - half, 3.0 + half))
+
+
+def test_without_per_image_data_seeds_only():
+    out = difference_interval(D)
+    half = t_quantile(2) * D.std(ddof=1) / math.sqrt(3)
+    assert out["kind"] == SEEDS_ONLY and out["v_img"] is None
+    assert (out["lo"], out["hi"]) == pytest.approx((D.mean() - half, D.mean() + half))
+
+
+def test_no_interval_without_spread_or_seeds():
+    assert difference_interval([]) is None
+    one = difference_interval([0.5])
+    assert one["diff"] == 0.5 and one["lo"] is None and one["hi"] is None
+    flat = difference_interval([0.0, 0.0], np.zeros((2, 4)))  # every AP 0: nothing to say
+    assert flat["diff"] == 0.0 and flat["lo"] is None and flat["hi"] is None
+
+
+def test_one_run_prediction_interval():
+    half = t_quantile(2) * D.std(ddof=1) * math.sqrt(1 + 1 / 3)
+    assert one_run_prediction_interval(D) == pytest.approx((D.mean() - half, D.mean() + half))
+    assert one_run_prediction_interval([1.0]) is None
+    assert one_run_prediction_interval([1.0, 1.0, 1.0]) is None
 
 
 def test_bootstrap_resamples_are_reproducible_from_seed_0():

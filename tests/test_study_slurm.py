@@ -3,6 +3,7 @@ one job per stage with afterok dependencies, and a job signalled as on preemptio
 and its stage resumes from its last checkpoint. Skipped where Slurm or MUNGE is not installed."""
 
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, first_checkpoint, require_detectron2
+from conftest import ROOT, first_checkpoint, require_detectron2, tiny_study
 from slurm_cluster import SlurmCluster, unavailable_reason
 from study.plan import Plan
 from study.spec import load_study
@@ -31,9 +32,8 @@ def cluster():
 
 
 def _study_file(tmp_path):
-    with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
-        data = yaml.safe_load(f)
-    data.update(output_root=str(tmp_path / "out"), seeds=[0])
+    data = tiny_study(tmp_path / "out", seeds=[0])
+    data["slurm"] = {"max_num_timeout": 5, "signal_delay_s": 45}
     # The tiny study's 3 epochs, a checkpoint after each: the job is signalled after the first.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
     path = tmp_path / "study.yaml"
@@ -69,6 +69,13 @@ def test_study_on_slurm_with_dependencies_and_requeue(cluster, tmp_path):
         r"^pretrain/tfkd/seed0: Slurm job \d+ \(afterok:([\d:]+)\)", submitted.stdout, re.M
     )
     assert after and jobs["pretrain/baseline/seed0"] in after.group(1).split(":")
+    # Requeue at the time limit up to slurm.max_num_timeout times, signalled signal_delay_s
+    # before it (submitit's defaults, 3 and 90, would stop a multi-day stage on day 3).
+    job_dir = os.path.join(data["output_root"], "slurm", jobs[victim.id])
+    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submission.sh")) as f:
+        assert "#SBATCH --signal=USR2@45" in f.read()
+    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submitted.pkl"), "rb") as f:
+        assert pickle.load(f)._timeout_countdown == 5
     again = _study(cluster, path, "--executor", "slurm")
     assert (
         not re.search(r"^\S+: Slurm job", again.stdout, re.M) and "already queued" in again.stdout

@@ -1,4 +1,4 @@
-"""study.statistics against Detectron2's VOC07 evaluation: AP50 from the saved detections equals
+"""study.voc_scores against Detectron2's VOC07 evaluation: AP50 from the saved detections equals
 the evaluator's, and on a bootstrap resample equals voc_eval run on that resampled test set."""
 
 import os
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import require_detectron2
-from study.statistics import ScoredRun, bootstrap_weights, paired_ap_interval, seed_interval, t975
+from study.statistics import bootstrap_weights
+from study.voc_scores import ScoredRun
 
 require_detectron2()
 
@@ -89,29 +90,12 @@ def test_bootstrap_ap50_equals_voc_eval_on_the_resampled_set(evaluated, tmp_path
         assert scored.ap50(counts) == pytest.approx(expected, abs=1e-9)
 
 
-def test_paired_interval_combines_images_and_seeds(evaluated):
+def test_resamples_scored_at_once_equal_one_at_a_time(evaluated):
     _, runs = evaluated
-    a, b = (ScoredRun.from_file(str(out / "voc_detections.npz")) for out, _ in runs)
-    weights = bootstrap_weights(len(a.image_ids), 200)
-    one = paired_ap_interval({0: a}, {0: b}, weights)
-    assert one["diff"] == pytest.approx(a.ap50() - b.ap50())
-    assert one["v_seed"] is None and one["v_img"] > 0
-    assert one["hi"] - one["lo"] == pytest.approx(2 * 1.96 * np.sqrt(one["v_img"]))
-    # Two seeds whose differences disagree: the seed term widens the interval beyond images alone.
-    two = paired_ap_interval({0: a, 1: b}, {0: b, 1: a}, weights)
-    assert two["diff"] == pytest.approx(0.0, abs=1e-12)
-    assert two["v_seed"] == pytest.approx(
-        np.var([a.ap50() - b.ap50(), b.ap50() - a.ap50()], ddof=1) / 2
-    )
-    assert two["hi"] - two["lo"] == pytest.approx(
-        2 * t975(1) * np.sqrt(two["v_img"] + two["v_seed"])
-    )
-
-
-def test_seed_interval():
-    ci = seed_interval({0: 21.0, 1: 21.5, 2: 21.2}, {0: 22.0, 1: 22.1, 2: 22.3})
-    d = np.array([-1.0, -0.6, -1.1])
-    half = 4.303 * d.std(ddof=1) / np.sqrt(3)
-    assert ci["diff"] == pytest.approx(d.mean())
-    assert (ci["lo"], ci["hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
-    assert seed_interval({0: 1.0}, {0: 0.5}) == {"diff": 0.5, "lo": None, "hi": None, "seeds": [0]}
+    scored = ScoredRun.from_file(str(runs[0][0] / "voc_detections.npz"))
+    weights = bootstrap_weights(len(scored.image_ids), 150, seed=2)  # over two blocks of rows
+    batch = scored.bootstrap(weights)
+    assert batch.shape == (150,) and len(set(batch.round(9))) > 10
+    np.testing.assert_allclose(batch, [scored.ap50(w) for w in weights], atol=1e-12)
+    assert scored.bootstrap(weights) is batch  # kept per weights array
+    assert not np.allclose(scored.bootstrap(bootstrap_weights(len(scored.image_ids), 150)), batch)

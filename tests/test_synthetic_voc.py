@@ -81,8 +81,8 @@ def test_annotations_match_images(voc):
 
 def test_same_seed_same_tree(tmp_path):
     a, b = (
-        write_voc(str(tmp_path / "a"), 3, 2, 2, seed=5),
-        write_voc(str(tmp_path / "b"), 3, 2, 2, seed=5),
+        write_voc(str(tmp_path / "a"), 3, 5, 2, seed=5),
+        write_voc(str(tmp_path / "b"), 3, 5, 2, seed=5),
     )
     for rel in (
         "VOC2007/Annotations/000004.xml",
@@ -91,5 +91,37 @@ def test_same_seed_same_tree(tmp_path):
     ):
         with open(os.path.join(a, rel), "rb") as fa, open(os.path.join(b, rel), "rb") as fb:
             assert fa.read() == fb.read()
-    with pytest.raises(ValueError):
-        write_voc(str(tmp_path / "c"), 1, 0, 1)
+
+
+def test_small_test_split_shows_every_class(tmp_path):
+    """Fewer test images than classes: the images share the 20 classes between them, every one
+    with a non-difficult object (so none scores AP 0 for want of test objects), in boxes that
+    do not overlap."""
+    for n in (5, 7, 19):
+        root = write_voc(str(tmp_path / str(n)), 2, n, 1, seed=n)
+        shown = set()
+        for image_id in read_ids(root, 2007, "test"):
+            _, _, objects = objects_of(root, 2007, image_id)
+            boxes = [box for _, box, _, _ in objects]
+            assert len(objects) <= 6
+            for k, (x0, y0, x1, y1) in enumerate(boxes):
+                for a0, b0, a1, b1 in boxes[:k]:
+                    assert min(x1, a1) < max(x0, a0) or min(y1, b1) < max(y0, b0)
+            shown |= {name for name, _, difficult, _ in objects if not difficult}
+        assert shown == set(VOC_CLASSES), n
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--test07", "-3", "--test07 -3: the test split needs at least 5 images to show all 20"),
+        ("--test07", "4", "--test07 4: the test split needs at least 5 images"),
+        ("--trainval07", "0", "--trainval07 0: every split needs at least one image"),
+        ("--trainval12", "-1", "--trainval12 -1: every split needs at least one image"),
+    ],
+)
+def test_tool_refuses_a_split_size_with_an_error_line(tmp_path, option, value, message):
+    with pytest.raises(SystemExit) as info:
+        make_data_main(["voc", str(tmp_path / "v"), option, value])
+    assert str(info.value.code).startswith(f"error: {message}")
+    assert not (tmp_path / "v").exists()  # refused before anything is written

@@ -1,18 +1,18 @@
-"""VOC07 AP50 recomputed from saved detections (study.statistics), on hand-made boxes: the
+"""VOC07 AP50 recomputed from saved detections (study.voc_scores), on hand-made boxes: the
 inclusive-pixel IoU and its strict 0.5 threshold, duplicates of a matched box, and classes
 without ground truth. Expected values are worked out by hand with the 11-point rule."""
 
 import numpy as np
 import pytest
 
-from study.statistics import ScoredRun
+from study.voc_scores import ScoredRun
 
 GT = [0.0, 0.0, 99.0, 99.0]  # 100 x 100 pixels, VOC's inclusive coordinates
 
 
 def _run(dets, num_images=2, gt_classes=(0, 0), num_classes=1, gt=GT):
     """``dets``: (image, class, score, box); one ground-truth box ``gt`` per image."""
-    return ScoredRun(
+    return ScoredRun.from_detections(
         {
             "image_ids": np.array([f"{k:06d}" for k in range(num_images)]),
             "class_names": np.array([f"c{k}" for k in range(num_classes)]),

@@ -79,7 +79,7 @@ def test_detections_file_keeps_its_dtypes_without_detections(tmp_path):
     import numpy as np
 
     from detection.voc import write_detections
-    from study.statistics import ScoredRun
+    from study.voc_scores import ScoredRun
 
     path = str(tmp_path / "voc_detections.npz")
     objects = [[("dog", [1, 1, 10, 10], 0)], [("cat", [2, 2, 20, 20], 1)]]

@@ -13,7 +13,7 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detection.synthetic_voc import write_voc  # noqa: E402
+from detection.synthetic_voc import MIN_TEST07, write_voc  # noqa: E402
 from pretrain.synthetic import write_imagefolder  # noqa: E402
 
 
@@ -33,7 +33,10 @@ def main(argv=None):
     voc.add_argument("out")
     voc.add_argument("--trainval07", type=int, default=40)
     voc.add_argument(
-        "--test07", type=int, default=20, help="20 or more: every class in the test set"
+        "--test07",
+        type=int,
+        default=20,
+        help=f"{MIN_TEST07} or more; every class is in the test set whatever the size",
     )
     voc.add_argument("--trainval12", type=int, default=40)
     voc.add_argument("--size", type=int, default=128, help="largest image side")
@@ -45,7 +48,10 @@ def main(argv=None):
         )
         print(f"wrote an ImageFolder tree with {args.classes} classes to {args.out}")
     elif args.kind == "voc":
-        write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
+        try:
+            write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         print(f"wrote VOC2007 (trainval, test) and VOC2012 (trainval) to {args.out}")
 
 

@@ -15,7 +15,13 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pretrain import distributed as du  # noqa: E402
-from pretrain.cli import default_argument_parser, error_message, setup_cfg  # noqa: E402
+from pretrain.cli import (  # noqa: E402
+    default_argument_parser,
+    error_message,
+    interrupted,
+    setup_cfg,
+    stop_on_termination,
+)
 from pretrain.engine import Trainer  # noqa: E402
 from pretrain.fileio import OutputWriteError  # noqa: E402
 from pretrain.run_folder import check_fresh, check_writable  # noqa: E402
@@ -27,6 +33,7 @@ EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, OutputWrit
 
 def main(argv=None):
     args = default_argument_parser(__doc__).parse_args(argv)
+    stop_on_termination()
     trainer = None
     try:
         cfg = setup_cfg(args.config_file, args.opts)
@@ -46,6 +53,14 @@ def main(argv=None):
             trainer.evaluate_weights(cfg.MODEL.WEIGHTS)
         else:
             trainer.train(resume=args.resume)
+    except KeyboardInterrupt as exc:
+        status, name = interrupted(exc)
+        where = f" at iteration {trainer.iteration}" if trainer is not None else ""
+        # Checkpoints are written whole or not at all: the last one is intact.
+        logging.getLogger("pretrain").warning(
+            "interrupted (%s)%s; continue with --resume from the last checkpoint", name, where
+        )
+        sys.exit(status)
     except EXPECTED_ERRORS as exc:
         # Also in log.txt (once set up), which outlives a cluster job's stderr.
         logging.getLogger("pretrain").error("stopped: %s", error_message(exc))

@@ -6,9 +6,10 @@
 
 Writes table5.md, table5.csv and table5.png (one row per run) into --out. The method comes from
 --label, else from the pretraining run the backbone was converted from, else from the run folder's
-name. Also writes table5_summary.md / .csv and table5_diff.png: per method the mean and std over
-seeds (the runs' SEED), and the difference to the Baseline with a 95% interval (seeds and a
-paired bootstrap over test images; docs/study.md). Needs no Detectron2.
+name. Also writes table5_summary.md / .csv and table5_diff.png: Tables 5 (VOC07 AP50) and 4 (the
+ImageNet metrics) over seeds (the runs' SEED), per method the mean and std, the difference to the
+Baseline with a 95% interval over seeds and test images, and the paper's values with whether its
+one-run difference is in our one-run range (docs/study.md). Needs no Detectron2.
 """
 
 import argparse
@@ -19,8 +20,9 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detection.report import write_report  # noqa: E402
-from study.summary import write_summary  # noqa: E402
+from detection.report import report_files  # noqa: E402
+from pretrain.fileio import OutputWriteError, write_files_together  # noqa: E402
+from study.summary_tables import summary_files  # noqa: E402
 
 
 def main(argv=None):
@@ -41,12 +43,19 @@ def main(argv=None):
         type=int,
         default=1000,
         metavar="N",
-        help="test-image resamples for the intervals of table5_summary.md (default 1000)",
+        help="test-image resamples of the intervals of table5_summary.md (default 1000)",
     )
     args = parser.parse_args(argv)
     if args.bootstrap < 10:
         parser.error(f"--bootstrap {args.bootstrap}: at least 10 resamples")
-    runs = {os.path.normpath(r) for r in args.runs}
+    seen = set()
+    for run in args.runs:
+        if os.path.normpath(run) in seen:
+            parser.error(f"{run}: given twice (each run counts once in the tables)")
+        seen.add(os.path.normpath(run))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: a file, not a folder to write the tables into")
+    runs = seen
     labels = {}
     for item in args.label:
         run, sep, name = item.rpartition("=")
@@ -55,18 +64,18 @@ def main(argv=None):
                 f"--label {item!r}: expected RUN_DIR=NAME with RUN_DIR one of the runs given"
             )
         labels[os.path.normpath(run)] = name
+    # Every input is read and every file made before anything is written: a bad run leaves the
+    # previous report as it was, and the files are replaced together.
     try:
-        rows = write_report(args.runs, args.out, labels)
-        write_summary(args.runs, args.out, labels, args.bootstrap)
-    except (FileNotFoundError, ValueError) as e:
+        rows, files = report_files(args.runs, labels)
+        files.update(summary_files(args.runs, labels, args.bootstrap)[1])
+        write_files_together(args.out, files)
+    except (FileNotFoundError, ValueError, OutputWriteError) as e:
         sys.exit(f"error: {e}")
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
-    print(
-        "wrote table5.md, table5.csv, table5.png, table5_summary.md, table5_summary.csv, "
-        f"table5_diff.png to {args.out}"
-    )
+    print(f"wrote {', '.join(files)} to {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,18 @@ the outputs); --resume continues interrupted stages from their last checkpoint.
 
 import argparse
 import os
+import signal
 import sys
 
 # Python puts this script's folder first on sys.path, where tools/pretrain.py and tools/study.py
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from study.local import run_local  # noqa: E402
+from pretrain.cli import interrupted, stop_on_termination  # noqa: E402
+from study.local import StageInterrupted, run_local  # noqa: E402
 from study.plan import Plan  # noqa: E402
 from study.spec import StudyError, load_study  # noqa: E402
-from study.state import print_plan, print_status  # noqa: E402
+from study.state import log_path, print_plan, print_status  # noqa: E402
 
 
 def main(argv=None):
@@ -60,12 +62,25 @@ def main(argv=None):
     if args.status:
         print_status(plan)
         return 0
+    stop_on_termination()
     try:
         if args.executor == "slurm":
             from study.slurm import submit_slurm
 
             return submit_slurm(plan, resume=args.resume)
         return run_local(plan, resume=args.resume)
+    except StageInterrupted as exc:
+        print(
+            f"stopped by {exc.signal_name}: {exc.stage.id} was interrupted (log "
+            f"{log_path(plan, exc.stage)}); continue with: python tools/study.py --config-file "
+            f"{args.config_file} --resume",
+            file=sys.stderr,
+        )
+        return 128 + signal.Signals[exc.signal_name].value
+    except KeyboardInterrupt as exc:  # between stages: nothing was running
+        status, name = interrupted(exc)
+        print(f"stopped by {name} between stages; rerun the same command to go on", file=sys.stderr)
+        return status
     except RuntimeError as exc:
         sys.exit(f"error: {exc}")
 

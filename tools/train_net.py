@@ -37,7 +37,7 @@ from detection.checks import (  # noqa: E402
 from detection.config import add_pskd_detection_config, finalize_detection_config  # noqa: E402
 from detection.report import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
-from pretrain.cli import error_message  # noqa: E402
+from pretrain.cli import error_message, interrupted, stop_on_termination  # noqa: E402
 from pretrain.fileio import OutputWriteError  # noqa: E402
 
 # Bad input (weights, VOC files, images, a config value) or a refused write: one error line.
@@ -115,8 +115,16 @@ def setup(args):
 
 
 def main(args):
+    stop_on_termination()  # in every worker process launch() starts
     try:
         return run(args)
+    except KeyboardInterrupt as exc:
+        status, name = interrupted(exc)
+        # Detectron2 names a checkpoint in last_checkpoint once it is written: that one is whole.
+        logging.getLogger("detectron2").warning(
+            "interrupted (%s); continue with --resume from the last checkpoint", name
+        )
+        sys.exit(status)
     except EXPECTED_ERRORS as exc:
         sys.exit(f"error: {error_message(exc)}")
 
