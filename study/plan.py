@@ -23,11 +23,17 @@ import sys
 
 import yaml
 
+from detection.report import DETECTION_RUN_FILES
 from pretrain.methods import method_label
+from pretrain.run_folder import SETUP_FILES
+
+from .identity import Identities
 
 PYTHON = sys.executable
 # Outputs that are runs (a folder with checkpoints): once started, only --resume continues them.
 RUN_KINDS = ("pretrain", "detect")
+# Cheap and deterministic: redone when their inputs change (their previous outputs kept beside).
+DERIVED_KINDS = ("convert", "report")
 
 
 class Stage:
@@ -94,6 +100,7 @@ class Plan:
             os.path.join(self.root, "report", study.name),
         )
         self.by_id = {s.id: s for s in self.stages}
+        self.identity = Identities(self)
 
     def _add(self, stage, out):
         stage.out = out
@@ -242,8 +249,14 @@ class Plan:
             return False, f"unreadable output ({type(exc).__name__}: {exc})"
 
     def started(self, stage):
-        """Whether a run stage has written anything (then only --resume may continue it)."""
-        return os.path.isdir(stage.out) and bool(os.listdir(stage.out))
+        """Whether a run stage has begun its run (then only --resume may continue it): written
+        more than its tool's set-up files, which a fresh start may find (a stage that failed
+        before training can start again)."""
+        if not os.path.isdir(stage.out):
+            return False
+        if stage.kind == "pretrain":
+            return any(name not in SETUP_FILES for name in os.listdir(stage.out))
+        return any(os.path.exists(os.path.join(stage.out, f)) for f in DETECTION_RUN_FILES)
 
     def _check_data(self, stage):
         sizes = self.study.data["synthetic"][stage.part]
