@@ -258,6 +258,14 @@ class Plan:
             return any(name not in SETUP_FILES for name in os.listdir(stage.out))
         return any(os.path.exists(os.path.join(stage.out, f)) for f in DETECTION_RUN_FILES)
 
+    def _same_file(self, recorded, path):
+        """Whether a path an output recorded (absolute, when it was written) is ``path`` of this
+        output root, the root possibly moved since: the same path below the root."""
+        if not isinstance(recorded, str):
+            return False
+        below = os.path.relpath(os.path.abspath(path), self.root)
+        return recorded == os.path.abspath(path) or recorded.endswith(os.sep + below)
+
     def _check_data(self, stage):
         sizes = self.study.data["synthetic"][stage.part]
         if stage.part == "classification":
@@ -329,7 +337,7 @@ class Plan:
         source = os.path.join(self.pretrain[stage.backbone.name, stage.seed].out, "model_final.pth")
         if not isinstance(data, dict) or not data.get("model"):
             return False, f"{stage.out}: no weights"
-        if data.get("__source__") != os.path.abspath(source):
+        if not self._same_file(data.get("__source__"), source):
             return False, f"{stage.out} was converted from {data.get('__source__')}, not {source}"
         if os.path.getmtime(stage.out) < os.path.getmtime(source):
             return False, f"{stage.out} is older than {source}"
@@ -347,7 +355,7 @@ class Plan:
         if not isinstance(summary.get("AP50"), (int, float)):
             return False, f"{result}: no AP50"
         weights = self.convert[stage.backbone.name, stage.seed].out
-        if summary.get("weights") != os.path.abspath(weights):
+        if not self._same_file(summary.get("weights"), weights):
             # An --eval-only run of model_final.pth names that file instead: not this stage's
             # result.
             return (

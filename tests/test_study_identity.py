@@ -154,3 +154,24 @@ def test_a_stage_that_failed_before_training_can_start_again(tmp_path, configs):
     write_record(plan, stage, identity={"config": {}}, status="failed", error="x", log="l")
     assert not plan.started(stage)
     assert all_states(plan)[stage.id][0] == "failed"  # not "changed": it never trained
+
+
+def test_a_moved_output_root_keeps_its_stages_done(tmp_path, configs):
+    _, data = configs
+    plan = _plan(tmp_path, data)
+    pre, conv = plan.pretrain["baseline", 0], plan.convert["baseline", 0]
+    os.makedirs(pre.out)
+    with open(os.path.join(pre.out, "config.yaml"), "w") as f:
+        yaml.safe_dump({"SEED": 0, "METHOD": {"NAME": "baseline"}}, f)
+    with open(os.path.join(pre.out, "eval_final.json"), "w") as f:
+        f.write('{"top1_err": 50.0}')
+    torch.save(
+        {"model": torchvision.models.resnet18(num_classes=4).state_dict()},
+        os.path.join(pre.out, "model_final.pth"),
+    )
+    write_record(plan, pre, identity=plan.identity(pre))
+    assert run_stage(plan, conv, resume=False) == (True, "")
+    shutil.copytree(tmp_path / "out", tmp_path / "moved", copy_function=shutil.copy2)
+    moved = _plan(tmp_path, dict(data, output_root=str(tmp_path / "moved")), "moved.yaml")
+    states = all_states(moved)
+    assert states[pre.id] == ("done", "") and states[conv.id] == ("done", "")
