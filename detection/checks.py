@@ -16,6 +16,7 @@ from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.modeling import build_model
 
 from detection.convert import DEPTHS
+from detection.report import DETECTION_RUN_FILES
 from detection.voc import check_test_split
 from pretrain.images import DECODE_ERRORS, UnreadableImage
 from pretrain.models import ARCHS
@@ -73,15 +74,13 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-# What a fine-tuning run leaves in its OUTPUT_DIR once it has started (Detectron2's files).
-_RUN_FILES = ("last_checkpoint", "metrics.json", "model_final.pth", "voc_eval.json")
 
 
 def check_output_dir(output_dir, eval_only, resume):
     """A detection run folder belongs to one run: refuse a fresh training run, or an --eval-only
     run, in a folder that already holds a run (either would rewrite its config.yaml and
     voc_eval.json, or mix two runs' checkpoints). Called before Detectron2 writes anything."""
-    found = [f for f in _RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
+    found = [f for f in DETECTION_RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
     if not found or (resume and not eval_only):
         return
     if eval_only:

@@ -27,6 +27,8 @@ from pretrain.metrics import METRIC_KEYS
 from .paper import METHOD_ORDER, TABLE5_AP50
 
 LINK_FILE = "backbone.json"
+# What a fine-tuning run leaves in its OUTPUT_DIR once it has started (Detectron2's files).
+DETECTION_RUN_FILES = ("last_checkpoint", "metrics.json", "model_final.pth", "voc_eval.json")
 
 COLUMNS = (
     ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
-from .plan import RUN_KINDS
-from .state import all_states, log_path, process_identity, study_lock
+from .plan import DERIVED_KINDS, RUN_KINDS
+from .state import all_states, changed_problem, log_path, process_identity, study_lock
 from .state import write_record as _write_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,10 +48,13 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
             return False, refused
         partial = _fresh_partial_folder(stage.out)
         cmd = [partial if arg == stage.out else arg for arg in cmd]
+    if stage.kind in DERIVED_KINDS and os.path.exists(stage.out):
+        _keep_previous(stage.out)
     write_record(
         plan,
         stage,
         command=plan.command(stage),
+        identity=plan.identity(stage),
         status="running",
         executor=executor,
         **process_identity(os.getpid()),
@@ -123,6 +126,15 @@ def _stop(proc):
             continue
 
 
+def _keep_previous(out):
+    """Move a derived stage's earlier output (a report, a converted file) aside, never over it:
+    ``<out>.previous-<n>``."""
+    n = 1
+    while os.path.exists(f"{out}.previous-{n}"):
+        n += 1
+    os.rename(out, f"{out}.previous-{n}")
+
+
 def _refuse_existing_data(plan, stage):
     """Generated data that is not done, in a folder that exists, is not the study's to delete
     (a user's files, or data made for another study file): the reason to stop, or None."""
@@ -170,9 +182,7 @@ def run_local(plan, resume=False, out=print):
             if blocked:
                 problems[stage.id] = f"not run: {', '.join(blocked)} did not finish"
             elif state == "changed":
-                problems[stage.id] = (
-                    f"its outputs were made by another command ({detail}); use another output_root"
-                )
+                problems[stage.id] = changed_problem(detail)
             elif stage.resources["nodes"] > 1:
                 problems[stage.id] = (
                     f"{stage.resources['nodes']} nodes: run this study with --executor slurm"

@@ -23,11 +23,17 @@ import sys
 
 import yaml
 
+from detection.report import DETECTION_RUN_FILES
 from pretrain.methods import method_label
+from pretrain.run_folder import SETUP_FILES
+
+from .identity import Identities
 
 PYTHON = sys.executable
 # Outputs that are runs (a folder with checkpoints): once started, only --resume continues them.
 RUN_KINDS = ("pretrain", "detect")
+# Cheap and deterministic: redone when their inputs change (their previous outputs kept beside).
+DERIVED_KINDS = ("convert", "report")
 
 
 class Stage:
@@ -94,6 +100,7 @@ class Plan:
             os.path.join(self.root, "report", study.name),
         )
         self.by_id = {s.id: s for s in self.stages}
+        self.identity = Identities(self)
 
     def _add(self, stage, out):
         stage.out = out
@@ -242,8 +249,22 @@ class Plan:
             return False, f"unreadable output ({type(exc).__name__}: {exc})"
 
     def started(self, stage):
-        """Whether a run stage has written anything (then only --resume may continue it)."""
-        return os.path.isdir(stage.out) and bool(os.listdir(stage.out))
+        """Whether a run stage has begun its run (then only --resume may continue it): written
+        more than its tool's set-up files, which a fresh start may find (a stage that failed
+        before training can start again)."""
+        if not os.path.isdir(stage.out):
+            return False
+        if stage.kind == "pretrain":
+            return any(name not in SETUP_FILES for name in os.listdir(stage.out))
+        return any(os.path.exists(os.path.join(stage.out, f)) for f in DETECTION_RUN_FILES)
+
+    def _same_file(self, recorded, path):
+        """Whether a path an output recorded (absolute, when it was written) is ``path`` of this
+        output root, the root possibly moved since: the same path below the root."""
+        if not isinstance(recorded, str):
+            return False
+        below = os.path.relpath(os.path.abspath(path), self.root)
+        return recorded == os.path.abspath(path) or recorded.endswith(os.sep + below)
 
     def _check_data(self, stage):
         sizes = self.study.data["synthetic"][stage.part]
@@ -316,7 +337,7 @@ class Plan:
         source = os.path.join(self.pretrain[stage.backbone.name, stage.seed].out, "model_final.pth")
         if not isinstance(data, dict) or not data.get("model"):
             return False, f"{stage.out}: no weights"
-        if data.get("__source__") != os.path.abspath(source):
+        if not self._same_file(data.get("__source__"), source):
             return False, f"{stage.out} was converted from {data.get('__source__')}, not {source}"
         if os.path.getmtime(stage.out) < os.path.getmtime(source):
             return False, f"{stage.out} is older than {source}"
@@ -334,7 +355,7 @@ class Plan:
         if not isinstance(summary.get("AP50"), (int, float)):
             return False, f"{result}: no AP50"
         weights = self.convert[stage.backbone.name, stage.seed].out
-        if summary.get("weights") != os.path.abspath(weights):
+        if not self._same_file(summary.get("weights"), weights):
             # An --eval-only run of model_final.pth names that file instead: not this stage's
             # result.
             return (

@@ -18,7 +18,7 @@ import submitit
 from .local import ROOT, run_stage
 from .plan import RUN_KINDS, Plan
 from .spec import load_study
-from .state import all_states, log_path, read_record, study_lock, write_record
+from .state import all_states, changed_problem, log_path, read_record, study_lock, write_record
 
 RENDEZVOUS_PORT = 29500
 
@@ -107,9 +107,7 @@ def submit_slurm(plan, resume=False, out=print):
             if blocked:
                 problems[stage.id] = f"not submitted: {', '.join(blocked)} cannot run"
             elif state == "changed":
-                problems[stage.id] = (
-                    f"its outputs were made by another command ({detail}); use another output_root"
-                )
+                problems[stage.id] = changed_problem(detail)
             elif stage.kind in RUN_KINDS and plan.started(stage) and not resume:
                 problems[stage.id] = (
                     f"interrupted earlier ({state}); submit with --resume to continue it"
@@ -124,6 +122,7 @@ def submit_slurm(plan, resume=False, out=print):
                 plan,
                 stage,
                 command=plan.command(stage),
+                identity=plan.identity(stage),
                 status="submitted",
                 executor="slurm",
                 job_id=str(job.job_id),

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 from pretrain.fileio import atomic_write_json
 
-from .plan import RUN_KINDS
+from .identity import differences
+from .plan import DERIVED_KINDS, RUN_KINDS
 
 
 def record_path(plan, stage):
@@ -105,8 +106,13 @@ def stage_state(plan, stage, states):
     done, why_not = plan.check(stage)
     record = read_record(plan, stage)
     started = stage.kind in RUN_KINDS and plan.started(stage)
-    if record and record.get("command") != plan.command(stage) and (done or started):
-        return "changed", "recorded: " + shlex.join(record.get("command") or [])
+    ready_because = ""
+    recorded = (record or {}).get("identity")
+    if recorded is not None and (done or started) and recorded != plan.identity(stage):
+        changes = "; ".join(differences(recorded, plan.identity(stage)))
+        if stage.kind not in DERIVED_KINDS:
+            return "changed", changes
+        done, ready_because = False, f"to redo: {changes}"
     if done:
         return "done", ""
     if record and record.get("status") in ("running", "submitted"):
@@ -134,8 +140,16 @@ def stage_state(plan, stage, states):
         return "interrupted", why_not
     deps = [states[d][0] for d in stage.deps]
     if all(d == "done" for d in deps):
-        return "ready", ""
+        return "ready", ready_because
     return "waiting", ", ".join(d for d, s in zip(stage.deps, deps) if s != "done")
+
+
+def changed_problem(detail):
+    """Why a `changed` stage is not run: its outputs were made with other settings."""
+    return (
+        f"its outputs were made with other settings ({detail}): restore them, or use another "
+        "output_root (a study never trains over a finished or started run)"
+    )
 
 
 def all_states(plan):
