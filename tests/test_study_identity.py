@@ -26,6 +26,19 @@ def _plan(tmp_path, data, name="study.yaml"):
     return Plan(load_study(str(path)))
 
 
+def _finish(stage):
+    """The outputs of a finished pretraining stage (seed 0, Baseline, an untrained ResNet-18);
+    returns its model_final.pth."""
+    os.makedirs(stage.out)
+    with open(os.path.join(stage.out, "config.yaml"), "w") as f:
+        yaml.safe_dump({"SEED": 0, "METHOD": {"NAME": "baseline"}}, f)
+    with open(os.path.join(stage.out, "eval_final.json"), "w") as f:
+        f.write('{"top1_err": 50.0}')
+    final = os.path.join(stage.out, "model_final.pth")
+    torch.save({"model": torchvision.models.resnet18(num_classes=4).state_dict()}, final)
+    return final
+
+
 def _identities(plan):
     return {s.id: plan.identity(s) for s in plan.stages}
 
@@ -109,13 +122,7 @@ def test_a_run_stage_made_with_other_settings_is_changed_and_a_derived_one_is_re
     _, data = configs
     plan = _plan(tmp_path, data)
     pre, conv = plan.pretrain["baseline", 0], plan.convert["baseline", 0]
-    os.makedirs(pre.out)
-    with open(os.path.join(pre.out, "config.yaml"), "w") as f:
-        yaml.safe_dump({"SEED": 0, "METHOD": {"NAME": "baseline"}}, f)
-    with open(os.path.join(pre.out, "eval_final.json"), "w") as f:
-        f.write('{"top1_err": 50.0}')
-    final = os.path.join(pre.out, "model_final.pth")
-    torch.save({"model": torchvision.models.resnet18(num_classes=4).state_dict()}, final)
+    final = _finish(pre)
     assert run_stage(plan, conv, resume=False) == (True, "")
     states = all_states(plan)
     assert states[pre.id] == ("done", "") and states[conv.id] == ("done", "")
@@ -160,15 +167,7 @@ def test_a_moved_output_root_keeps_its_stages_done(tmp_path, configs):
     _, data = configs
     plan = _plan(tmp_path, data)
     pre, conv = plan.pretrain["baseline", 0], plan.convert["baseline", 0]
-    os.makedirs(pre.out)
-    with open(os.path.join(pre.out, "config.yaml"), "w") as f:
-        yaml.safe_dump({"SEED": 0, "METHOD": {"NAME": "baseline"}}, f)
-    with open(os.path.join(pre.out, "eval_final.json"), "w") as f:
-        f.write('{"top1_err": 50.0}')
-    torch.save(
-        {"model": torchvision.models.resnet18(num_classes=4).state_dict()},
-        os.path.join(pre.out, "model_final.pth"),
-    )
+    _finish(pre)
     write_record(plan, pre, identity=plan.identity(pre))
     assert run_stage(plan, conv, resume=False) == (True, "")
     shutil.copytree(tmp_path / "out", tmp_path / "moved", copy_function=shutil.copy2)
