@@ -74,8 +74,6 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-
-
 def check_output_dir(output_dir, eval_only, resume):
     """A detection run folder belongs to one run: refuse a fresh training run, or an --eval-only
     run, in a folder that already holds a run (either would rewrite its config.yaml and
