@@ -8,6 +8,9 @@ signal in time (which a loaded machine makes miss).
     PRETRAIN_FAULT="hang at step 1 on rank 1"         rank 1 stays alive after its first training
                                                       step but never answers again (a frozen
                                                       node): only a signal ends it
+    PRETRAIN_FAULT="hang at checkpoint * in /x/pretrain/baseline/seed0"
+                                                      hang after every checkpoint of that run
+                                                      (a point is a shell-style pattern)
     PRETRAIN_FAULT="kill group at checkpoint 4 in /x/pretrain/tfkd/seed0"
                                                       SIGKILL the whole process group (the run and
                                                       whatever started it in that group, e.g. a
@@ -21,6 +24,7 @@ run folder, where several runs share the environment (the stages of a study). Wi
 variable (every normal run) ``reached`` does nothing.
 """
 
+import fnmatch
 import os
 import re
 import signal
@@ -45,7 +49,7 @@ def reached(point, run_folder):
             f"[ on rank <r>]'"
         )
     action, where, folder, rank = match.groups()
-    if where != point or (rank is not None and int(rank) != du.get_rank()):
+    if not fnmatch.fnmatchcase(point, where) or (rank is not None and int(rank) != du.get_rank()):
         return
     if folder is not None and os.path.realpath(folder) != os.path.realpath(run_folder):
         return

@@ -54,6 +54,9 @@ def actions(monkeypatch):
         ("kill group at checkpoint 8 in /runs", "checkpoint 8", None),
         ("hang at step 1 in /runs/a on rank 0", "step 1", "hang"),
         ("hang at step 1 in /runs/a on rank 1", "step 1", None),
+        ("hang at checkpoint * in /runs/a", "checkpoint 12", "hang"),
+        ("hang at checkpoint * in /runs/a", "step 12", None),
+        ("hang at checkpoint 1* in /runs/a", "checkpoint 2", None),
     ],
 )
 def test_fault_acts_at_its_point_folder_and_rank_only(actions, spec, point, fired):
