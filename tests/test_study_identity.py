@@ -17,7 +17,7 @@ from study.identity import differences
 from study.local import run_stage
 from study.plan import Plan
 from study.spec import load_study
-from study.state import all_states, write_record
+from study.state import all_states, read_record, write_record
 
 
 def _plan(tmp_path, data, name="study.yaml"):
@@ -126,6 +126,10 @@ def test_a_run_stage_made_with_other_settings_is_changed_and_a_derived_one_is_re
     assert run_stage(plan, conv, resume=False) == (True, "")
     states = all_states(plan)
     assert states[pre.id] == ("done", "") and states[conv.id] == ("done", "")
+    # Run by another interpreter path of the same environment: the same stage, still done.
+    record = read_record(plan, conv)
+    write_record(plan, conv, command=["/usr/bin/python3"] + record["command"][1:])
+    assert all_states(plan)[conv.id] == ("done", "")
 
     # The pretraining was made with another learning rate: changed, naming the key.
     old = plan.identity(pre)
