@@ -28,11 +28,17 @@ def require_detectron2():
 
 
 def pytest_collection_modifyitems(items):
-    """The files with slow tests first: under `make test`'s two workers each takes the
-    next whole file, and a long file (the Slurm cluster's, the coverage simulation) taken last
-    would leave one worker running alone for minutes at the end."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # a file's own order is kept
+    """The Slurm cluster's files first, then the other files with slow tests: under `make
+    test`'s two workers each takes the next whole file, and a long file taken last would leave
+    one worker running alone for minutes at the end (the cluster's tests mostly wait on
+    requeues, so the other worker's work overlaps them best)."""
+
+    def files(marker):
+        return {item.path for item in items if item.get_closest_marker(marker)}
+
+    cluster, slow = files("cluster"), files("slow")
+    # A file's own order is kept (a stable sort).
+    items.sort(key=lambda item: (item.path not in cluster, item.path not in slow))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from study.plan import Plan
 from study.spec import load_study
 from study.state import read_record
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 if unavailable_reason():
     pytest.skip(unavailable_reason(), allow_module_level=True)
 require_detectron2()
