@@ -80,27 +80,28 @@ def check_unfinished(output_dir):
         )
 
 
-def _flatten(node, prefix=""):
+def flatten(node, prefix=""):
+    """A nested dict as {dotted key: value}."""
     flat = {}
     for name, value in node.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, prefix + name + "."))
+            flat.update(flatten(value, prefix + name + "."))
         else:
             flat[prefix + name] = value
     return flat
 
 
-def _as_plain(cfg_yaml):
+def plain_config(cfg_yaml):
     """A dumped config as a flat {dotted key: value} dict (tuples become lists, as in a dump)."""
-    return _flatten(yaml.safe_load(cfg_yaml) or {})
+    return flatten(yaml.safe_load(cfg_yaml) or {})
 
 
 def config_differences(saved_yaml, cfg):
     """``[(key, saved value, current value)]`` for every run-defining key that differs. A key
     the saved config lacks (added to the project later) counts as its default."""
-    saved = _as_plain(get_cfg().dump())
-    saved.update(_as_plain(saved_yaml))
-    current = _as_plain(cfg.dump())
+    saved = plain_config(get_cfg().dump())
+    saved.update(plain_config(saved_yaml))
+    current = plain_config(cfg.dump())
     return [
         (key, saved.get(key, "<absent>"), current.get(key, "<absent>"))
         for key in sorted(saved.keys() | current.keys())

@@ -22,7 +22,7 @@ import os
 import yaml
 
 from pretrain.cli import setup_cfg
-from pretrain.run_folder import MAY_CHANGE_ON_RESUME
+from pretrain.run_folder import MAY_CHANGE_ON_RESUME, flatten, plain_config
 
 # Keys the study sets per stage, part of the identity in their own terms (seed, data, teacher).
 _SET_BY_STUDY = ("OUTPUT_DIR", "DATA.ROOT", "SEED", "TEACHER.WEIGHTS")
@@ -30,16 +30,6 @@ _SET_BY_STUDY = ("OUTPUT_DIR", "DATA.ROOT", "SEED", "TEACHER.WEIGHTS")
 
 def digest(identity):
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _flatten(node, prefix=""):
-    flat = {}
-    for name, value in node.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
 
 
 def _config_files(path, seen=()):
@@ -78,10 +68,9 @@ class Identities:
     def _pretrain(self, stage):
         b = stage.backbone
         if b.name not in self._configs:
-            cfg = yaml.safe_load(setup_cfg(b.config, b.opts).dump())
             self._configs[b.name] = {
                 k: v
-                for k, v in _flatten(cfg).items()
+                for k, v in plain_config(setup_cfg(b.config, b.opts).dump()).items()
                 if k not in MAY_CHANGE_ON_RESUME and k not in _SET_BY_STUDY
             }
         identity = {"config": self._configs[b.name], "SEED": stage.seed}
@@ -115,7 +104,7 @@ class Identities:
 
 def differences(recorded, current):
     """["key: recorded -> current", ...] for every key whose value differs."""
-    old, new = _flatten(recorded), _flatten(current)
+    old, new = flatten(recorded), flatten(current)
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in sorted(old.keys() | new.keys())
