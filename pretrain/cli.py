@@ -1,12 +1,49 @@
-"""Command-line set-up shared by the tools: argument parser and config assembly."""
+"""Command-line set-up shared by the tools: argument parser, config assembly, and the one way a
+tool ends on a user's mistake or an interruption (``tool``)."""
 
 import argparse
+import functools
 import signal
+import sys
 
 import yaml
 
 from .config import get_cfg
 from .config_check import validate_config
+from .fileio import OutputWriteError
+
+# A user's mistake (a config value, a file or folder given, an image, weights, a flag) or a write
+# the system refuses: the message names the file, key or cause, and a traceback would only hide
+# it. FloatingPointError: training diverged, which a lower learning rate fixes.
+EXPECTED_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FloatingPointError,
+    OutputWriteError,
+)
+
+
+def tool(main):
+    """Decorate a tool's ``main``: an expected error (EXPECTED_ERRORS) ends it with one ``error:``
+    line and status 1, Ctrl-C or SIGTERM with one ``interrupted`` line and status 128 + the
+    signal's number. Anything else is a bug of ours and keeps its traceback. A tool may catch
+    these first to log them (in its run folder) and raise them again."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        stop_on_termination()
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            status, name = interrupted(exc)
+            print(f"interrupted ({name})", file=sys.stderr)
+            sys.exit(status)
+        except EXPECTED_ERRORS as exc:
+            sys.exit(f"error: {error_message(exc)}")
+
+    return run
 
 
 def default_argument_parser(description):
@@ -32,17 +69,28 @@ def default_argument_parser(description):
 
 
 def setup_cfg(config_file, opts=()):
-    """Defaults <- YAML file (with _BASE_) <- KEY VALUE overrides; an unknown key or a value of
-    the wrong type or out of range is reported with where it came from."""
+    """The pretraining config: defaults <- YAML file (with _BASE_; none: the defaults) <- KEY VALUE
+    overrides, validated (pretrain.config_check) and frozen."""
+    cfg = get_cfg()
+    merge_config(cfg, config_file, opts)
+    validate_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def merge_config(cfg, config_file, opts=()):
+    """Merge a YAML file (None: none) and KEY VALUE overrides into ``cfg`` (ours or Detectron2's,
+    both fvcore CfgNodes); a missing file, bad YAML, an unknown key, a value of the wrong type or
+    a stray flag is a ValueError or FileNotFoundError naming where it came from."""
     flags = [o for o in opts if o.startswith("--")]
     if flags:
         raise ValueError(
             f"{flags[0]} came after the KEY VALUE overrides: flags (--resume, --eval-only) "
             f"come first, e.g. --config-file F --resume SOLVER.EPOCHS 10"
         )
-    cfg = get_cfg()
     try:
-        cfg.merge_from_file(config_file)
+        if config_file is not None:
+            cfg.merge_from_file(config_file)
     except FileNotFoundError as exc:
         missing = (
             f" ({exc.filename!r}, named by _BASE_)"
@@ -62,9 +110,6 @@ def setup_cfg(config_file, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
         raise ValueError(f"command-line override: {_message(exc)}") from exc
-    validate_config(cfg)
-    cfg.freeze()
-    return cfg
 
 
 def _message(exc):

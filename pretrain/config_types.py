@@ -1,5 +1,5 @@
-"""What a config declaration is built from: ``CN``, the node every config key hangs on, and
-``Range``, the values a numeric key admits.
+"""What a config declaration is built from: ``CN``, the node every config key hangs on,
+``Range``, the values a numeric key admits, and ``Choices``, the values a text key admits.
 
 The general keys (pretrain/config.py) and each method's own keys (``Method.add_config`` in
 pretrain/methods/) are declared with these; this module imports nothing of the project, so both
@@ -66,6 +66,19 @@ class Range:
             return f"{'>' if self.low_open else '>='} {self.low}"
         low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
         return f"in {low}{self.low}, {self.high}{high}"
+
+
+class Choices:
+    """The values a text key admits, checked with ``in`` as a ``Range`` is."""
+
+    def __init__(self, values):
+        self.values = tuple(values)
+
+    def __contains__(self, value):
+        return value in self.values
+
+    def __str__(self):
+        return "one of " + ", ".join(repr(v) for v in self.values)
 
 
 POSITIVE = Range(0, low_open=True)

@@ -14,6 +14,11 @@ from .gpu_input import device_decode_dataset
 from .samplers import ShardedSampler
 from .transforms import build_eval_transform, build_train_transform
 
+# DATA.FORMAT: an ImageFolder tree per split, or torchvision's local CIFAR-100 copy.
+FORMATS = ("imagefolder", "cifar100")
+# DATALOADER.DECODE: PIL in the loader workers, or torchvision.io on MODEL.DEVICE (gpu_input).
+DECODES = ("cpu", "device")
+
 
 def build_dataset(cfg, split, train):
     """The training or validation set named by DATA.FORMAT / DATA.ROOT / DATA.*_SPLIT."""
@@ -41,7 +46,7 @@ def build_dataset(cfg, split, train):
             on_bad_image=cfg.DATA.ON_BAD_IMAGE,
         )
         data.classes = base.classes
-    elif fmt == "cifar100":
+    else:  # "cifar100"
         try:
             base = torchvision.datasets.CIFAR100(root, train=train, download=False)
         except RuntimeError as exc:
@@ -52,21 +57,8 @@ def build_dataset(cfg, split, train):
         images = [Image.fromarray(a) for a in base.data]
         data = IndexedDataset(images, base.targets, transform, on_bad_image=cfg.DATA.ON_BAD_IMAGE)
         data.classes = base.classes
-    else:
-        raise ValueError(
-            f"DATA.FORMAT: unknown format {fmt!r} (expected 'imagefolder' or 'cifar100')"
-        )
     if cfg.DATALOADER.DECODE == "device":
-        if fmt != "imagefolder":
-            raise ValueError(
-                "DATALOADER.DECODE device reads JPEG files: it needs DATA.FORMAT imagefolder, got "
-                f"{fmt!r}"
-            )
         data = device_decode_dataset(data, cfg, train)
-    elif cfg.DATALOADER.DECODE != "cpu":
-        raise ValueError(
-            f"DATALOADER.DECODE must be 'cpu' or 'device', got {cfg.DATALOADER.DECODE!r}"
-        )
     if len(data.classes) != cfg.MODEL.NUM_CLASSES:
         raise ValueError(
             f"MODEL.NUM_CLASSES is {cfg.MODEL.NUM_CLASSES} but {root!r} split {split!r} "

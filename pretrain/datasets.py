@@ -10,6 +10,9 @@ from torch.utils.data import Dataset
 
 from .images import DECODE_ERRORS, UnreadableImage, load_rgb
 
+# DATA.ON_BAD_IMAGE: stop naming the file, or drop it from its batch and log it.
+BAD_IMAGE_POLICIES = ("error", "skip")
+
 
 class BadSample:
     """What a dataset returns, under DATA.ON_BAD_IMAGE skip, for a file it cannot read."""
@@ -33,8 +36,6 @@ class IndexedDataset(Dataset):
     cannot be decoded under the "skip" policy, a ``BadSample`` that the collate function drops."""
 
     def __init__(self, samples, targets, transform, load_image=None, on_bad_image="error"):
-        if on_bad_image not in ("error", "skip"):
-            raise ValueError(f"DATA.ON_BAD_IMAGE must be 'error' or 'skip', got {on_bad_image!r}")
         self.samples = samples  # a path per item (ImageFolder) or an indexable of images
         self.targets = list(targets)
         self.transform = transform

@@ -7,6 +7,9 @@ import socket
 import torch
 import torch.distributed as dist
 
+# MODEL.DEVICE: under torchrun each process takes cuda:LOCAL_RANK or the CPU.
+DEVICES = ("cuda", "cpu")
+
 
 def init_distributed(device_type, timeout_s):
     """Join the process group when launched by torchrun (RANK / WORLD_SIZE set).
@@ -18,15 +21,13 @@ def init_distributed(device_type, timeout_s):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ValueError(
                 "MODEL.DEVICE is 'cuda' but no CUDA device is available (use MODEL.DEVICE cpu)"
             )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    elif device_type == "cpu":
-        device = torch.device("cpu")
     else:
-        raise ValueError(f"MODEL.DEVICE must be 'cuda' or 'cpu', got {device_type!r}")
+        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(

@@ -49,10 +49,6 @@ class DeviceAugment:
     and picks one sample's random parameters, ``apply`` runs on the device over a whole batch."""
 
     def __init__(self, cfg, train):
-        if cfg.INPUT.PRESET != "imagenet":
-            raise ValueError(
-                f"DATALOADER.DECODE device supports INPUT.PRESET imagenet, got {cfg.INPUT.PRESET!r}"
-            )
         self.train = train
         self.crop, self.resize = cfg.INPUT.CROP_SIZE, cfg.INPUT.RESIZE_SIZE
         # The same torchvision objects as the CPU preset: their get_params draw the same numbers.

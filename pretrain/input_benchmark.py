@@ -6,7 +6,7 @@ import statistics
 import time
 
 from .benchmark_probes import synchronize
-from .config import get_cfg
+from .cli import setup_cfg
 from .models import memory_format
 
 
@@ -27,10 +27,10 @@ def benchmark_input(
     num_classes = len(os.listdir(os.path.join(root, "train")))
     results = []
     for decode in decodes:
-        cfg = get_cfg()
-        cfg.merge_from_list(
+        cfg = setup_cfg(
+            None,
             ["DATA.ROOT", root, "MODEL.NUM_CLASSES", str(num_classes), "DATALOADER.DECODE", decode]
-            + list(opts)
+            + list(opts),
         )
         data = build_dataset(cfg, cfg.DATA.TRAIN_SPLIT, train=True)
         sampler = ShardedSampler(len(data), seed=0)

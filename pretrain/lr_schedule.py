@@ -10,11 +10,8 @@ from fvcore.common.param_scheduler import (
 def build_lr_schedule(cfg, iters_per_epoch):
     """Multiplier of BASE_LR as a function of where in training we are (0 <= where < 1):
     x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
+    # SOLVER.STEPS are increasing epochs inside the run (pretrain.config_check).
     epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
-    if steps != sorted(steps) or any(not 0 < s < epochs for s in steps):
-        raise ValueError(
-            f"SOLVER.STEPS {steps} must be increasing epochs inside (0, SOLVER.EPOCHS={epochs})"
-        )
     total = epochs * iters_per_epoch
     schedule = MultiStepParamScheduler(
         values=[cfg.SOLVER.GAMMA**i for i in range(len(steps) + 1)],

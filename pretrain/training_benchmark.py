@@ -29,6 +29,8 @@ import torch
 
 from .benchmark_probes import MB, MemoryProbe, synchronize, tensor_bytes
 from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
+from .cli import merge_config
+from .config_check import validate_config
 from .engine import train_step
 from .host_syncs import HostSyncCheck
 from .methods import METHODS, MethodContext, build_method
@@ -55,9 +57,11 @@ class MethodRun:
     def __init__(self, spec, cfg, device, labels, teacher_path, distinct_steps):
         name, opts = parse_method(spec)
         cfg = cfg.clone()
-        cfg.merge_from_list(opts)
+        cfg.defrost()
+        merge_config(cfg, None, opts)
         if name in METHODS and METHODS[name].needs_teacher and not cfg.TEACHER.WEIGHTS:
             cfg.TEACHER.WEIGHTS = teacher_path  # a random teacher costs what a trained one does
+        validate_config(cfg)  # as setup_cfg: a typo in any spec stops before the first round
         self.spec, self.cfg, self.device = spec, cfg, device
         torch.manual_seed(0)
         self.model = build_model(cfg, device)

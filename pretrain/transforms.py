@@ -7,6 +7,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# INPUT.PRESET: the paper's ImageNet augmentation, or CIFAR's padded crop and flip.
+PRESETS = ("imagenet", "cifar")
 
 # AlexNet's PCA of ImageNet RGB pixels (on [0, 1] values), as used by the paper's pipeline.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -49,17 +51,16 @@ def build_train_transform(cfg):
                 T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
             ]
         )
-    if preset == "cifar":
-        return T.Compose(
-            [
-                T.RandomCrop(cfg.INPUT.CROP_SIZE, padding=4),
-                T.RandomHorizontalFlip(),
-                T.PILToTensor(),
-                T.ConvertImageDtype(torch.float32),
-                T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-            ]
-        )
-    raise ValueError(f"INPUT.PRESET: unknown preset {preset!r} (expected 'imagenet' or 'cifar')")
+    # "cifar"
+    return T.Compose(
+        [
+            T.RandomCrop(cfg.INPUT.CROP_SIZE, padding=4),
+            T.RandomHorizontalFlip(),
+            T.PILToTensor(),
+            T.ConvertImageDtype(torch.float32),
+            T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+        ]
+    )
 
 
 def build_eval_transform(cfg):
@@ -74,12 +75,11 @@ def build_eval_transform(cfg):
                 T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
             ]
         )
-    if preset == "cifar":
-        return T.Compose(
-            [
-                T.PILToTensor(),
-                T.ConvertImageDtype(torch.float32),
-                T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-            ]
-        )
-    raise ValueError(f"INPUT.PRESET: unknown preset {preset!r} (expected 'imagenet' or 'cifar')")
+    # "cifar"
+    return T.Compose(
+        [
+            T.PILToTensor(),
+            T.ConvertImageDtype(torch.float32),
+            T.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+        ]
+    )

@@ -32,7 +32,7 @@ def test_paper_recipe_in_imagenet_configs():
 def test_overrides_apply_and_cfg_is_frozen():
     cfg = setup_cfg(
         os.path.join(ROOT, "configs/pretrain/imagenet_R_152_baseline.yaml"),
-        ["SOLVER.EPOCHS", "3", "OUTPUT_DIR", "/tmp/x"],
+        ["SOLVER.EPOCHS", "3", "SOLVER.STEPS", "(2,)", "OUTPUT_DIR", "/tmp/x"],
     )
     assert cfg.SOLVER.EPOCHS == 3 and cfg.OUTPUT_DIR == "/tmp/x"
     with pytest.raises(Exception):
@@ -54,6 +54,55 @@ def test_unknown_key_on_command_line_is_named():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         setup_cfg(str(tmp_path / "nope.yaml"))
+
+
+# -- text options: every choice is checked when the config is assembled ------------------------
+@pytest.mark.parametrize(
+    "key, typo",
+    [
+        ("TFKD.KL_REDUCTION", "batchmeen"),
+        ("PSKD.SOURCE", "tabel"),
+        ("PSKD.PREVIOUS_MODEL_BN", "frozen"),
+        ("PSKD.TABLE_DTYPE", "float16"),
+        ("AUG.CUTMIX.PSKD_MODE", "halve"),
+        ("SOLVER.AMP.DTYPE", "fp16"),
+        ("DATALOADER.DECODE", "gpu"),
+        ("INPUT.PRESET", "imagnet"),
+        ("DATA.FORMAT", "imagenet"),
+        ("DATA.ON_BAD_IMAGE", "ignore"),
+        ("MODEL.ARCH", "resnet-18"),
+        ("MODEL.DEVICE", "gpu"),
+        ("METHOD.NAME", "ps-kd"),
+    ],
+)
+def test_a_text_option_that_is_none_of_its_choices_is_named_with_them(key, typo):
+    # Whatever METHOD.NAME is: a PS-KD key's typo in a baseline config is still a typo.
+    with pytest.raises(ValueError, match=rf"{key} is '{typo}', must be one of '"):
+        setup_cfg(CONFIGS[0], [key, typo])
+
+
+@pytest.mark.parametrize(
+    "opts, named",
+    [
+        (["SEED", str(2**70)], r"SEED is 1180591620717411303424, must be in \[0, 4294967295\]"),
+        (["SOLVER.WARMUP_EPOCHS", "91"], "SOLVER.WARMUP_EPOCHS is 91.0, must be at most"),
+        (["DATALOADER.DECODE", "device", "INPUT.PRESET", "cifar"], "needs DATA.FORMAT imagefolder"),
+        (["METHOD.NAME", "cskd", "DATA.ON_BAD_IMAGE", "skip"], "use DATA.ON_BAD_IMAGE error"),
+    ],
+)
+def test_bounds_between_keys_and_the_seed_are_checked_when_assembled(opts, named):
+    with pytest.raises(ValueError, match=named):
+        setup_cfg(os.path.join(ROOT, "configs/pretrain/imagenet_R_152_baseline.yaml"), opts)
+
+
+def test_the_largest_seed_trains_its_derived_seeds():
+    import torch
+
+    from pretrain.samplers import sample_seed
+
+    cfg = setup_cfg(CONFIGS[0], ["SEED", str(2**32 - 1)])
+    torch.Generator().manual_seed(cfg.SEED * 1_000 + 1 + 63)  # the engine's per-rank seed
+    torch.Generator().manual_seed(sample_seed(cfg.SEED, 1000, 10**7))
 
 
 # -- the paper's choices, as the shipped configs resolve ---------------------------------------

@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from pretrain.config import _C as GENERAL_DEFAULTS
 from pretrain.config import get_cfg
-from pretrain.config_check import RANGES, numeric_keys
+from pretrain.config_check import CHOICES, FREE_TEXT, RANGES, keys_of_type, numeric_keys
 from pretrain.methods import METHODS, method_label
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")
@@ -84,3 +84,22 @@ def test_labels_come_from_the_methods():
     assert method_label("pskd") == "PS-KD" and method_label("PSKD", cutmix=True) == "PS-KD + CutMix"
     assert method_label("cskd") == "CS-KD" and method_label("baseline") == "Baseline"
     assert method_label("my_method") == "my_method"  # not a method of the registry: as it is
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_method_gives_the_choices_of_each_option_it_declares(name):
+    method = METHODS[name]
+    keys = declared_keys(method)
+    text = {k for k, v in keys.items() if type(v) is str}
+    assert set(method.config_choices) == text
+    for key, values in method.config_choices.items():
+        assert keys[key] in values, f"{key}'s default {keys[key]!r} is not {values}"
+
+
+def test_every_text_key_is_an_option_with_its_choices_or_a_path_or_name():
+    text = set(keys_of_type(get_cfg(), (str,)))
+    assert set(CHOICES) | FREE_TEXT == text and not set(CHOICES) & FREE_TEXT
+    general = set(keys_of_type(GENERAL_DEFAULTS, (str,)))
+    assert set(CHOICES) - FREE_TEXT - general == {
+        k for m in METHODS.values() for k in m.config_choices
+    }

@@ -13,6 +13,7 @@ import torchvision
 from conftest import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.config import get_cfg
+from pretrain.config_check import validate_config
 from pretrain.cutmix import CutMix
 from pretrain.engine import Trainer, train_step
 from pretrain.methods import METHODS, MethodContext, build_method
@@ -38,6 +39,7 @@ def make_method(name, labels=(0, 1, 2, 0), num_classes=3, batch=4, epochs=4, **o
         for part in node.split("__"):
             target = getattr(target, part)
         setattr(target, attr, value)
+    validate_config(cfg)  # as every tool does when it assembles a config
     return build_method(
         MethodContext(
             cfg=cfg,

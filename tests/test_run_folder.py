@@ -279,7 +279,7 @@ def test_integer_for_a_float_key_is_accepted():
 def test_out_of_range_value_stops_the_tool_before_writing(synthetic_root, tmp_path):
     out = str(tmp_path / "run")
     message = run_in_process(train_args(synthetic_root, out, "PSKD.ALPHA_T", "1.5"))
-    assert message == "error: config value out of range: PSKD.ALPHA_T is 1.5, must be in [0, 1]"
+    assert message == "error: config value not admitted: PSKD.ALPHA_T is 1.5, must be in [0, 1]"
     assert not os.path.exists(out) or os.listdir(out) == []
 
 

@@ -89,13 +89,17 @@ def test_shipped_schedules_at_their_boundaries(name, iters_per_epoch, expected):
     assert lrs == pytest.approx(expected, rel=1e-9)
 
 
-def test_bad_steps_are_refused():
-    cfg = setup_cfg(os.path.join(CONFIGS, "cpu_synthetic_R_18.yaml"), ["SOLVER.STEPS", "(4, 2)"])
-    with pytest.raises(ValueError, match=r"SOLVER.STEPS \[4, 2\] must be increasing"):
-        build_lr_schedule(cfg, CPU)
-    cfg = setup_cfg(os.path.join(CONFIGS, "cpu_synthetic_R_18.yaml"), ["SOLVER.STEPS", "(6,)"])
-    with pytest.raises(ValueError, match=r"inside \(0, SOLVER.EPOCHS=6\)"):
-        build_lr_schedule(cfg, CPU)
+@pytest.mark.parametrize(
+    "steps, shown", [("(4, 2)", r"\[4, 2\]"), ("(6,)", r"\[6\]"), ("(2, 2)", r"\[2, 2\]")]
+)
+def test_bad_steps_are_refused_when_the_config_is_assembled(steps, shown):
+    # Before the data scan and the process group, not when the schedule is built on the node.
+    with pytest.raises(
+        ValueError,
+        match=rf"SOLVER.STEPS is {shown}, must be increasing epochs inside "
+        r"\(0, SOLVER.EPOCHS=6\)",
+    ):
+        setup_cfg(os.path.join(CONFIGS, "cpu_synthetic_R_18.yaml"), ["SOLVER.STEPS", steps])
 
 
 def test_the_trainer_sets_the_scheduled_lr_before_every_step(
@@ -154,6 +158,5 @@ def test_steps_may_start_at_epoch_one_not_zero_and_warmup_may_be_off():
     total = cfg.SOLVER.EPOCHS * CPU
     lrs = [schedule(i / total) for i in (0, CPU - 1, CPU, total - 1)]
     assert lrs == pytest.approx([1.0, 1.0, 0.1, 0.1], rel=1e-9)
-    cfg = setup_cfg(name, ["SOLVER.STEPS", "(0,)"])
     with pytest.raises(ValueError, match=r"inside \(0, SOLVER.EPOCHS=6\)"):
-        build_lr_schedule(cfg, CPU)
+        setup_cfg(name, ["SOLVER.STEPS", "(0,)"])

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from pretrain.benchmark_probes import machine_info  # noqa: E402
 from pretrain.build import AMP_DTYPES, configure_cudnn  # noqa: E402
-from pretrain.config import get_cfg  # noqa: E402
+from pretrain.cli import setup_cfg, tool  # noqa: E402
 from pretrain.input_benchmark import benchmark_input  # noqa: E402
 from pretrain.methods import METHODS  # noqa: E402
 from pretrain.table_footprint import table_memory  # noqa: E402
@@ -118,9 +118,9 @@ def method_specs(args):
 
 def training_config(args, device):
     """The config every method's run starts from: the command line's model, batch and AMP
-    settings, then --opts."""
-    cfg = get_cfg()
-    cfg.merge_from_list(
+    settings, then --opts, validated as every tool's config is."""
+    return setup_cfg(
+        None,
         [
             "MODEL.ARCH",
             args.arch,
@@ -141,11 +141,11 @@ def training_config(args, device):
             "INPUT.CROP_SIZE",
             str(args.image_size),
         ]
-        + list(args.opts)
+        + list(args.opts),
     )
-    return cfg
 
 
+@tool
 def main(argv=None):
     args = build_parser(__doc__).parse_args(argv)
     device = torch.device(args.device)

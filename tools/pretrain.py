@@ -15,59 +15,46 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pretrain import distributed as du  # noqa: E402
-from pretrain.cli import (  # noqa: E402
-    default_argument_parser,
-    error_message,
-    interrupted,
-    setup_cfg,
-    stop_on_termination,
-)
+from pretrain.cli import EXPECTED_ERRORS, default_argument_parser, error_message, setup_cfg, tool  # noqa: E402
 from pretrain.engine import Trainer  # noqa: E402
-from pretrain.fileio import OutputWriteError  # noqa: E402
 from pretrain.run_folder import check_fresh, check_writable  # noqa: E402
 
-# Bad input (a config value, an image, a checkpoint, weights, a run folder), a refused write or
-# divergence: the message names the file, key or cause, and no traceback is needed.
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, OutputWriteError)
+logger = logging.getLogger("pretrain")
 
 
+@tool
 def main(argv=None):
     args = default_argument_parser(__doc__).parse_args(argv)
-    stop_on_termination()
+    cfg = setup_cfg(args.config_file, args.opts)
+    if args.eval_only and not cfg.MODEL.WEIGHTS:
+        raise ValueError("--eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)")
+    # Before Trainer: its set-up writes log.txt, and ranks meet first in init_distributed.
+    check_writable(cfg.OUTPUT_DIR)
+    if not (args.resume or args.eval_only):
+        check_fresh(cfg.OUTPUT_DIR)
     trainer = None
-    try:
-        cfg = setup_cfg(args.config_file, args.opts)
-        if args.eval_only and not cfg.MODEL.WEIGHTS:
-            raise ValueError(
-                "--eval-only needs MODEL.WEIGHTS (a checkpoint or torchvision weights)"
-            )
-        # Before Trainer: its set-up writes log.txt, and ranks meet first in init_distributed.
-        check_writable(cfg.OUTPUT_DIR)
-        if not (args.resume or args.eval_only):
-            check_fresh(cfg.OUTPUT_DIR)
-    except EXPECTED_ERRORS as exc:
-        sys.exit(f"error: {error_message(exc)}")
     try:
         trainer = Trainer(cfg)  # validates the dataset
         if args.eval_only:
             trainer.evaluate_weights(cfg.MODEL.WEIGHTS)
         else:
             trainer.train(resume=args.resume)
+    # Logged here as well as printed by ``tool``: log.txt outlives a cluster job's stderr.
     except KeyboardInterrupt as exc:
-        status, name = interrupted(exc)
         where = f" at iteration {trainer.iteration}" if trainer is not None else ""
         # Checkpoints are written whole or not at all: the last one is intact.
-        logging.getLogger("pretrain").warning(
-            "interrupted (%s)%s; continue with --resume from the last checkpoint", name, where
+        logger.warning(
+            "interrupted (%s)%s; continue with --resume from the last checkpoint",
+            exc.args[0] if exc.args else "SIGINT",
+            where,
         )
-        sys.exit(status)
+        raise
     except EXPECTED_ERRORS as exc:
-        # Also in log.txt (once set up), which outlives a cluster job's stderr.
-        logging.getLogger("pretrain").error("stopped: %s", error_message(exc))
-        sys.exit(f"error: {error_message(exc)}")
+        logger.error("stopped: %s", error_message(exc))
+        raise
     except Exception as exc:
         if trainer is not None and trainer.world > 1:  # most often another rank's failure: say so
-            logging.getLogger("pretrain").error(
+            logger.error(
                 "rank %d of %d stopped: %s: %s. A collective fails when another rank died and "
                 "waits at most DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first "
                 "rank that failed.",

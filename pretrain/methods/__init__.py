@@ -31,12 +31,8 @@ METHODS = {
 
 
 def build_method(ctx: MethodContext) -> Method:
-    name = ctx.cfg.METHOD.NAME
-    if name not in METHODS:
-        raise ValueError(
-            f"METHOD.NAME: unknown method {name!r} (expected one of {', '.join(sorted(METHODS))})"
-        )
-    return METHODS[name](ctx)
+    """The method of METHOD.NAME (one of METHODS: pretrain.config_check checked it)."""
+    return METHODS[ctx.cfg.METHOD.NAME](ctx)
 
 
 def method_label(name, cutmix=False):

@@ -39,8 +39,9 @@ class Method:
 
     Everything else the project knows about a method is declared here too, and read from the
     registry (``METHODS`` in pretrain/methods/__init__.py): its METHOD.NAME (``name``), the label
-    tables and plots show (``label``), its config keys with their defaults (``add_config``) and
-    the range of each numeric one (``config_ranges``).
+    tables and plots show (``label``), its config keys with their defaults (``add_config``), the
+    range of each numeric one (``config_ranges``) and the choices of each text one
+    (``config_choices``).
     """
 
     name = ""
@@ -49,8 +50,10 @@ class Method:
     # a study runs such a method after its teacher's pretraining).
     needs_teacher = False
     teacher = None  # the teacher module of a method that needs one
-    # {"KEY.NAME": Range} for every numeric key ``add_config`` declares (pretrain/config_check.py).
+    # {"KEY.NAME": Range} for every numeric key ``add_config`` declares, and {"KEY.NAME":
+    # Choices} for every text one (pretrain/config_check.py checks them for every tool).
     config_ranges = {}
+    config_choices = {}
 
     @staticmethod
     def add_config(cfg):

@@ -102,15 +102,19 @@ class ClassWiseSelfKD(Method):
         cfg.CSKD.TEMPERATURE = 4.0
         cfg.CSKD.LAMBDA = 1.0
 
+    @classmethod
+    def config_problems(cls, cfg):
+        if cfg.METHOD.NAME == cls.name and cfg.DATA.ON_BAD_IMAGE != "error":
+            return [
+                "METHOD.NAME cskd pairs anchors and partners by their position in the batch; a "
+                "skipped image would misalign the pairs: use DATA.ON_BAD_IMAGE error"
+            ]
+        return []
+
     def __init__(self, ctx):
         super().__init__(ctx)
         cfg = ctx.cfg
         self.temperature, self.lam = cfg.CSKD.TEMPERATURE, cfg.CSKD.LAMBDA
-        if cfg.DATA.ON_BAD_IMAGE != "error":
-            raise ValueError(
-                "METHOD.NAME cskd pairs anchors and partners by their position in the batch; a "
-                "skipped image would misalign the pairs: use DATA.ON_BAD_IMAGE error"
-            )
 
     def settings(self):
         return [

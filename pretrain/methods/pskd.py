@@ -20,9 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config_types import CN, FRACTION, NON_NEGATIVE
+from ..config_types import CN, FRACTION, NON_NEGATIVE, Choices
+from ..cutmix import MODES as CUTMIX_MODES
 from ..cutmix import CutMix
 from ..distributed import get_world_size
+from ..prediction_table import DTYPES as TABLE_DTYPES
 from ..prediction_table import PredictionTable
 from .base import Method, build_frozen_model, module_bytes, soft_cross_entropy
 
@@ -95,10 +97,6 @@ class PreviousModelSource:
     def __init__(self, ctx):
         self.num_classes = ctx.num_classes
         self.bn_mode = ctx.cfg.PSKD.PREVIOUS_MODEL_BN
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(
-                f"PSKD.PREVIOUS_MODEL_BN must be one of {BN_MODES}, got {self.bn_mode!r}"
-            )
         self.model = build_frozen_model(ctx.cfg, ctx.device)
         if self.bn_mode == "train":
             for module in self.model.modules():
@@ -162,6 +160,12 @@ class ProgressiveSelfKD(Method):
     name = "pskd"
     label = "PS-KD"
     config_ranges = {"PSKD.ALPHA_T": FRACTION, "PSKD.TOPK": NON_NEGATIVE}
+    config_choices = {
+        "PSKD.SOURCE": Choices(SOURCES),
+        "PSKD.PREVIOUS_MODEL_BN": Choices(BN_MODES),
+        "PSKD.TABLE_DTYPE": Choices(TABLE_DTYPES),
+        "AUG.CUTMIX.PSKD_MODE": Choices(CUTMIX_MODES),
+    }
 
     @staticmethod
     def add_config(cfg):
@@ -202,10 +206,6 @@ class ProgressiveSelfKD(Method):
         cfg = ctx.cfg
         self.cutmix = CutMix.from_config(cfg, mode=cfg.AUG.CUTMIX.PSKD_MODE)
         self.alpha_T = cfg.PSKD.ALPHA_T
-        if cfg.PSKD.SOURCE not in SOURCES:
-            raise ValueError(
-                f"PSKD.SOURCE must be one of {sorted(SOURCES)}, got {cfg.PSKD.SOURCE!r}"
-            )
         self.source = SOURCES[cfg.PSKD.SOURCE](ctx)
         if self.cutmix and isinstance(self.source, TableSource):
             logger.warning("%s", self.stale_table_warning())

@@ -3,7 +3,7 @@ of the same architecture teaches the student."""
 
 import torch
 
-from ..config_types import CN, FRACTION, POSITIVE
+from ..config_types import CN, FRACTION, POSITIVE, Choices
 from .base import Method, build_teacher, describe_teacher, distillation_kl, soft_cross_entropy
 
 REDUCTIONS = ("mean", "batchmean")
@@ -34,6 +34,7 @@ class TeacherFreeKD(Method):
     label = "TF-KD"
     needs_teacher = True
     config_ranges = {"TFKD.ALPHA": FRACTION, "TFKD.TEMPERATURE": POSITIVE}
+    config_choices = {"TFKD.KL_REDUCTION": Choices(REDUCTIONS)}
 
     @staticmethod
     def add_config(cfg):
@@ -52,10 +53,6 @@ class TeacherFreeKD(Method):
         cfg = ctx.cfg
         self.alpha, self.temperature = cfg.TFKD.ALPHA, cfg.TFKD.TEMPERATURE
         self.reduction = cfg.TFKD.KL_REDUCTION
-        if self.reduction not in REDUCTIONS:
-            raise ValueError(
-                f"TFKD.KL_REDUCTION must be one of {REDUCTIONS}, got {self.reduction!r}"
-            )
         self.teacher = build_teacher(cfg, ctx.device)
 
     def settings(self):
