@@ -1,6 +1,10 @@
-"""Config keys this project adds to Detectron2's (call before merging our YAML files)."""
+"""Config keys this project adds to Detectron2's (call before merging our YAML files), and the
+fine-tuning config assembled from them (``setup_detection_cfg``: tools/train_net.py, and
+tools/study.py before it runs anything). Detectron2 is imported only when a config is built."""
 
 import os
+
+from pretrain.cli import merge_config
 
 
 def add_pskd_detection_config(cfg):
@@ -28,3 +32,52 @@ def finalize_detection_config(cfg):
     root = voc_root(cfg)
     del cfg.DATASETS["VOC_ROOT"]
     return root
+
+
+def setup_detection_cfg(config_file, opts=()):
+    """The fine-tuning config as tools/train_net.py runs it: Detectron2's defaults and the
+    project's keys <- YAML file (with _BASE_) <- KEY VALUE overrides, finalized and frozen.
+    Returns ``(cfg, voc_root)``. A missing file, bad YAML, an unknown key, a value of the wrong
+    type or an odd override list is a ValueError or FileNotFoundError naming where it came from
+    (``pretrain.cli.merge_config``, shared with the pretraining config)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_pskd_detection_config(cfg)
+    merge_config(cfg, config_file, opts)
+    voc = finalize_detection_config(cfg)
+    cfg.freeze()
+    return cfg, voc
+
+
+def check_split_names(cfg):
+    """Every split of DATASETS.TRAIN / TEST is registered (the voc_* splits once ``register_voc``
+    ran), named in a ValueError otherwise: Detectron2 would raise a KeyError in the data loader."""
+    from detectron2.data import DatasetCatalog
+
+    known = set(DatasetCatalog.list())
+    for key in ("TRAIN", "TEST"):
+        unknown = [name for name in cfg.DATASETS[key] if name not in known]
+        if unknown:
+            voc = sorted(name for name in known if name.startswith("voc_"))
+            raise ValueError(
+                f"DATASETS.{key}: {', '.join(map(repr, unknown))} is no registered split "
+                f"(the VOC splits: {', '.join(voc)})"
+            )
+
+
+def check_model_builds(cfg):
+    """Build the config's model on the meta device (no memory, no weights; a tenth of a second
+    for R-152): a wrong architecture name, depth or head that Detectron2 would only refuse on the
+    node, as an error naming the key where Detectron2's message does, else the error's text."""
+    from detectron2.modeling import build_model
+
+    meta = cfg.clone()
+    meta.defrost()
+    meta.MODEL.DEVICE = "meta"
+    try:
+        build_model(meta)
+    except (KeyError, AssertionError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"the model of this config cannot be built: {type(exc).__name__}: {exc}"
+        ) from None

@@ -135,23 +135,10 @@ class Plan:
             args = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
             return [PYTHON, "tools/make_synthetic_data.py", stage.part, stage.out] + args
         if stage.kind == "pretrain":
-            b = stage.backbone
-            opts = list(b.opts) + [
-                "DATA.ROOT",
-                self.pretrain_root(),
-                "OUTPUT_DIR",
-                stage.out,
-                "SEED",
-                str(stage.seed),
-            ]
-            if b.teacher:
-                opts += [
-                    "TEACHER.WEIGHTS",
-                    os.path.join(self.pretrain[b.teacher, stage.seed].out, "model_final.pth"),
-                ]
+            config, opts = self.tool_config(stage)
             return (
                 self._torchrun(res, node)
-                + ["tools/pretrain.py", "--config-file", b.config]
+                + ["tools/pretrain.py", "--config-file", config]
                 + (["--resume"] if resume else [])
                 + opts
             )
@@ -177,18 +164,9 @@ class Plan:
                     "--dist-url",
                     f"tcp://{master}:{port}",
                 ]
-            opts = list(self.study.detection_opts) + [
-                "MODEL.WEIGHTS",
-                self.convert[stage.backbone.name, stage.seed].out,
-                "DATASETS.VOC_ROOT",
-                self.voc_root(),
-                "OUTPUT_DIR",
-                stage.out,
-                "SEED",
-                str(stage.seed),
-            ]
+            config, opts = self.tool_config(stage)
             return (
-                [PYTHON, "tools/train_net.py", "--config-file", self.study.detection_config]
+                [PYTHON, "tools/train_net.py", "--config-file", config]
                 + launch
                 + (["--resume"] if resume else [])
                 + opts
@@ -209,6 +187,37 @@ class Plan:
                 ]
             )
         raise ValueError(stage.kind)
+
+    def tool_config(self, stage):
+        """(config file, KEY VALUE overrides) a pretrain or detect stage's tool assembles its
+        config from: the study's opts, then the stage's data, output folder, seed and inputs."""
+        if stage.kind == "pretrain":
+            b = stage.backbone
+            opts = list(b.opts) + [
+                "DATA.ROOT",
+                self.pretrain_root(),
+                "OUTPUT_DIR",
+                stage.out,
+                "SEED",
+                str(stage.seed),
+            ]
+            if b.teacher:
+                opts += [
+                    "TEACHER.WEIGHTS",
+                    os.path.join(self.pretrain[b.teacher, stage.seed].out, "model_final.pth"),
+                ]
+            return b.config, opts
+        opts = list(self.study.detection_opts) + [
+            "MODEL.WEIGHTS",
+            self.convert[stage.backbone.name, stage.seed].out,
+            "DATASETS.VOC_ROOT",
+            self.voc_root(),
+            "OUTPUT_DIR",
+            stage.out,
+            "SEED",
+            str(stage.seed),
+        ]
+        return self.study.detection_config, opts
 
     @staticmethod
     def _torchrun(res, node):

@@ -145,13 +145,7 @@ def _read_backbones(r, node, base, pretrain_opts):
             cfg = setup_cfg(config, opts)
         except (ValueError, FileNotFoundError) as exc:
             r.fail(key, str(exc))
-        method = cfg.METHOD.NAME
-        if method not in METHODS:
-            r.fail(
-                f"{key}.config",
-                f"METHOD.NAME {method!r} is not a method of this project "
-                f"({', '.join(sorted(METHODS))})",
-            )
+        method = cfg.METHOD.NAME  # one of METHODS: setup_cfg checked it
         teacher = entry.get("teacher")
         if METHODS[method].needs_teacher:
             teacher = teacher or "baseline"

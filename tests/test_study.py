@@ -1,6 +1,7 @@
 """The study file, its checks, the stage graph and the commands (no stage is run here)."""
 
 import os
+import re
 
 import pytest
 import yaml
@@ -144,8 +145,8 @@ def test_dry_run_and_status_print_every_stage(tmp_path, capsys):
         ),
         (
             lambda d: d["backbones"]["ls"].update(opts={"METHOD.NAME": "nope"}),
-            "backbones.ls.config",
-            "not a method of this project",
+            "backbones.ls",
+            "METHOD.NAME is 'nope', must be one of 'baseline'",
         ),
         (
             lambda d: d["resources"]["pretrain"].update(gpus_per_node=-1),
@@ -173,6 +174,59 @@ def test_bad_study_file_names_the_key(tmp_path, capsys, mutate, key, message):
     with pytest.raises(SystemExit) as exit_info:
         study_main(["--config-file", path, "--status"])
     assert str(exit_info.value.code).startswith(f"error: {path}: {key}: ")
+
+
+@pytest.mark.parametrize(
+    "mutate, stage, message",
+    [
+        (
+            lambda d: d["detection"].update(opts={"SOLVER.MAXITER": 200}),
+            "detect/baseline/seed0",
+            "command-line override: Non-existent key: SOLVER.MAXITER",
+        ),
+        (
+            lambda d: d["detection"].update(opts={"SOLVER.MAX_ITER": "many"}),
+            "detect/baseline/seed0",
+            "command-line override: .*SOLVER.MAX_ITER",
+        ),
+        (
+            lambda d: d["detection"].update(opts={"DATASETS.TRAIN": ["voc_2007_trainvall"]}),
+            "detect/baseline/seed0",
+            "DATASETS.TRAIN: 'voc_2007_trainvall' is no registered split",
+        ),
+        (
+            lambda d: d["detection"].update(opts={"MODEL.ROI_HEADS.NAME": "Res5ROIHead"}),
+            "detect/baseline/seed0",
+            "the model of this config cannot be built: .*Res5ROIHead",
+        ),
+        (
+            lambda d: d.update(seeds=[0, 2**40]),
+            f"pretrain/baseline/seed{2**40}",
+            "config value not admitted: SEED is",
+        ),
+    ],
+)
+def test_dry_run_assembles_every_stages_config_before_anything_runs(
+    tmp_path, mutate, stage, message
+):
+    """What each stage's tool would refuse on its node, after days of pretraining for a detect
+    stage, stops tools/study.py at once (--dry-run as well), naming the stage."""
+    data = _table5(tmp_path)
+    mutate(data)
+    path = _write(tmp_path, data)
+    load_study(path)  # the study file itself is fine
+    for flag in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as info:
+            study_main(["--config-file", path, *flag])
+        assert re.fullmatch(f"error: stage {stage}: {message}.*", str(info.value.code))
+    assert not os.path.exists(tmp_path / "out")  # nothing started, nothing written
+
+
+def test_a_pretraining_schedule_outside_its_epochs_is_the_study_files_error(tmp_path):
+    data = _table5(tmp_path)
+    data["pretrain"] = {"opts": {"SOLVER.EPOCHS": 3}}  # the paper's steps are epochs 30 and 60
+    with pytest.raises(StudyError, match=r"backbones.baseline: .*SOLVER.STEPS is \[30, 60\]"):
+        load_study(_write(tmp_path, data))
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,15 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pretrain.cli import interrupted, stop_on_termination  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
 from study.local import StageInterrupted, run_local  # noqa: E402
 from study.plan import Plan  # noqa: E402
-from study.spec import StudyError, load_study  # noqa: E402
+from study.spec import load_study  # noqa: E402
+from study.stage_configs import check_stage_configs  # noqa: E402
 from study.state import log_path, print_plan, print_status  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -52,17 +54,17 @@ def main(argv=None):
         help="continue interrupted pretraining/detection stages from their last checkpoint",
     )
     args = parser.parse_args(argv)
-    try:
-        plan = Plan(load_study(args.config_file))
-    except StudyError as exc:
-        sys.exit(f"error: {exc}")
-    if args.dry_run:
-        print_plan(plan)
-        return 0
+    plan = Plan(load_study(args.config_file))
     if args.status:
         print_status(plan)
         return 0
-    stop_on_termination()
+    # Every stage's config as its tool will assemble it, before anything runs or is submitted.
+    note = check_stage_configs(plan)
+    if args.dry_run:
+        print_plan(plan)
+        if note:
+            print(f"\n{note}")
+        return 0
     try:
         if args.executor == "slurm":
             from study.slurm import submit_slurm
@@ -77,11 +79,10 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 128 + signal.Signals[exc.signal_name].value
-    except KeyboardInterrupt as exc:  # between stages: nothing was running
-        status, name = interrupted(exc)
-        print(f"stopped by {name} between stages; rerun the same command to go on", file=sys.stderr)
-        return status
-    except RuntimeError as exc:
+    except KeyboardInterrupt:  # between stages: nothing was running
+        print("stopped between stages; rerun the same command to go on", file=sys.stderr)
+        raise
+    except RuntimeError as exc:  # a stage failed, or another tools/study.py holds the root
         sys.exit(f"error: {exc}")
 
 

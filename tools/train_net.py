@@ -22,7 +22,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -34,14 +33,10 @@ from detection.checks import (  # noqa: E402
     check_datasets,
     check_output_dir,
 )
-from detection.config import add_pskd_detection_config, finalize_detection_config  # noqa: E402
+from detection.config import setup_detection_cfg  # noqa: E402
 from detection.report import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
-from pretrain.cli import error_message, interrupted, stop_on_termination  # noqa: E402
-from pretrain.fileio import OutputWriteError  # noqa: E402
-
-# Bad input (weights, VOC files, images, a config value) or a refused write: one error line.
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, OutputWriteError)
+from pretrain.cli import tool  # noqa: E402
 
 
 def trained_model(cfg):
@@ -93,20 +88,15 @@ def train(cfg, resume):
         return trainer.train()
     except FloatingPointError:
         # Detectron2 stops at the first non-finite loss (on the main process).
-        sys.exit(
-            f"error: training diverged: the loss became Inf/NaN at iteration {trainer.iter} "
+        raise FloatingPointError(
+            f"training diverged: the loss became Inf/NaN at iteration {trainer.iter} "
             f"(run folder {cfg.OUTPUT_DIR}). Try a lower SOLVER.BASE_LR, a longer "
             "SOLVER.WARMUP_ITERS, or SOLVER.CLIP_GRADIENTS.ENABLED True."
-        )
+        ) from None
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_pskd_detection_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    voc = finalize_detection_config(cfg)
-    cfg.freeze()
+    cfg, voc = setup_detection_cfg(args.config_file, args.opts)
     check_output_dir(
         cfg.OUTPUT_DIR, args.eval_only, args.resume
     )  # before default_setup writes into it
@@ -114,19 +104,16 @@ def setup(args):
     return cfg, voc
 
 
+@tool  # in every worker process launch() starts: one error line, or one interrupted line
 def main(args):
-    stop_on_termination()  # in every worker process launch() starts
     try:
         return run(args)
-    except KeyboardInterrupt as exc:
-        status, name = interrupted(exc)
+    except KeyboardInterrupt:
         # Detectron2 names a checkpoint in last_checkpoint once it is written: that one is whole.
         logging.getLogger("detectron2").warning(
-            "interrupted (%s); continue with --resume from the last checkpoint", name
+            "interrupted; continue with --resume from the last checkpoint"
         )
-        sys.exit(status)
-    except EXPECTED_ERRORS as exc:
-        sys.exit(f"error: {error_message(exc)}")
+        raise
 
 
 def run(args):
