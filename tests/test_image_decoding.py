@@ -2,10 +2,13 @@
 is scaled to 8 bits (not clipped at 255), and the EXIF orientation is applied, in pretraining's
 CPU path as in Detectron2's reader for detection. The device path: tests/test_gpu_input.py."""
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, require_detectron2
 from pretrain.images import load_rgb
 
 # A 16-bit horizontal gradient from black to white, 8 rows of 64 columns. Its low bytes are not
@@ -82,3 +85,44 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     assert image.size == (expected.shape[1], expected.shape[0])
     assert image.size == ((32, 48) if orientation >= 5 else (48, 32))  # (width, height)
     np.testing.assert_array_equal(np.asarray(image), expected)
+
+
+@pytest.mark.detectron2
+def test_detection_reads_what_pretraining_reads(tmp_path):
+    # Detectron2's own reader turns the image as pretraining does; ours (the dataset mapper's)
+    # also scales 16-bit greyscale where Detectron2's clips it.
+    require_detectron2()
+    from detectron2.data.detection_utils import read_image as detectron2_read_image
+
+    from detection.checks import read_image
+
+    for orientation in UPRIGHT:
+        path = tmp_path / f"turned_{orientation}.jpg"
+        write_turned_jpeg(path, orientation)
+        pretraining = np.asarray(load_rgb(path))
+        np.testing.assert_array_equal(detectron2_read_image(str(path), "RGB"), pretraining)
+        np.testing.assert_array_equal(read_image(str(path), "RGB"), pretraining)
+    deep = str(write_16bit(tmp_path / "deep.png", "I;16"))
+    np.testing.assert_array_equal(read_image(deep, "BGR"), np.asarray(load_rgb(deep)))
+    assert (detectron2_read_image(deep, "RGB") == 255).mean() > 0.95  # why the mapper has its own
+
+
+@pytest.mark.detectron2
+def test_detection_mapper_scales_16bit_greyscale(tmp_path):
+    require_detectron2()
+    from detectron2.config import get_cfg
+    from detectron2.data import detection_utils
+
+    from detection.checks import NamedImageMapper
+    from detection.config import add_pskd_detection_config
+
+    cfg = get_cfg()
+    add_pskd_detection_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs/detection/faster_rcnn_R_18_FPN_tiny_cpu.yaml"))
+    detectron2_read_image = detection_utils.read_image
+    deep = str(write_16bit(tmp_path / "deep.png", "I;16"))
+    record = {"file_name": deep, "height": 8, "width": 64, "image_id": 0, "annotations": []}
+    image = NamedImageMapper(cfg, False)(record)["image"]  # resized to the test size
+    # The gradient's mean (about 127) through the resize, not nearly 255 as clipped.
+    assert abs(image.float().mean() - (GRADIENT >> 8).mean()) < 1
+    assert detection_utils.read_image is detectron2_read_image  # restored after the call
