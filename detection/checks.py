@@ -4,6 +4,8 @@ Detectron2's checkpointer only logs the weights it could not match and leaves th
 unconverted checkpoint or a backbone of another depth would fine-tune from mostly random weights
 and report an AP as if it were a result. A malformed test annotation would only surface when the
 evaluation starts, hours later. Both are checked here first.
+
+The dataset mapper also reads images as pretraining does (``pretrain.images.read_8bit``).
 """
 
 import copy
@@ -11,14 +13,15 @@ import os
 import re
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data.detection_utils import SizeMismatchError
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog, detection_utils
+from detectron2.data.detection_utils import SizeMismatchError, convert_PIL_to_numpy
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 
 from detection.convert import DEPTHS
 from detection.report import DETECTION_RUN_FILES
 from detection.voc import check_test_split
-from pretrain.images import DECODE_ERRORS, UnreadableImage
+from pretrain.images import DECODE_ERRORS, UnreadableImage, open_image, read_8bit
 from pretrain.models import ARCHS
 
 # A ResNet tensor of the model: the stem, res2..res4 (backbone) or res5 (backbone, or the ROI
@@ -139,10 +142,24 @@ def check_datasets(cfg):
             DatasetCatalog.get(name)
 
 
+def read_image(file_name, format=None):
+    """``detection_utils.read_image`` with pretraining's decoding (``read_8bit``): the same EXIF
+    orientation, but greyscale of more than 8 bits scaled to 8 bits where Detectron2 clips it at
+    255 (a 16-bit PNG would be nearly all white)."""
+    with PathManager.open(file_name, "rb") as f:
+        return convert_PIL_to_numpy(read_8bit(open_image(f)), format)
+
+
 class NamedImageMapper(DatasetMapper):
-    """Detectron2's DatasetMapper, but an image that cannot be decoded is named in the error."""
+    """Detectron2's DatasetMapper, but images are read by ``read_image`` above, and an image that
+    cannot be decoded is named in the error."""
 
     def __call__(self, dataset_dict):
+        # DatasetMapper reads through detection_utils.read_image and has no other way in: the name
+        # points to ours for the call. A loader process maps one image at a time (no threads), so
+        # nothing else reads images meanwhile.
+        detectron2_read_image = detection_utils.read_image
+        detection_utils.read_image = read_image
         try:
             return super().__call__(dataset_dict)
         except SizeMismatchError:  # a readable image whose annotated size is wrong: says so itself
@@ -151,3 +168,5 @@ class NamedImageMapper(DatasetMapper):
             raise UnreadableImage(
                 f"cannot read image {dataset_dict['file_name']!r}: {exc}"
             ) from exc
+        finally:
+            detection_utils.read_image = detectron2_read_image

@@ -3,10 +3,10 @@ the training device instead of in the loader workers.
 
 The CPU path (``datasets.IndexedDataset``) decodes, crops, jitters and normalises every image with
 PIL in a worker: about 250-400 img/s per core, too slow to feed a GPU on the cores of a node.
-Here the workers only read each file's bytes and its header (size, colour mode: no decoding),
-and draw the sample's augmentation parameters; the training process then decodes the batch in
-one call of ``torchvision.io.decode_jpeg(list, device=...)`` (nvjpeg, batched, on CUDA) and
-crops, resizes, flips, colour-jitters, adds lighting noise and normalises on the device.
+Here the workers only read each file's bytes and its header (size, colour mode, EXIF orientation:
+no decoding), and draw the sample's augmentation parameters; the training process then decodes
+the batch in one call of ``torchvision.io.decode_jpeg(list, device=...)`` (nvjpeg, batched, on
+CUDA) and crops, resizes, flips, colour-jitters, adds lighting noise and normalises on the device.
 
 What stays as in the CPU path:
 
@@ -22,22 +22,24 @@ on float pixels where PIL rounds to uint8 after each operation; differences are 
 (tests/test_gpu_input.py bounds them).
 
 Files nvjpeg does not take (not a JPEG, or CMYK/other colour modes) are decoded by PIL in the
-worker and travel as pixels. A file whose header reads but whose data does not decode (e.g. a
-truncated JPEG) is retried with PIL in the training process; if PIL fails too the run stops naming
-the file, whatever DATA.ON_BAD_IMAGE says, because the batch's labels have already left the
-loader (use DATALOADER.DECODE cpu to skip such files).
+worker and travel as pixels, and so are JPEGs whose EXIF orientation asks for a turn or a flip:
+``decode_jpeg`` applies that tag only on the CPU (nvjpeg ignores it), and their crop box must be
+drawn on the upright size. Files are read as in the CPU path and in detection (``images.read_8bit``:
+EXIF orientation applied, 16-bit greyscale reduced to 8 bits). A file whose header reads but
+whose data does not decode (e.g. a truncated JPEG) is retried with PIL in the training process;
+if PIL fails too the run stops naming the file, whatever DATA.ON_BAD_IMAGE says, because the
+batch's labels have already left the loader (use DATALOADER.DECODE cpu to skip such files).
 """
 
 import io
 
 import torch
-from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from .datasets import IndexedDataset, bad_image, split_bad
-from .images import DECODE_ERRORS, UnreadableImage, open_image
+from .images import DECODE_ERRORS, UnreadableImage, is_turned, open_image, read_8bit
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 
 # Colour modes nvjpeg decodes to RGB itself; anything else is converted by PIL in the worker.
@@ -159,10 +161,11 @@ class EncodedJpegDataset(IndexedDataset):
             with open(path, "rb") as f:
                 data = f.read()
             image = open_image(io.BytesIO(data))  # reads the header only
-            if image.format == "JPEG" and image.mode in _NVJPEG_MODES:
+            if image.format == "JPEG" and image.mode in _NVJPEG_MODES and not is_turned(image):
                 encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             else:
-                encoded = TF.pil_to_tensor(image.convert("RGB"))
+                image = read_8bit(image).convert("RGB")  # upright: the crop is drawn on its size
+                encoded = TF.pil_to_tensor(image)
         except DECODE_ERRORS as exc:
             return bad_image(self.on_bad_image, path, index, exc)
         with torch.random.fork_rng(devices=[]):
@@ -255,8 +258,8 @@ class EncodedBatch:
             return decode_jpegs([self.encoded[i]], device)[0]
         except RuntimeError as nv_exc:
             try:
-                image = Image.open(io.BytesIO(self.encoded[i].numpy().tobytes()))
-                return TF.pil_to_tensor(image.convert("RGB")).to(device)
+                image = open_image(io.BytesIO(self.encoded[i].numpy().tobytes()))
+                return TF.pil_to_tensor(read_8bit(image).convert("RGB")).to(device)
             except DECODE_ERRORS as exc:
                 raise UnreadableImage(
                     f"cannot decode image {self.paths[i]!r}: {nv_exc}; PIL: {exc} "

@@ -194,3 +194,30 @@ def test_batch_of_files_all_decoded_by_pil(tmp_path, synthetic_root):
     dev = _first_batch(_cfg(str(root), "DATALOADER.DECODE", "device"), train=True, batch=8)
     assert torch.equal(cpu[2], dev[2]) and dev[0].shape == (8, 3, 56, 56)
     assert_close_to_pil(dev[0], cpu[0], TRAIN_TOLERANCE)
+
+
+def test_exif_turned_jpeg_and_16bit_png_are_read_as_in_the_cpu_path(tmp_path, synthetic_root):
+    # nvjpeg ignores the EXIF orientation and PIL's convert("RGB") clips 16 bits at 255: both
+    # files are read upright and scaled by PIL in the worker, and the crop drawn on that size.
+    root = tmp_path / "turned"
+    shutil.copytree(synthetic_root, root)
+    turned, deep = sorted((root / "train" / "class_000").iterdir())[:2]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise
+    Image.open(turned).crop((0, 0, 64, 40)).save(turned, format="JPEG", quality=95, exif=exif)
+    stored = pil_to_tensor(Image.open(turned).convert("RGB"))  # 40 high, 64 wide, as stored
+    gradient = torch.linspace(0, 65535, 64).to(torch.int32).repeat(48, 1)
+    Image.fromarray(gradient.to(torch.uint16).numpy()).save(deep, format="PNG")  # named .jpg
+    dataset = build_dataset(_cfg(str(root), "DATALOADER.DECODE", "device"), "train", train=True)
+    batch = _items(dataset, [turned, deep])[0]
+    upright, scaled = batch.decode(torch.device("cpu"))
+    assert torch.equal(upright, stored.rot90(-1, dims=(1, 2)))  # 64 high, 40 wide
+    assert torch.equal(scaled, (gradient >> 8).to(torch.uint8).expand(3, 48, 64))
+    index = dataset.samples.index(str(turned))
+    for seed in range(20):  # crop boxes (top, left, height, width) inside the upright image
+        top, left, height, width = dataset[(index, seed)][1]["box"].tolist()
+        assert top + height <= 64 and left + width <= 40
+    cpu = _first_batch(_cfg(str(root)), train=True, batch=96)
+    dev = _first_batch(_cfg(str(root), "DATALOADER.DECODE", "device"), train=True, batch=96)
+    assert torch.equal(cpu[2], dev[2]) and len(dev[2]) == 96  # the two files included
+    assert_close_to_pil(dev[0], cpu[0], TRAIN_TOLERANCE)
