@@ -109,3 +109,26 @@ def test_check_syncs_names_a_synchronising_step(monkeypatch):
     monkeypatch.setattr(CrossEntropy, "training_step", syncing_step)
     with pytest.raises(RuntimeError, match=r"baseline synchronises.*item \(at test_benchmark.py"):
         main(TINY + ["--check-syncs", "--methods", "baseline"])
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--methods", "baseline,tfkd:TFKD.KL_REDUCTION=sum"], "TFKD.KL_REDUCTION is 'sum'"),
+        (["--methods", "pskd:PSKD.SOURCE=tabel"], "PSKD.SOURCE is 'tabel'"),
+        (["--arch", "resnet-18"], "MODEL.ARCH is 'resnet-18'"),
+        (["--opts", "DATALOADER.DECODE", "gpu"], "DATALOADER.DECODE is 'gpu'"),
+    ],
+)
+def test_a_bad_option_stops_before_the_first_measurement(monkeypatch, args, named):
+    """The benchmark's configs are assembled and checked as every tool's (setup_cfg): a typo is
+    one error line, not a failure after the methods before it were measured."""
+    import pretrain.training_benchmark as bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a step was measured")
+
+    monkeypatch.setattr(bench.MethodRun, "run", measured)
+    with pytest.raises(SystemExit) as info:
+        main(TINY + args)
+    assert str(info.value.code).startswith("error: config value not admitted: " + named)
