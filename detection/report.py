@@ -9,6 +9,13 @@ pretraining OUTPUT_DIR with its own ``config.yaml`` (the method) and ``eval_fina
 Training also records the link in ``backbone.json`` (``record_backbone``), which a report of an
 --eval-only folder (whose MODEL.WEIGHTS is the fine-tuned model) does not have.
 Any broken link leaves blanks, never a failure. No Detectron2 import: reports are made anywhere.
+
+A row the report cannot vouch for as a finished result gets ``flags`` (``run_flags``): a
+detection run without voc_eval.json, one evaluated at another iteration than its SOLVER.MAX_ITER,
+a backbone converted from another pretraining checkpoint than model_final.pth (the ImageNet
+metrics of eval_final.json are not that checkpoint's: they are left blank), and a pretraining run
+not finished yet. table5.md names them, table5.csv has a ``flags`` column, and the summary over
+seeds (study.summary) leaves them out of every number.
 """
 
 import csv
@@ -23,19 +30,24 @@ from detection.convert import read_source
 from pretrain.fileio import atomic_write_json, figure_png
 from pretrain.methods import METHODS, method_label
 from pretrain.metrics import METRIC_KEYS
+from pretrain.run_folder import FINISHED_MARKER
 
 from .paper import METHOD_ORDER, TABLE5_AP50
 
 LINK_FILE = "backbone.json"
+# The pretraining checkpoint that FINISHED_MARKER (eval_final.json) evaluates.
+FINAL_CHECKPOINT = "model_final.pth"
 # What a fine-tuning run leaves in its OUTPUT_DIR once it has started (Detectron2's files).
 DETECTION_RUN_FILES = ("last_checkpoint", "metrics.json", "model_final.pth", "voc_eval.json")
 
 COLUMNS = (
-    ["run", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
+    ["run", "run_kind", "method", "method_from", "arch", "AP50", "paper_AP50", "AP", "AP75"]
     + ["AP50_present_classes", "classes_without_test_objects"]
     + [f"pretrain_{m}" for m in METRIC_KEYS]
-    + ["protocol", "max_iter", "ims_per_batch", "weights", "backbone_checkpoint"]
+    + ["protocol", "max_iter", "eval_iteration", "ims_per_batch", "weights"]
+    + ["backbone_checkpoint", "flags"]
 )
+DETECTION, PRETRAINING = "detection", "pretraining"
 
 
 def label_from_dirname(path):
@@ -85,9 +97,18 @@ def _sizes(value):
     return f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
 
 
+def is_pretraining_config(cfg):
+    """Whether a config.yaml is tools/pretrain.py's (its METHOD section, which no Detectron2
+    config has)."""
+    return isinstance(cfg.get("METHOD"), dict)
+
+
 def protocol(det_cfg):
     """How a detection run was fine-tuned, from the values in its config.yaml (so overrides
-    show): global batch, base lr, iterations and lr steps, train / test short side in px."""
+    show): global batch, base lr, iterations and lr steps, train / test short side in px. None
+    for a pretraining config: its solver is no fine-tuning protocol."""
+    if is_pretraining_config(det_cfg):
+        return None
     batch, lr, iters = (
         _get(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER")
     )
@@ -122,20 +143,74 @@ def record_backbone(output_dir, weights):
     return source
 
 
-def _is_pretraining_run(run_dir):
-    """A tools/pretrain.py OUTPUT_DIR (eval_final.json, and no VOC evaluation of its own)."""
-    return os.path.isfile(os.path.join(run_dir, "eval_final.json")) and not os.path.isfile(
-        os.path.join(run_dir, "voc_eval.json")
-    )
+def _is_pretraining_run(run_dir, cfg):
+    """A tools/pretrain.py OUTPUT_DIR, finished (eval_final.json) or not (its config.yaml), with
+    no VOC evaluation of its own."""
+    if os.path.isfile(os.path.join(run_dir, "voc_eval.json")):
+        return False
+    return os.path.isfile(os.path.join(run_dir, FINISHED_MARKER)) or is_pretraining_config(cfg)
 
 
-def _read_pretraining(row, pre_dir):
-    """Fill the pretraining columns from ``pre_dir``; return its config (empty if absent)."""
-    if os.path.isfile(os.path.join(pre_dir, "eval_final.json")):
-        metrics = _read_json(os.path.join(pre_dir, "eval_final.json"))
+def _read_pretraining(row, pre_dir, checkpoint=FINAL_CHECKPOINT):
+    """Fill the pretraining columns from ``pre_dir`` when ``checkpoint`` (the file converted) is
+    the one its eval_final.json evaluated; return its config (empty if absent)."""
+    metrics_path = os.path.join(pre_dir, FINISHED_MARKER)
+    if checkpoint == FINAL_CHECKPOINT and os.path.isfile(metrics_path):
+        metrics = _read_json(metrics_path)
         row.update({f"pretrain_{m}": metrics.get(m) for m in METRIC_KEYS})
     cfg_path = os.path.join(pre_dir, "config.yaml")
     return _read_yaml(cfg_path) if os.path.isfile(cfg_path) else {}
+
+
+def _evaluated_iteration(result):
+    """(known, iteration) of the model a voc_eval.json evaluated: evaluations written before the
+    file recorded it say nothing (known False); a recorded None is an unknown iteration."""
+    return "iteration" in result, result.get("iteration")
+
+
+def run_flags(row, run_dir, result, det_cfg):
+    """Why the report cannot vouch for ``row`` as a finished result (empty: it can). ``result``:
+    the run's voc_eval.json (None if absent); ``det_cfg``: its config.yaml."""
+    flags = []
+    if row["run_kind"] == PRETRAINING:
+        if not os.path.isfile(os.path.join(run_dir, FINISHED_MARKER)):
+            flags.append(
+                f"pretraining not finished (no {FINISHED_MARKER}): no ImageNet metrics, and no "
+                "detection run"
+            )
+        return flags
+    if result is None:
+        flags.append(
+            "no voc_eval.json (training unfinished, or stopped before its evaluation): continue "
+            "it with tools/train_net.py --resume (same config and OUTPUT_DIR), which evaluates "
+            "the final model"
+        )
+    else:
+        known, iteration = _evaluated_iteration(result)
+        max_iter = _get(det_cfg, "SOLVER.MAX_ITER")
+        if known and iteration is None:
+            flags.append(
+                "voc_eval.json does not record the iteration of the model it evaluated "
+                f"({result.get('checkpoint') or result.get('weights') or 'weights unknown'}): "
+                "not known to be trained to SOLVER.MAX_ITER"
+            )
+        elif known and max_iter is not None and iteration < max_iter:
+            flags.append(
+                f"evaluated at iteration {iteration:,} of {max_iter:,} (SOLVER.MAX_ITER): not "
+                "the full schedule"
+            )
+        elif known and max_iter is not None and iteration > max_iter:
+            flags.append(
+                f"evaluated a model of iteration {iteration:,}, but config.yaml's "
+                f"SOLVER.MAX_ITER is {max_iter:,}: the Fine-tuning column does not describe it"
+            )
+    source = row["backbone_checkpoint"]
+    if source and os.path.basename(source) != FINAL_CHECKPOINT:
+        flags.append(
+            f"backbone from checkpoint {os.path.basename(source)}, not {FINAL_CHECKPOINT}: "
+            "ImageNet metrics are the final model's, not shown"
+        )
+    return flags
 
 
 def read_run(run_dir, label=None):
@@ -150,13 +225,16 @@ def read_run(run_dir, label=None):
         )
     row = dict.fromkeys(COLUMNS)
     row["run"] = os.path.basename(os.path.normpath(run_dir))
-    if _is_pretraining_run(run_dir):
-        det_cfg = {}
-        final = os.path.join(run_dir, "model_final.pth")
+    cfg = _read_yaml(cfg_path) if os.path.isfile(cfg_path) else {}
+    result = None
+    if _is_pretraining_run(run_dir, cfg):
+        # Its solver is pretraining's: no detection column is read from it.
+        row["run_kind"], det_cfg = PRETRAINING, {}
+        final = os.path.join(run_dir, FINAL_CHECKPOINT)
         row["backbone_checkpoint"] = os.path.abspath(final) if os.path.isfile(final) else None
         pre_cfg = _read_pretraining(row, run_dir)
     else:
-        det_cfg = _read_yaml(cfg_path) if os.path.isfile(cfg_path) else {}
+        row["run_kind"], det_cfg = DETECTION, cfg
         row["protocol"] = protocol(det_cfg)
         row["max_iter"] = _get(det_cfg, "SOLVER.MAX_ITER")
         row["ims_per_batch"] = _get(det_cfg, "SOLVER.IMS_PER_BATCH")
@@ -165,13 +243,18 @@ def read_run(run_dir, label=None):
             row.update({k: result.get(k) for k in ("AP50", "AP", "AP75", "AP50_present_classes")})
             # Absent from evaluations written before the key existed: unknown, not "none".
             row["classes_without_test_objects"] = result.get("classes_without_test_objects")
+            row["eval_iteration"] = result.get("iteration")
         weights = _get(det_cfg, "MODEL.WEIGHTS") or ""
         row["weights"] = weights or None
         source = _pretrain_checkpoint(weights, run_dir)
         if not source and os.path.isfile(os.path.join(run_dir, LINK_FILE)):
             source = _read_json(os.path.join(run_dir, LINK_FILE)).get("pretrain_checkpoint")
         row["backbone_checkpoint"] = source
-        pre_cfg = _read_pretraining(row, os.path.dirname(source)) if source else {}
+        pre_cfg = (
+            _read_pretraining(row, os.path.dirname(source), os.path.basename(source))
+            if source
+            else {}
+        )
     row["arch"] = _get(pre_cfg, "MODEL.ARCH") or (
         f"resnet{_get(det_cfg, 'MODEL.RESNETS.DEPTH')}"
         if _get(det_cfg, "MODEL.RESNETS.DEPTH")
@@ -188,6 +271,7 @@ def read_run(run_dir, label=None):
         row["method"] = label_from_dirname(run_dir)
         row["method_from"] = "run folder name" if row["method"] else None
     row["paper_AP50"] = TABLE5_AP50.get(row["method"])
+    row["flags"] = run_flags(row, run_dir, result, det_cfg)
     return row
 
 
@@ -241,7 +325,7 @@ def to_markdown(rows):
     for r in rows:
         cells = [
             r["method"] or "?",
-            r["run"],
+            r["run"] + (" (flagged)" if r["flags"] else ""),
             r["arch"] or "",
             _fmt(r["AP50"]),
             _fmt(r["paper_AP50"]),
@@ -252,14 +336,24 @@ def to_markdown(rows):
             r["protocol"] or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    missing = [r["run"] for r in rows if not r["backbone_checkpoint"]]
+    flagged = [r for r in rows if r["flags"]]
+    if flagged:
+        lines += [
+            "",
+            "Flagged runs: not finished results, so table5_summary.md leaves them out of every "
+            "number:",
+        ]
+        lines += [f"- {r['run']}: {'; '.join(r['flags'])}." for r in flagged]
+    missing = [
+        r["run"] for r in rows if r["run_kind"] == DETECTION and not r["backbone_checkpoint"]
+    ]
     if missing:
         lines += [
             "",
             "No link to the pretraining run (MODEL.WEIGHTS is not a file written by "
             f"tools/convert_to_d2.py, or it moved) for: {', '.join(missing)}.",
         ]
-    undetected = [r["run"] for r in rows if r["AP50"] is None]
+    undetected = [r["run"] for r in rows if r["run_kind"] == PRETRAINING]
     if undetected:
         lines += [
             "",
@@ -291,9 +385,11 @@ def to_markdown(rows):
     return "\n".join(lines)
 
 
-def _csv_value(value):
+def _csv_value(value, column=None):
     if value is None:
         return ""
+    if column == "flags":
+        return "; ".join(value)
     return " ".join(value) if isinstance(value, list) else value
 
 
@@ -302,7 +398,7 @@ def to_csv(rows):
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: _csv_value(r[k]) for k in COLUMNS})
+        writer.writerow({k: _csv_value(r[k], k) for k in COLUMNS})
     return buf.getvalue()
 
 
@@ -313,7 +409,9 @@ def chart_png(rows):
     matplotlib.use("Agg")  # no display; must precede pyplot
     import matplotlib.pyplot as plt
 
-    names = [f"{r['method'] or '?'}\n{r['run']}" for r in rows]
+    names = [
+        f"{r['method'] or '?'}\n{r['run']}" + ("\n(flagged)" if r["flags"] else "") for r in rows
+    ]
     ours = [r["AP50"] if r["AP50"] is not None else 0.0 for r in rows]
     paper = [r["paper_AP50"] if r["paper_AP50"] is not None else 0.0 for r in rows]
     x = range(len(rows))

@@ -6,8 +6,10 @@ Runs are grouped by (method label, architecture, detection protocol); within a g
 the run's SEED, and a backbone's run is paired with the Baseline's run of the same seed. AP50 is
 paired image by image through the saved detections (voc_detections.npz), the ImageNet metrics
 through the per-image file beside eval_final.json; a run without them gets a seeds-only interval
-(and the report says so). Writes table5_summary.md / .csv and table5_diff.png
-(study.summary_tables). Needs no Detectron2.
+(and the report says so). A run the per-run table flags (detection.report.run_flags: no
+voc_eval.json, evaluated before SOLVER.MAX_ITER, a backbone from another pretraining checkpoint than
+model_final.pth, a pretraining run not finished) is left out of every number, and named. Writes
+table5_summary.md / .csv and table5_diff.png (study.summary_tables). Needs no Detectron2.
 """
 
 import os
@@ -44,10 +46,23 @@ def _paper_value(method, metric):
     return paper.TABLE4.get(method, {}).get(metric)
 
 
+def _paper_order(mapping):
+    order = paper.METHOD_ORDER
+    return dict(
+        sorted(
+            mapping.items(),
+            key=lambda kv: order.index(kv[0][0]) if kv[0][0] in order else len(order),
+        )
+    )
+
+
 def collect_groups(run_dirs, labels=None):
-    """{(method, arch, protocol): {seed: (run_dir, row)}} in the order of the paper's rows."""
+    """({(method, arch, protocol): {seed: (run_dir, row)}}, {(method, arch, protocol): [(run_dir,
+    row, seed)]}): the runs the summary counts, and the flagged ones it leaves out (a row's
+    ``flags``: detection.report.run_flags), each in the order of the paper's rows. A group of
+    only flagged runs is in the first with no seed."""
     labels = labels or {}
-    groups = {}
+    groups, left_out = {}, {}
     for d in run_dirs:
         row = read_run(d, labels.get(os.path.normpath(d)))
         cfg_path = os.path.join(d, "config.yaml")
@@ -58,18 +73,15 @@ def collect_groups(run_dirs, labels=None):
         key = (row["method"] or "?", row["arch"] or "?", row["protocol"] or NO_DETECTION)
         seed = cfg.get("SEED")
         group = groups.setdefault(key, {})
+        if row["flags"]:
+            left_out.setdefault(key, []).append((d, row, seed))
+            continue
         if seed in group:
             raise ValueError(
                 f"two runs of {key[0]} ({key[2]}) with SEED {seed}: {group[seed][0]} and {d}"
             )
         group[seed] = (d, row)
-    order = paper.METHOD_ORDER
-    return dict(
-        sorted(
-            groups.items(),
-            key=lambda kv: order.index(kv[0][0]) if kv[0][0] in order else len(order),
-        )
-    )
+    return _paper_order(groups), _paper_order(left_out)
 
 
 def _pretraining_dir(run_dir, row):
@@ -174,7 +186,15 @@ def _metric_block(s, metric, runs, base, per_image):
     )
     for key in ("d{}", "d{}_lo", "d{}_hi", "d{}_ci", "d{}_pi_lo", "d{}_pi_hi", "paper_d{}_in_pi"):
         s[key.format(metric)] = None
-    if base is None or s["method"] == BASELINE:
+    if s["method"] == BASELINE:
+        return
+    if not runs:
+        s[f"d{metric}_ci"] = "n/a: every run of it left out (flagged)"
+        return
+    if base is None:
+        return
+    if not base:
+        s[f"d{metric}_ci"] = "n/a: every Baseline run left out (flagged)"
         return
     seeds, d, boot, num_images = per_image.paired(metric, runs, base)
     ci = difference_interval(d, boot)
@@ -197,12 +217,16 @@ def _metric_block(s, metric, runs, base, per_image):
 def summarize(run_dirs, labels=None, resamples=1000):
     """One dict per backbone group: every metric over seeds, its difference to the Baseline of
     the same architecture and protocol with a 95% interval, and the paper's values."""
-    groups = collect_groups(run_dirs, labels)
+    groups, left_out = collect_groups(run_dirs, labels)
     per_image = _PerImage(groups, resamples)
     out = []
     for (method, arch, proto), runs in groups.items():
         s = {"method": method, "arch": arch, "protocol": proto}
         s["seeds"], s["runs"] = sorted(runs, key=str), len(runs)
+        s["left_out"] = [
+            {"run": d, "seed": seed, "flags": row["flags"]}
+            for d, row, seed in left_out.get((method, arch, proto), [])
+        ]
         base = groups.get((BASELINE, arch, proto))
         for metric in METRICS:
             _metric_block(s, metric, runs, base, per_image)

@@ -29,7 +29,7 @@ def _pm(mean, std):
 def _diff(s, metric):
     d, lo, hi = s[f"d{metric}"], s[f"d{metric}_lo"], s[f"d{metric}_hi"]
     if d is None:
-        return ""
+        return "n/a" if s[f"d{metric}_ci"] else ""  # no difference, for the reason d_ci gives
     return _f(d, signed=True) + (
         "" if lo is None else f" [{_f(lo, signed=True)}, {_f(hi, signed=True)}]"
     )
@@ -68,6 +68,35 @@ def _setting(summary):
     ]
 
 
+def _seeds(s):
+    """The seeds counted, and how many flagged runs were left out."""
+    text = ", ".join(map(str, s["seeds"])) or "none"
+    n = len(s.get("left_out", []))
+    return text + (f" ({n} left out)" if n else "")
+
+
+def _mean(s, metric):
+    return _pm(s[f"{metric}_mean"], s[f"{metric}_std"]) if s["seeds"] else "n/a"
+
+
+def _left_out(summary):
+    """The flagged runs (detection.report.run_flags), named with why, above the tables."""
+    lines = [
+        f"- {r['run']} ({s['method']}, SEED {r['seed']}): {'; '.join(r['flags'])}."
+        for s in summary
+        for r in s.get("left_out", [])
+    ]
+    if not lines:
+        return []
+    return [
+        "**Runs left out** (flagged in table5.md: not finished results, so no number below "
+        "includes them; their seeds are not counted):",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def _notes(summary, metrics):
     reasons = sorted(
         {
@@ -89,6 +118,7 @@ def _notes(summary, metrics):
 def to_markdown(summary, resamples):
     lines = ["# Tables 5 and 4 over seeds: ResNet backbones, VOC07 detection and ImageNet", ""]
     lines += _setting(summary)
+    lines += _left_out(summary)
     lines += [
         "Mean ± sample std over seeds. Δ: difference to the Baseline of the same architecture and "
         "fine-tuning, seed by seed, with its 95% confidence interval for the expected difference "
@@ -105,8 +135,8 @@ def to_markdown(summary, resamples):
     detected = [s for s in summary if s["protocol"] != NO_DETECTION]
     for s in detected:
         lines.append(
-            f"| {s['method']} | {s['arch']} | {s['protocol']} | {', '.join(map(str, s['seeds']))} "
-            f"| {_pm(s['AP50_mean'], s['AP50_std'])} | {_diff(s, 'AP50')} "
+            f"| {s['method']} | {s['arch']} | {s['protocol']} | {_seeds(s)} "
+            f"| {_mean(s, 'AP50')} | {_diff(s, 'AP50')} "
             f"| {_f(s['paper_AP50'])} | {_f(s['paper_dAP50'], signed=True)} | {_range(s, 'AP50')} "
             f"| {_in_range(s['paper_dAP50_in_pi'])} |"
         )
@@ -126,19 +156,17 @@ def to_markdown(summary, resamples):
     ]
     for s in table4:
         cells = [
-            _pm(s[f"{m}_mean"], s[f"{m}_std"])
+            _mean(s, m)
             + (
                 ""
                 if s[f"paper_{m}"] is None
+                else f" ({_f(s[f'paper_{m}'])})"
+                if s[f"{m}_vs_paper"] is None
                 else f" ({_f(s[f'paper_{m}'])}; {_f(s[f'{m}_vs_paper'], signed=True)})"
             )
             for m in metrics
         ]
-        lines.append(
-            f"| {s['method']} | {s['arch']} | {', '.join(map(str, s['seeds']))} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        lines.append(f"| {s['method']} | {s['arch']} | {_seeds(s)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Differences to the Baseline: Δ [95% CI]; the paper's Δ, and whether it lies in our "
@@ -155,7 +183,8 @@ def to_markdown(summary, resamples):
             cell = _diff(s, m)
             if s[f"paper_d{m}"] is not None:
                 cell += f"; paper {_f(s[f'paper_d{m}'], signed=True)}"
-                cell += f" ({_in_range(s[f'paper_d{m}_in_pi'])})"
+                in_range = _in_range(s[f"paper_d{m}_in_pi"])
+                cell += f" ({in_range})" if in_range else ""
             cells.append(cell)
         lines.append(f"| {s['method']} | " + " | ".join(cells) + " |")
     lines += [""] + _notes(table4, metrics)
@@ -181,7 +210,7 @@ def to_markdown(summary, resamples):
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["method", "arch", "protocol", "seeds"] + [
+CSV_COLUMNS = ["method", "arch", "protocol", "seeds", "left_out"] + [
     f"{p}{m}{q}"
     for m in METRICS
     for p, q in (
@@ -206,12 +235,12 @@ def to_csv(summary):
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for s in summary:
-        writer.writerow(
-            {
-                k: " ".join(map(str, s[k])) if k == "seeds" else ("" if s[k] is None else s[k])
-                for k in CSV_COLUMNS
-            }
+        row = {k: "" if s.get(k) is None else s[k] for k in CSV_COLUMNS}
+        row["seeds"] = " ".join(map(str, s["seeds"]))
+        row["left_out"] = " | ".join(
+            f"{r['run']} (SEED {r['seed']}): {'; '.join(r['flags'])}" for r in s.get("left_out", [])
         )
+        writer.writerow(row)
     return buf.getvalue()
 
 

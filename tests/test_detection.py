@@ -634,3 +634,9 @@ def test_cpu_finetune_writes_voc_eval_and_report(voc, tmp_path):
     assert row["AP50"] == first["AP50"]
     assert row["backbone_checkpoint"] == str(pre / "model_final.pth")
     assert row["method"] == "PS-KD" and row["pretrain_top1_err"] == 30.5
+    assert row["flags"] == [] and row["eval_iteration"] == 30  # its full schedule, evaluated
+    # The --eval-only folder's config.yaml lacks the training's SOLVER.MAX_ITER override: its
+    # Fine-tuning column would describe a schedule the model did not have, and the row says so.
+    assert read_run(str(evaluation))["flags"] == [
+        "evaluated at iteration 30 of 300 (SOLVER.MAX_ITER): not the full schedule"
+    ]

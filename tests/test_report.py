@@ -20,6 +20,7 @@ from detection.convert import convert
 from detection.paper import TABLE5_AP50
 from detection.report import (
     label_from_dirname,
+    protocol,
     read_run,
     record_backbone,
     report_files,
@@ -330,3 +331,109 @@ def test_pretraining_run_gives_a_row_without_ap(runs, tmp_path):
     report_main([pre, str(runs["pskd"]), "--out", str(tmp_path)])
     md = (tmp_path / "table5.md").read_text()
     assert "No VOC evaluation (voc_eval.json) yet for: pre_mix;" in md
+
+
+def test_backbone_from_a_periodic_checkpoint_shows_no_final_metrics(runs, r18_weights, tmp_path):
+    """A backbone converted from model_0004999.pth of a finished pretraining run: eval_final.json
+    evaluates model_final.pth, not it, so no ImageNet metric is shown; the run is flagged and the
+    summary leaves it out."""
+    make_pretrain_run(tmp_path, "pre_pskd", r18_weights, "pskd", top1=21.4)
+    pre = str(tmp_path / "pre_pskd")
+    torch.save({"model": r18_weights}, os.path.join(pre, "model_0004999.pth"))
+    pkl = tmp_path / "pskd_5k.pkl"
+    convert(os.path.join(pre, "model_0004999.pth"), str(pkl))
+    det = make_detection_run(tmp_path, "det_pskd_5k", pkl, 77.0)
+    flag = (
+        "backbone from checkpoint model_0004999.pth, not model_final.pth: ImageNet metrics are "
+        "the final model's, not shown"
+    )
+    row = read_run(str(det))
+    assert row["backbone_checkpoint"] == os.path.join(pre, "model_0004999.pth")
+    assert row["method"] == "PS-KD" and row["arch"] == "resnet18" and row["AP50"] == 77.0
+    assert all(row[f"pretrain_{m}"] is None for m in ("top1_err", "ece", "nll"))
+    assert row["flags"] == [flag]
+    assert read_run(str(runs["pskd"]))["flags"] == []  # model_final.pth: its metrics, no flag
+
+    out = tmp_path / "table"
+    report_main([str(det), str(runs["base"]), "--out", str(out)])
+    md = (out / "table5.md").read_text()
+    assert (
+        "| PS-KD | det_pskd_5k (flagged) | resnet18 | 77.00 | 79.50 | 38.50 | 25.67 |  |  |" in md
+    )
+    assert f"- det_pskd_5k: {flag}." in md
+    with open(out / "table5.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["det_pskd_5k"]["pretrain_top1_err"] == "" and rows["det_pskd_5k"]["flags"] == flag
+    summary = (out / "table5_summary.md").read_text()
+    assert f"- {det} (PS-KD, SEED None): {flag}." in summary
+    assert "| none (1 left out) | n/a | n/a |" in summary
+    assert "21.40" not in summary  # pre_pskd's final top-1 error, of another model
+
+
+def test_an_unfinished_pretraining_run_is_no_detection_run(runs, tmp_path, capsys):
+    """A pretraining OUTPUT_DIR still training (config.yaml, a checkpoint, no eval_final.json)
+    is read as pretraining: method and backbone from its config, no detection column from its
+    solver (its 256-image batch is not a fine-tuning protocol), and a flag; the summary leaves it
+    out. A finished one keeps its row without AP, unflagged."""
+    pre = tmp_path / "pre_running"
+    pre.mkdir()
+    cfg = get_cfg()
+    cfg.MODEL.ARCH, cfg.METHOD.NAME, cfg.SOLVER.IMS_PER_BATCH = "resnet18", "cskd", 256
+    (pre / "config.yaml").write_text(cfg.dump())
+    torch.save({"model": {}}, pre / "model_0000999.pth")
+    (pre / "last_checkpoint").write_text("model_0000999.pth")
+    flag = (
+        "pretraining not finished (no eval_final.json): no ImageNet metrics, and no detection run"
+    )
+    row = read_run(str(pre))
+    assert (row["protocol"], row["max_iter"], row["ims_per_batch"], row["weights"]) == (None,) * 4
+    assert row["method"] == "CS-KD" and row["method_from"] == "pretraining config"
+    assert row["arch"] == "resnet18"
+    assert row["run_kind"] == "pretraining" and row["flags"] == [flag]
+    assert protocol(yaml.safe_load(cfg.dump())) is None
+
+    finished = os.path.join(os.path.dirname(runs["pskd"]), "pre_pskd")
+    assert read_run(finished)["flags"] == [] and read_run(finished)["run_kind"] == "pretraining"
+
+    out = tmp_path / "table"
+    report_main([str(pre), str(runs["pskd"]), str(runs["base"]), "--out", str(out)])
+    assert f"pre_running                    AP50 n/a (flagged: {flag})" in capsys.readouterr().out
+    with open(out / "table5.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["pre_running"]["ims_per_batch"] == "" and rows["pre_running"]["flags"] == flag
+    md = (out / "table5.md").read_text()
+    assert f"- pre_running: {flag}." in md
+    assert "| CS-KD | pre_running (flagged) | resnet18 |" in md
+    assert "No link to the pretraining run" not in md  # it is one
+    summary = (out / "table5_summary.md").read_text()
+    assert f"- {pre} (CS-KD, SEED 0): {flag}." in summary
+    assert "| CS-KD | resnet18 | none (1 left out) |" in summary  # Table 4 only, n/a
+    assert "| CS-KD | resnet18 | ImageNet only" not in summary  # never a Table 5 row
+
+
+@pytest.mark.parametrize(
+    "record,flags",
+    [
+        ({}, []),  # written before voc_eval.json recorded the iteration: not known, not flagged
+        ({"iteration": 300}, []),  # SOLVER.MAX_ITER
+        (
+            {"iteration": 400},
+            [
+                "evaluated a model of iteration 400, but config.yaml's SOLVER.MAX_ITER is 300: "
+                "the Fine-tuning column does not describe it"
+            ],
+        ),
+        (
+            {"iteration": None, "checkpoint": "/w/r18.pkl"},
+            [
+                "voc_eval.json does not record the iteration of the model it evaluated "
+                "(/w/r18.pkl): not known to be trained to SOLVER.MAX_ITER"
+            ],
+        ),
+    ],
+)
+def test_the_evaluated_iteration_against_the_schedule(tmp_path, record, flags):
+    run = make_detection_run(tmp_path, "det_x", tmp_path / "gone.pkl", 70.0)
+    result = json.loads((run / "voc_eval.json").read_text())
+    (run / "voc_eval.json").write_text(json.dumps({**result, **record}))
+    assert read_run(str(run))["flags"] == flags

@@ -3,8 +3,11 @@ paper's sizes (4,952 VOC07 test images, 50,000 ImageNet validation images): ever
 interval is the one study.statistics gives for the runs' own per-image results, the paper's
 values sit beside ours, and what cannot be said is n/a, never "no"."""
 
+import csv
+import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch
 import yaml
 
 from detection import paper
-from detection.report import LINK_FILE
+from detection.report import LINK_FILE, collect, report_files
 from pretrain.fileio import write_files_together
 from pretrain.metrics import per_sample_stats, save_per_image, summarize
 from study.imagenet_scores import ImageNetScores
@@ -212,3 +215,94 @@ def test_other_settings_are_flagged_and_the_paper_comparison_is_na():
     assert "| n/a |" in md and "**no**" not in md
     assert "Paper comparison n/a: resnet18, not the paper's resnet152." in md
     assert "n/a: resnet18" in to_csv([s])
+
+
+def _copy_runs(study_runs, tmp_path, keys):
+    """Copies of the fixture's detection folders (still linked to their pretraining runs), to
+    change one; {key: path}."""
+    copies = {}
+    for key in keys:
+        det = study_runs[key][1]
+        copies[key] = tmp_path / os.path.basename(det)
+        shutil.copytree(det, copies[key])
+    return copies
+
+
+def _ap50(run):
+    return json.loads((run / "voc_eval.json").read_text())["AP50"]
+
+
+SIX = [(m, s) for m in ("Baseline", "PS-KD") for s in (0, 1, 2)]
+
+
+def test_a_run_without_voc_eval_json_is_flagged_and_in_no_difference(study_runs, tmp_path):
+    """Not evaluated yet: n/a with a note in both tables, never a zero-width interval or a seed
+    counted as if it had an AP50; the other seeds' difference is theirs alone."""
+    copies = _copy_runs(study_runs, tmp_path, SIX + [("PS-KD + CutMix", 0)])
+    (copies["PS-KD", 2] / "voc_eval.json").unlink()
+    (copies["PS-KD + CutMix", 0] / "voc_eval.json").unlink()  # its backbone's only run
+    dets = [str(p) for p in copies.values()]
+    flag = (
+        "no voc_eval.json (training unfinished, or stopped before its evaluation): continue it "
+        "with tools/train_net.py --resume (same config and OUTPUT_DIR), which evaluates the "
+        "final model"
+    )
+    summary, files = summary_files(dets, resamples=RESAMPLES)
+    pskd = _row(summary, "PS-KD")
+    assert pskd["seeds"] == [0, 1] and pskd["runs"] == 2
+    assert pskd["left_out"] == [{"run": str(copies["PS-KD", 2]), "seed": 2, "flags": [flag]}]
+    d = [_ap50(copies["PS-KD", s]) - _ap50(copies["Baseline", s]) for s in (0, 1)]
+    assert pskd["dAP50"] == pytest.approx(np.mean(d))
+    assert pskd["AP50_mean"] == pytest.approx(np.mean([_ap50(copies["PS-KD", s]) for s in (0, 1)]))
+    mix = _row(summary, "PS-KD + CutMix")
+    assert mix["seeds"] == [] and mix["AP50_mean"] is None and mix["dAP50"] is None
+    assert mix["dAP50_lo"] is None and mix["dAP50_ci"] == "n/a: every run of it left out (flagged)"
+
+    md = files["table5_summary.md"]
+    assert f"- {copies['PS-KD', 2]} (PS-KD, SEED 2): {flag}." in md
+    assert "| PS-KD | resnet152 | batch 16, lr 0.02, 18,000 it | 0, 1 (1 left out) |" in md
+    assert (
+        "| PS-KD + CutMix | resnet152 | batch 16, lr 0.02, 18,000 it | none (1 left out) | n/a "
+        "| n/a | 79.72 |" in md
+    )
+    assert "+0.00 [+0.00, +0.00]" not in md
+    rows = {r["run"]: r for r in collect(dets)}
+    assert rows["pskd_s2"]["flags"] == [flag] and rows["pskd_s0"]["flags"] == []
+    table5 = report_files(dets)[1]["table5.md"]
+    assert "| PS-KD | pskd_s2 (flagged) | resnet152 |  |" in table5
+    assert f"- pskd_s2: {flag}." in table5
+    csv_rows = {
+        r["run"]: r for r in csv.DictReader(io.StringIO(report_files(dets)[1]["table5.csv"]))
+    }
+    assert csv_rows["pskd_s2"]["flags"] == flag and csv_rows["pskd_s1"]["flags"] == ""
+
+
+def test_a_run_evaluated_mid_training_is_flagged_and_left_out(study_runs, tmp_path):
+    """voc_eval.json of iteration 1,000 in a run of SOLVER.MAX_ITER 18,000 (an evaluation during
+    training, of a run stopped then): its AP50 is shown, flagged, and counts in no summary
+    number; an evaluation that records the last iteration is the full schedule."""
+    copies = _copy_runs(study_runs, tmp_path, SIX)
+    for key, iteration, name in (
+        (("PS-KD", 1), 1000, "model_0000999.pth"),
+        (("PS-KD", 0), 18000, "model_final.pth"),
+    ):
+        path = copies[key] / "voc_eval.json"
+        result = json.loads(path.read_text())
+        result.update(iteration=iteration, checkpoint=str(copies[key] / name))
+        path.write_text(json.dumps(result))
+    dets = [str(p) for p in copies.values()]
+    flag = "evaluated at iteration 1,000 of 18,000 (SOLVER.MAX_ITER): not the full schedule"
+    summary, files = summary_files(dets, resamples=RESAMPLES)
+    pskd = _row(summary, "PS-KD")
+    assert pskd["seeds"] == [0, 2]
+    d = [_ap50(copies["PS-KD", s]) - _ap50(copies["Baseline", s]) for s in (0, 2)]
+    assert pskd["dAP50"] == pytest.approx(np.mean(d))
+    rows = {r["run"]: r for r in collect(dets)}
+    assert rows["pskd_s1"]["flags"] == [flag] and rows["pskd_s1"]["eval_iteration"] == 1000
+    assert rows["pskd_s0"]["flags"] == [] and rows["pskd_s0"]["eval_iteration"] == 18000
+    assert f"- {copies['PS-KD', 1]} (PS-KD, SEED 1): {flag}." in files["table5_summary.md"]
+    assert "| 0, 2 (1 left out) |" in files["table5_summary.md"]
+    assert f"{copies['PS-KD', 1]} (SEED 1): {flag}" in files["table5_summary.csv"]
+    table5 = report_files(dets)[1]["table5.md"]
+    assert f"| PS-KD | pskd_s1 (flagged) | resnet152 | {_ap50(copies['PS-KD', 1]):.2f} |" in table5
+    assert f"- pskd_s1: {flag}." in table5

@@ -9,7 +9,10 @@ Writes table5.md, table5.csv and table5.png (one row per run) into --out. The me
 name. Also writes table5_summary.md / .csv and table5_diff.png: Tables 5 (VOC07 AP50) and 4 (the
 ImageNet metrics) over seeds (the runs' SEED), per method the mean and std, the difference to the
 Baseline with a 95% interval over seeds and test images, and the paper's values with whether its
-one-run difference is in our one-run range (docs/study.md). Needs no Detectron2.
+one-run difference is in our one-run range (docs/study.md). A run it cannot vouch for as a
+finished result is flagged in table5.md / .csv (no voc_eval.json, evaluated before SOLVER.MAX_ITER,
+a backbone from another pretraining checkpoint than model_final.pth, a pretraining run not
+finished) and left out of the summary's numbers. Needs no Detectron2.
 """
 
 import argparse
@@ -74,7 +77,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
-        print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
+        flag = f" (flagged: {'; '.join(r['flags'])})" if r["flags"] else ""
+        print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}{flag}")
     print(f"wrote {', '.join(files)} to {args.out}")
 
 
