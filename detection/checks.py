@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from detection.convert import DEPTHS
-from detection.report import DETECTION_RUN_FILES
+from detection.runs import DETECTION_RUN_FILES
 from detection.voc import check_test_split
 from pretrain.images import DECODE_ERRORS, UnreadableImage, open_image, read_8bit
 from pretrain.models import ARCHS

@@ -23,7 +23,7 @@ import sys
 
 import yaml
 
-from detection.report import DETECTION_RUN_FILES
+from detection.runs import DETECTION_RUN_FILES
 from pretrain.methods import method_label
 from pretrain.run_folder import SETUP_FILES
 

@@ -6,7 +6,7 @@ Runs are grouped by (method label, architecture, detection protocol); within a g
 the run's SEED, and a backbone's run is paired with the Baseline's run of the same seed. AP50 is
 paired image by image through the saved detections (voc_detections.npz), the ImageNet metrics
 through the per-image file beside eval_final.json; a run without them gets a seeds-only interval
-(and the report says so). A run the per-run table flags (detection.report.run_flags: no
+(and the report says so). A run the per-run table flags (detection.runs.run_flags: no
 voc_eval.json, evaluated before SOLVER.MAX_ITER, a backbone from another pretraining checkpoint than
 model_final.pth, a pretraining run not finished) is left out of every number, and named. Writes
 table5_summary.md / .csv and table5_diff.png (study.summary_tables). Needs no Detectron2.
@@ -17,7 +17,7 @@ import os
 import yaml
 
 from detection import paper
-from detection.report import read_run
+from detection.runs import read_run
 from pretrain.methods import method_label
 from pretrain.metrics import METRIC_KEYS
 
@@ -59,7 +59,7 @@ def _paper_order(mapping):
 def collect_groups(run_dirs, labels=None):
     """({(method, arch, protocol): {seed: (run_dir, row)}}, {(method, arch, protocol): [(run_dir,
     row, seed)]}): the runs the summary counts, and the flagged ones it leaves out (a row's
-    ``flags``: detection.report.run_flags), each in the order of the paper's rows. A group of
+    ``flags``: detection.runs.run_flags), each in the order of the paper's rows. A group of
     only flagged runs is in the first with no seed."""
     labels = labels or {}
     groups, left_out = {}, {}

@@ -80,7 +80,7 @@ def _mean(s, metric):
 
 
 def _left_out(summary):
-    """The flagged runs (detection.report.run_flags), named with why, above the tables."""
+    """The flagged runs (detection.runs.run_flags), named with why, above the tables."""
     lines = [
         f"- {r['run']} ({s['method']}, SEED {r['seed']}): {'; '.join(r['flags'])}."
         for s in summary

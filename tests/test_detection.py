@@ -30,7 +30,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
-from detection.report import protocol, read_run  # noqa: E402
+from detection.runs import protocol, read_run  # noqa: E402
 from detection.synthetic_voc import VOC_CLASSES, write_voc  # noqa: E402
 from detection.verify import verify_d2_weights  # noqa: E402
 from detection.voc import (  # noqa: E402

@@ -13,7 +13,7 @@ def test_summarize_computes_exactly_the_listed_metrics_in_order():
 
 
 def test_reports_take_their_pretraining_columns_from_the_list():
-    from detection.report import COLUMNS
+    from detection.runs import COLUMNS
     from study.summary_tables import CSV_COLUMNS
 
     assert [c for c in COLUMNS if c.startswith("pretrain_")] == [

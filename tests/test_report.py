@@ -18,14 +18,8 @@ from PIL import Image
 
 from detection.convert import convert
 from detection.paper import TABLE5_AP50
-from detection.report import (
-    label_from_dirname,
-    protocol,
-    read_run,
-    record_backbone,
-    report_files,
-    to_markdown,
-)
+from detection.report import report_files, to_markdown
+from detection.runs import label_from_dirname, protocol, read_run, record_backbone
 from detection.synthetic_voc import VOC_CLASSES
 from pretrain.config import get_cfg
 from pretrain.fileio import write_files_together

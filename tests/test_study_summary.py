@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from detection import paper
-from detection.report import LINK_FILE, collect, report_files
+from detection.report import report_files
+from detection.runs import LINK_FILE, collect
 from pretrain.fileio import write_files_together
 from pretrain.metrics import per_sample_stats, save_per_image, summarize
 from study.imagenet_scores import ImageNetScores

@@ -34,7 +34,7 @@ from detection.checks import (  # noqa: E402
     check_output_dir,
 )
 from detection.config import setup_detection_cfg  # noqa: E402
-from detection.report import record_backbone  # noqa: E402
+from detection.runs import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
 
