@@ -189,6 +189,16 @@ def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
     assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
 
 
+def test_an_unregistered_split_is_one_error_line(weights, voc, tmp_path):
+    message = train_tiny(
+        weights["resnet18"], tmp_path / "det", voc, "DATASETS.TEST", "('voc_2007_tset',)"
+    )
+    assert message.startswith(
+        "error: DATASETS.TEST: 'voc_2007_tset' is no registered split (the VOC splits: "
+    ), message
+    assert not os.path.exists(tmp_path / "det" / "last_checkpoint")
+
+
 def test_saved_config_is_read_by_plain_detectron2(weights, voc, tmp_path):
     out = str(tmp_path / "det")
     args = default_argument_parser().parse_args(

@@ -33,7 +33,7 @@ from detection.checks import (  # noqa: E402
     check_datasets,
     check_output_dir,
 )
-from detection.config import setup_detection_cfg  # noqa: E402
+from detection.config import check_split_names, setup_detection_cfg  # noqa: E402
 from detection.runs import record_backbone  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
@@ -124,6 +124,7 @@ def run(args):
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:
         check_backbone_weights(cfg, cfg.MODEL.WEIGHTS)
+    check_split_names(cfg)  # before any split is loaded: a typo is no KeyError in the loader
     check_datasets(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
