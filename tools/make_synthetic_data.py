@@ -14,9 +14,11 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.synthetic_voc import MIN_TEST07, write_voc  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
 from pretrain.synthetic import write_imagefolder  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,10 +50,7 @@ def main(argv=None):
         )
         print(f"wrote an ImageFolder tree with {args.classes} classes to {args.out}")
     elif args.kind == "voc":
-        try:
-            write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+        write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
         print(f"wrote VOC2007 (trainval, test) and VOC2012 (trainval) to {args.out}")
 
 

@@ -21,10 +21,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.report import report_files  # noqa: E402
-from pretrain.fileio import OutputWriteError, write_files_together  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
+from pretrain.fileio import write_files_together  # noqa: E402
 from study.summary_tables import summary_files  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,12 +68,9 @@ def main(argv=None):
         labels[os.path.normpath(run)] = name
     # Every input is read and every file made before anything is written: a bad run leaves the
     # previous report as it was, and the files are replaced together.
-    try:
-        rows, files = report_files(args.runs, labels)
-        files.update(summary_files(args.runs, labels, args.bootstrap)[1])
-        write_files_together(args.out, files)
-    except (FileNotFoundError, ValueError, OutputWriteError) as e:
-        sys.exit(f"error: {e}")
+    rows, files = report_files(args.runs, labels)
+    files.update(summary_files(args.runs, labels, args.bootstrap)[1])
+    write_files_together(args.out, files)
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         print(f"{r['method'] or '?':<16} {r['run']:<30} AP50 {ap50}")
