@@ -139,6 +139,25 @@ def train_tiny(weights, out, voc_root, *opts):
     )
 
 
+def test_config_key_typo_is_one_error_line(weights, voc, tmp_path):
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, voc, "SOLVER.MAXITER", "3")
+    assert message == (
+        "error: command-line override: Non-existent key: SOLVER.MAXITER "
+        "(did you mean SOLVER.MAX_ITER?)"
+    )
+    assert not out.exists()  # refused before anything is written
+
+
+def test_config_key_without_value_is_one_error_line(weights, voc, tmp_path):
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, voc, "SOLVER.MAX_ITER")
+    given = ["MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", str(out)]
+    given += ["DATASETS.VOC_ROOT", voc, "SOLVER.MAX_ITER"]
+    assert message == f"error: command-line overrides must be KEY VALUE pairs, got {given}"
+    assert not out.exists()
+
+
 def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     root = str(tmp_path / "voc")
     shutil.copytree(voc, root)
