@@ -124,7 +124,7 @@ def run(args):
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:
         check_backbone_weights(cfg, cfg.MODEL.WEIGHTS)
-    check_datasets(cfg)
+    check_datasets(cfg, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
