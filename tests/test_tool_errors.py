@@ -6,10 +6,14 @@ import ast
 import glob
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import require_detectron2
+from conftest import kill_tree, require_detectron2
 from pretrain.cli import tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,3 +86,25 @@ def test_no_error_line_of_its_own():
     }
     assert set(found) <= allowed, found
     assert set(found) == allowed  # the scan itself finds what it should
+
+
+def test_ctrl_c_is_one_interrupted_line(tmp_path):
+    """Here tools/make_synthetic_data.py, stopped while it writes images (any tool would do)."""
+    out = tmp_path / "voc"
+    proc = subprocess.Popen(
+        [sys.executable, "tools/make_synthetic_data.py", "voc", str(out), "--trainval07", "100000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        images, deadline = out / "VOC2007" / "JPEGImages", time.monotonic() + 60
+        while not (images.is_dir() and any(images.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc.pid)
+    assert (proc.returncode, stderr) == (128 + signal.SIGINT, "interrupted (SIGINT)\n")
