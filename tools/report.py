@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detection.report import report_files  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
-from pretrain.fileio import write_files_together  # noqa: E402
+from pretrain.fileio import check_folder_path, write_files_together  # noqa: E402
 from study.summary_tables import summary_files  # noqa: E402
 
 
@@ -55,8 +55,7 @@ def main(argv=None):
         if os.path.normpath(run) in seen:
             parser.error(f"{run}: given twice (each run counts once in the tables)")
         seen.add(os.path.normpath(run))
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out}: a file, not a folder to write the tables into")
+    check_folder_path(args.out, "--out")  # before the runs are read
     runs = seen
     labels = {}
     for item in args.label:
