@@ -286,6 +286,21 @@ def test_cli_converts_and_refuses(r18_state_dict, tmp_path, capsys):
     assert not os.path.exists(tmp_path / "bad.pkl")
 
 
+@pytest.mark.parametrize("name", ["r18.pkl", "weights"])
+def test_cli_refuses_a_folder_as_output(r18_state_dict, tmp_path, name):
+    src, folder = tmp_path / "model_final.pth", tmp_path / name
+    torch.save(r18_state_dict, src)
+    folder.mkdir()
+    (folder / "kept").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        convert_main([str(src), str(folder)])
+    assert info.value.code == (
+        f"error: output {folder} is a folder: give the file to write, e.g. {folder}/backbone.pkl"
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(["model_final.pth", name])
+    assert os.listdir(folder) == ["kept"] and (folder / "kept").read_text() == "mine"
+
+
 def test_read_source_of_foreign_files(tmp_path):
     other = tmp_path / "other.pkl"
     with open(other, "wb") as f:

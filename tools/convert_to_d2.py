@@ -33,9 +33,6 @@ def main(argv=None):
         "--verify", action="store_true", help="load the result into Detectron2's ResNet"
     )
     args = parser.parse_args(argv)
-    if not args.output.endswith(".pkl"):
-        # Detectron2 picks the loader by extension; only .pkl reads this format.
-        parser.error(f"output must end in .pkl, got {args.output}")
     arch = convert(args.input, args.output)
     print(f"converted {arch} from {args.input} to {args.output}")
     if args.verify:
