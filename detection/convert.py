@@ -70,10 +70,8 @@ def load_checkpoint(path):
         return extract_state_dict(load_file(path), path)
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file") from None
-    except UnreadableCheckpoint as e:
-        raise ConversionError(
-            f"{path} is not a PyTorch checkpoint loadable with weights_only=True ({e})"
-        ) from e
+    except (IsADirectoryError, UnreadableCheckpoint) as e:  # the message names the file and why
+        raise ConversionError(str(e)) from e
     except ValueError as e:  # no state dict inside, or clashing keys once prefixes are stripped
         raise ConversionError(str(e)) from e
 
