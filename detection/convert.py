@@ -172,7 +172,7 @@ def check_output(out_path):
     if not out_path.endswith(".pkl"):
         # Detectron2 picks the loader by extension; only .pkl reads this format.
         raise ConversionError(
-            f"output {out_path}: must end in .pkl, the extension Detectron2 reads this format by"
+            f"output {out_path}: must end in .pkl (Detectron2 reads this format only under it)"
         )
 
 
