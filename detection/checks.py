@@ -2,8 +2,9 @@
 
 Detectron2's checkpointer only logs the weights it could not match and leaves them random, so an
 unconverted checkpoint or a backbone of another depth would fine-tune from mostly random weights
-and report an AP as if it were a result. A malformed test annotation would only surface when the
-evaluation starts, hours later. Both are checked here first.
+and report an AP as if it were a result. A malformed test annotation or an annotated image size
+unlike the image's would only surface when the mapper or the evaluation reaches it, hours later,
+and training splits without any object in Detectron2's data loader. All are checked here first.
 
 The dataset mapper also reads images as pretraining does (``pretrain.images.read_8bit``).
 """
@@ -20,7 +21,7 @@ from detectron2.utils.file_io import PathManager
 
 from detection.convert import DEPTHS
 from detection.runs import DETECTION_RUN_FILES
-from detection.voc import check_test_split
+from detection.voc import check_image_sizes, check_test_split
 from pretrain.images import DECODE_ERRORS, UnreadableImage, open_image, read_8bit
 from pretrain.models import ARCHS
 
@@ -130,16 +131,43 @@ def check_backbone_weights(cfg, path):
         )
 
 
-def check_datasets(cfg):
+def check_datasets(cfg, training=True):
     """Load every split the config names (each image listed must exist, each annotation must
-    parse) and check the test splits as the VOC evaluator will read them."""
-    for name in cfg.DATASETS.TRAIN:
-        DatasetCatalog.get(name)
+    parse, each VOC image must have its annotation's size), check that a ``training`` run has
+    images with objects to train on, and check the test splits as the VOC evaluator will read
+    them."""
+    train = {name: DatasetCatalog.get(name) for name in cfg.DATASETS.TRAIN}
+    for name, dicts in train.items():
+        if _is_voc(name):
+            check_image_sizes(name, dicts)
+    if training:
+        check_objects_to_train_on(cfg, train)
     for name in cfg.DATASETS.TEST:
-        if MetadataCatalog.get(name).get("evaluator_type") == "pascal_voc":
+        if _is_voc(name):
             check_test_split(name)
         else:
             DatasetCatalog.get(name)
+
+
+def _is_voc(name):
+    return MetadataCatalog.get(name).get("evaluator_type") == "pascal_voc"
+
+
+def check_objects_to_train_on(cfg, train):
+    """With DATALOADER.FILTER_EMPTY_ANNOTATIONS (the default), Detectron2 drops every training
+    image without a non-crowd annotation and asserts in its data loader that some are left
+    ("No valid data found"): refuse training splits (``train``: name -> dataset dicts) without
+    any object first, naming them."""
+    if not cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+        return
+    images = [record for dicts in train.values() for record in dicts]
+    if any(not a.get("iscrowd", 0) for record in images for a in record["annotations"]):
+        return
+    raise ValueError(
+        f"DATASETS.TRAIN ({', '.join(train)}): none of the {len(images)} images has an object "
+        "(an <object> in its annotation), and Detectron2 trains only on images with one "
+        "(DATALOADER.FILTER_EMPTY_ANNOTATIONS): check DATASETS.VOC_ROOT and the annotations"
+    )
 
 
 def read_image(file_name, format=None):

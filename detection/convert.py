@@ -70,10 +70,8 @@ def load_checkpoint(path):
         return extract_state_dict(load_file(path), path)
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file") from None
-    except UnreadableCheckpoint as e:
-        raise ConversionError(
-            f"{path} is not a PyTorch checkpoint loadable with weights_only=True ({e})"
-        ) from e
+    except (IsADirectoryError, UnreadableCheckpoint) as e:  # the message names the file and why
+        raise ConversionError(str(e)) from e
     except ValueError as e:  # no state dict inside, or clashing keys once prefixes are stripped
         raise ConversionError(str(e)) from e
 
@@ -164,8 +162,23 @@ def to_d2(state_dict, source=None, arch=None):
     return payload
 
 
+def check_output(out_path):
+    """Refuse an output path the converter could not write, before the input is read."""
+    if os.path.isdir(out_path):
+        raise ConversionError(
+            f"output {out_path} is a folder: give the file to write, e.g. "
+            f"{os.path.join(out_path, 'backbone.pkl')}"
+        )
+    if not out_path.endswith(".pkl"):
+        # Detectron2 picks the loader by extension; only .pkl reads this format.
+        raise ConversionError(
+            f"output {out_path}: must end in .pkl (Detectron2 reads this format only under it)"
+        )
+
+
 def convert(in_path, out_path):
     """Convert checkpoint ``in_path`` to Detectron2 pickle ``out_path``; return the arch name."""
+    check_output(out_path)
     state_dict = load_checkpoint(in_path)
     arch = identify_resnet(state_dict, in_path)
     payload = to_d2(state_dict, source=os.path.abspath(in_path), arch=arch)

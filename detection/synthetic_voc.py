@@ -29,6 +29,8 @@ DIFFICULT_PROB = 0.25
 # image): a test split of fewer than MIN_TEST07 images cannot show all 20 realistically.
 MAX_REQUIRED = 4
 MIN_TEST07 = -(-len(VOC_CLASSES) // MAX_REQUIRED)
+# Objects' sides are drawn from size // 6 to size // 2 pixels: below this, a box could be empty.
+MIN_SIZE = 6
 
 
 def _class_style(cls):
@@ -169,11 +171,16 @@ def write_voc(root, trainval07=40, test07=20, trainval12=40, size=128, seed=0):
     Image ids follow VOC's patterns (``000001`` in 2007, ``2012_000001`` in 2012); 2007 trainval
     and test ids are disjoint. ``size`` is the largest image side. The test split shows every
     class (``MIN_TEST07`` images or more); the trainval splits, class i mod 20 in image i.
-    Raises ValueError naming the split (as the tool's option) when a size is out of range.
+    Raises ValueError naming the split or size (as the tool's option) when it is out of range,
+    before anything is written.
     """
     for name, n in (("trainval07", trainval07), ("trainval12", trainval12)):
         if n < 1:
             raise ValueError(f"--{name} {n}: every split needs at least one image")
+    if size < MIN_SIZE:
+        raise ValueError(
+            f"--size {size}: must be at least {MIN_SIZE} (an object's sides are 1/6 to 1/2 of it)"
+        )
     if test07 < MIN_TEST07:
         raise ValueError(
             f"--test07 {test07}: the test split needs at least {MIN_TEST07} images to show all "

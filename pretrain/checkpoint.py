@@ -6,6 +6,7 @@ checkpoint's contents are ``TrainingCheckpointer``'s."""
 import glob
 import logging
 import os
+import pickle
 import random
 import re
 
@@ -63,14 +64,48 @@ class UnreadableCheckpoint(ValueError):
     """A checkpoint file that cannot be loaded: truncated, corrupt, or not weights-only."""
 
 
+# How a file of torch.save begins: a zip archive (since PyTorch 1.6), or in the older format
+# (_use_new_zipfile_serialization=False) a pickle of torch's magic number. Any other pickle
+# begins with its PROTO opcode.
+_TORCH_FILE_STARTS = (b"PK\x03\x04", pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2))
+_PICKLE_START = b"\x80"
+
+
+def _not_a_torch_file(path):
+    """What ``path`` is instead of a file of torch.save, from its first bytes; None when it may
+    be one (torch.load then says what is wrong with it). torch.load's own error for these files
+    asks to save them again with ``_use_new_zipfile_serialization``, which they never were."""
+    with open(path, "rb") as f:
+        head = f.read(max(map(len, _TORCH_FILE_STARTS)))
+    if not head or head.startswith(_TORCH_FILE_STARTS):
+        return None
+    if head.startswith(_PICKLE_START):
+        return (
+            "a pickle, not a PyTorch checkpoint: a Detectron2 weight file (.pkl, as "
+            "tools/convert_to_d2.py writes) is already in Detectron2's format, for "
+            "tools/train_net.py's MODEL.WEIGHTS"
+        )
+    return "not a PyTorch checkpoint (torch.save writes a zip archive)"
+
+
 def load_file(path):
     """Read a checkpoint (or any torch-saved weights) on the CPU, safely and with a clear error.
 
     The file is memory-mapped: its tensors are read from the page cache as they are used, which
     the processes of a node share, instead of each process copying the whole file (a PS-KD
     checkpoint holds the prediction table: 2.6 GB for ImageNet-1k in bfloat16)."""
+    if os.path.isdir(path):  # a run folder, most likely
+        final = os.path.join(path, "model_final.pth")
+        hint = final if os.path.isfile(final) else "a checkpoint file in it"
+        raise IsADirectoryError(f"checkpoint {path!r} is a folder, not a file: give {hint}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    instead = _not_a_torch_file(path)
+    if instead:
+        raise UnreadableCheckpoint(
+            f"checkpoint {path!r} is {instead}; give a PyTorch checkpoint, e.g. a pretraining "
+            "run's OUTPUT_DIR/model_final.pth"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files

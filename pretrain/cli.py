@@ -2,7 +2,9 @@
 tool ends on a user's mistake or an interruption (``tool``)."""
 
 import argparse
+import difflib
 import functools
+import re
 import signal
 import sys
 
@@ -103,17 +105,36 @@ def merge_config(cfg, config_file, opts=()):
             f"config file {config_file!r} is not valid YAML: {' '.join(str(exc).split())}"
         ) from exc
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
-        raise ValueError(f"config file {config_file!r}: {_message(exc)}") from exc
+        raise ValueError(f"config file {config_file!r}: {_message(exc, cfg)}") from exc
     if len(opts) % 2:
         raise ValueError(f"command-line overrides must be KEY VALUE pairs, got {list(opts)}")
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, TypeError, AssertionError) as exc:
-        raise ValueError(f"command-line override: {_message(exc)}") from exc
+        raise ValueError(f"command-line override: {_message(exc, cfg)}") from exc
 
 
-def _message(exc):
-    return exc.args[0] if exc.args else str(exc)
+# fvcore's words for a key the config does not have (from a file, from an override).
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _message(exc, cfg):
+    """A merge error's text; for an unknown key, with the config's closest key (a typo's fix)."""
+    text = str(exc.args[0] if exc.args else exc)
+    unknown = _UNKNOWN_KEY.fullmatch(text)
+    # A cutoff that a character missing, added or swapped passes, and a different key does not
+    # (SOLVER.MAXITER: SOLVER.MAX_ITER of Detectron2's config 0.97, SOLVER.MAX_TO_KEEP 0.75).
+    close = unknown and difflib.get_close_matches(unknown.group(1), _keys(cfg), n=1, cutoff=0.85)
+    return f"{text} (did you mean {close[0]}?)" if close else text
+
+
+def _keys(node, prefix=""):
+    """Every leaf key of a config, dotted (``SOLVER.MAX_ITER``)."""
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _keys(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
 
 
 def error_message(exc):

@@ -118,12 +118,29 @@ def figure_png(fig):
     return buf.getvalue()
 
 
+def check_folder_path(folder, what="folder"):
+    """Refuse a folder to write into that a file stands in the way of: ``folder`` itself, or the
+    nearest of its parents that exists, is a file (``what`` names the path in the message, e.g.
+    ``--out``). Called before any work, where the write would only fail after it."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        problem = (
+            "is a file, not a folder to write into"
+            if path == os.path.abspath(folder)
+            else f"lies under {path}, a file, not a folder"
+        )
+        raise NotADirectoryError(
+            f"{what} {folder} {problem}: give a folder (one that does not exist yet is created)"
+        )
+
+
 def write_files_together(folder, files):
     """Write ``files`` ({name: str or bytes}) into ``folder`` all or nothing: each into a
     staging folder first, then all renamed into place, so that a failed write leaves the
     previous files as they were (a rename does not fail for want of space)."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise OutputWriteError(f"{folder} is a file, not a folder to write into")
+    check_folder_path(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".staging-", dir=folder)

@@ -34,8 +34,10 @@ DECODE_ERRORS = (
 )
 
 # The EXIF orientations that ask for a turn or a flip (1 is upright; other values are invalid
-# and, as in PIL and Detectron2, ignored).
+# and, as in PIL and Detectron2, ignored), and those of them whose transpose is a quarter turn
+# (5-8: with or without a flip), which swaps the width and the height.
 _TURNED = range(2, 9)
+_QUARTER_TURNED = range(5, 9)
 
 
 class UnreadableImage(ValueError):
@@ -56,7 +58,24 @@ def open_image(fp):
 def is_turned(image):
     """Whether an opened image's EXIF orientation asks for a turn or a flip (read from the
     header: nothing is decoded)."""
-    return image.getexif().get(ExifTags.Base.Orientation) in _TURNED
+    return _orientation(image) in _TURNED
+
+
+def _orientation(image):
+    return image.getexif().get(ExifTags.Base.Orientation)
+
+
+def upright_size(path):
+    """``(width, height)`` of an image file as ``read_8bit`` returns it (EXIF orientation
+    applied), read from the header: nothing is decoded. A file that is no image is an
+    UnreadableImage naming it."""
+    try:
+        with open_image(path) as image:
+            width, height = image.size
+            quarter_turned = _orientation(image) in _QUARTER_TURNED
+    except DECODE_ERRORS as exc:
+        raise UnreadableImage(f"cannot read image {path!r}: {exc}") from exc
+    return (height, width) if quarter_turned else (width, height)
 
 
 def read_8bit(image):

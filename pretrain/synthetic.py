@@ -27,7 +27,17 @@ def _class_image(rng, cls, num_classes, size):
 
 
 def write_imagefolder(root, num_classes=4, train_per_class=24, val_per_class=8, size=64, seed=0):
-    """Write ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``; return ``root``."""
+    """Write ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``; return ``root``.
+    Raises ValueError naming the count or size (as tools/make_synthetic_data.py's option) when it
+    is below 1, before anything is written."""
+    for name, n in (
+        ("classes", num_classes),
+        ("train-per-class", train_per_class),
+        ("val-per-class", val_per_class),
+        ("size", size),
+    ):
+        if n < 1:
+            raise ValueError(f"--{name} {n}: must be at least 1")
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for cls in range(num_classes):

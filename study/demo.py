@@ -242,11 +242,10 @@ class Demo:
             needs += [os.path.join(self.det_dir(m), "voc_eval.json") for m in self.methods]
         missing = [p for p in needs if not os.path.exists(p)]
         if missing:
-            sys.exit(
-                f"error: --from {first} reuses earlier steps' outputs in {self.out}, "
-                "but these are missing:\n  "
-                + "\n  ".join(missing)
-                + "\nRun the demo without --from (or with an earlier stage)."
+            raise FileNotFoundError(
+                f"--from {first} reuses earlier steps' outputs in {self.out}, but "
+                f"{len(missing)} are missing ({', '.join(missing)}): run the demo without --from "
+                "(or with an earlier stage)"
             )
 
     def main(self):
@@ -255,9 +254,9 @@ class Demo:
             import torch
 
             if not torch.cuda.is_available():
-                sys.exit(
-                    "error: --device cuda, but torch sees no CUDA device "
-                    "(torch.cuda.is_available() is False)"
+                raise ValueError(
+                    "--device cuda, but torch sees no CUDA device "
+                    "(torch.cuda.is_available() is False): use --device cpu"
                 )
         first = args.from_stage or "data"
         if first != "data":

@@ -199,6 +199,44 @@ def test_refuses_text_file(tmp_path):
     assert "not a PyTorch checkpoint" in msg
 
 
+def test_refuses_a_detectron2_file(r18_state_dict, tmp_path):
+    """An already converted file: a pickle, which torch.load would ask to save as a zip."""
+    torch.save(r18_state_dict, tmp_path / "r18.pth")
+    convert(str(tmp_path / "r18.pth"), str(tmp_path / "r18.pkl"))
+    with pytest.raises(ConversionError) as info:
+        convert(str(tmp_path / "r18.pkl"), str(tmp_path / "again.pkl"))
+    assert str(info.value).startswith(
+        f"checkpoint {str(tmp_path / 'r18.pkl')!r} is a pickle, not a PyTorch checkpoint: a "
+        "Detectron2 weight file (.pkl, as tools/convert_to_d2.py writes) is already in "
+        "Detectron2's format"
+    ), info.value
+    assert not (tmp_path / "again.pkl").exists()
+
+
+def test_older_torch_format_is_left_to_torch(r18_state_dict, tmp_path):
+    """torch.save's pre-zip format is a pickle too, but no Detectron2 file: torch.load's advice
+    (save it again as a zip archive, which can be memory-mapped) is the right one."""
+    path = tmp_path / "old.pth"
+    torch.save(r18_state_dict, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ConversionError, match="_use_new_zipfile_serialization") as info:
+        convert(str(path), str(tmp_path / "out.pkl"))
+    assert "Detectron2" not in str(info.value)
+
+
+def test_refuses_a_run_folder_naming_its_checkpoint(r18_state_dict, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ConversionError) as info:
+        convert(str(run), str(tmp_path / "out.pkl"))
+    assert str(info.value) == (
+        f"checkpoint {str(run)!r} is a folder, not a file: give a checkpoint file in it"
+    )
+    torch.save({"model": r18_state_dict}, run / "model_final.pth")
+    with pytest.raises(ConversionError) as info:
+        convert(str(run), str(tmp_path / "out.pkl"))
+    assert str(info.value).endswith(f"is a folder, not a file: give {run / 'model_final.pth'}")
+
+
 def test_refuses_missing_file(tmp_path):
     with pytest.raises(ConversionError, match="no such file"):
         convert(str(tmp_path / "absent.pth"), str(tmp_path / "out.pkl"))
@@ -284,6 +322,21 @@ def test_cli_converts_and_refuses(r18_state_dict, tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_main([str(src), str(tmp_path / "r18.pth")])  # wrong extension
     assert not os.path.exists(tmp_path / "bad.pkl")
+
+
+@pytest.mark.parametrize("name", ["r18.pkl", "weights"])
+def test_cli_refuses_a_folder_as_output(r18_state_dict, tmp_path, name):
+    src, folder = tmp_path / "model_final.pth", tmp_path / name
+    torch.save(r18_state_dict, src)
+    folder.mkdir()
+    (folder / "kept").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        convert_main([str(src), str(folder)])
+    assert info.value.code == (
+        f"error: output {folder} is a folder: give the file to write, e.g. {folder}/backbone.pkl"
+    )
+    assert sorted(os.listdir(tmp_path)) == sorted(["model_final.pth", name])
+    assert os.listdir(folder) == ["kept"] and (folder / "kept").read_text() == "mine"
 
 
 def test_read_source_of_foreign_files(tmp_path):

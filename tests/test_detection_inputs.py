@@ -12,17 +12,20 @@ import shutil
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 pytest.importorskip("detectron2")
 
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from detection.checks import NamedImageMapper, WeightsError, check_backbone_weights  # noqa: E402
+from detection.checks import NamedImageMapper, WeightsError, check_backbone_weights, check_datasets  # noqa: E402
 from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
 from detection.synthetic_voc import write_voc  # noqa: E402
+from detection.voc import VOCFormatError, check_image_sizes, register_voc  # noqa: E402
 from pretrain.images import UnreadableImage  # noqa: E402
 
 pytestmark = pytest.mark.detectron2
@@ -139,6 +142,25 @@ def train_tiny(weights, out, voc_root, *opts):
     )
 
 
+def test_config_key_typo_is_one_error_line(weights, voc, tmp_path):
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, voc, "SOLVER.MAXITER", "3")
+    assert message == (
+        "error: command-line override: Non-existent key: SOLVER.MAXITER "
+        "(did you mean SOLVER.MAX_ITER?)"
+    )
+    assert not out.exists()  # refused before anything is written
+
+
+def test_config_key_without_value_is_one_error_line(weights, voc, tmp_path):
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, voc, "SOLVER.MAX_ITER")
+    given = ["MODEL.WEIGHTS", weights["resnet18"], "OUTPUT_DIR", str(out)]
+    given += ["DATASETS.VOC_ROOT", voc, "SOLVER.MAX_ITER"]
+    assert message == f"error: command-line overrides must be KEY VALUE pairs, got {given}"
+    assert not out.exists()
+
+
 def test_bad_test_annotation_stops_before_training(weights, voc, tmp_path):
     root = str(tmp_path / "voc")
     shutil.copytree(voc, root)
@@ -171,6 +193,84 @@ def test_test_id_listed_twice_stops_before_training(weights, voc, tmp_path):
         f"error: {list_file}: image id {ids[1]!r} listed twice (lines 2 and {len(ids) + 2})"
     ), message
     assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def rewrite_training_annotations(voc, tmp_path, change):
+    """A copy of ``voc`` whose training annotations (VOC2007 and VOC2012 trainval) are
+    ``change``d (text -> text); returns the copy's root."""
+    root = str(tmp_path / "voc")
+    shutil.copytree(voc, root)
+    for year in ("VOC2007", "VOC2012"):
+        with open(os.path.join(root, year, "ImageSets", "Main", "trainval.txt")) as f:
+            ids = f.read().split()
+        for image_id in ids:
+            path = os.path.join(root, year, "Annotations", image_id + ".xml")
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(change(text))
+    return root
+
+
+def test_training_images_without_objects_stop_before_training(weights, voc, tmp_path):
+    """Detectron2 would drop every image (FILTER_EMPTY_ANNOTATIONS) and assert in its loader."""
+    root = rewrite_training_annotations(
+        voc, tmp_path, lambda t: re.sub(r"\s*<object>.*?</object>", "", t, flags=re.S)
+    )
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, root)
+    assert message.startswith(
+        "error: DATASETS.TRAIN (voc_2007_trainval, voc_2012_trainval): none of the 3 images has "
+        "an object"
+    ), message
+    assert "DATALOADER.FILTER_EMPTY_ANNOTATIONS" in message
+    assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def test_training_images_with_only_difficult_objects_are_trained_on(voc, tmp_path):
+    """Training keeps difficult objects (as Detectron2's VOC loader does): nothing to refuse."""
+    root = rewrite_training_annotations(
+        voc, tmp_path, lambda t: t.replace("<difficult>0<", "<difficult>1<")
+    )
+    register_voc(root)
+    check_datasets(load_cfg(TINY))
+
+
+def test_annotated_size_unlike_the_image_stops_before_training(weights, voc, tmp_path):
+    root = str(tmp_path / "voc")
+    shutil.copytree(voc, root)
+    register_voc(root)
+    record = DatasetCatalog.get("voc_2012_trainval")[0]
+    anno = os.path.join(root, "VOC2012", "Annotations", record["image_id"] + ".xml")
+    with open(anno) as f:
+        text = f.read()
+    with open(anno, "w") as f:
+        f.write(text.replace(f"<width>{record['width']}<", f"<width>{record['width'] + 100}<"))
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, root)
+    assert message == (
+        f"error: {anno}: <size> is {record['width'] + 100}x{record['height']} (width x height), "
+        f"but its image {record['file_name']} is {record['width']}x{record['height']} (upright, "
+        "as training reads it): correct <width> and <height>"
+    )
+    assert not any(n.startswith("model_") for n in os.listdir(out))
+
+
+def test_annotated_size_is_the_upright_one(voc, tmp_path):
+    """An image with an EXIF quarter turn is read upright, its width and height swapped."""
+    register_voc(voc)
+    record = DatasetCatalog.get("voc_2007_test")[0]
+    turned = str(tmp_path / "turned.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees clockwise
+    Image.open(record["file_name"]).save(turned, exif=exif)
+    upright = dict(record, file_name=turned, width=record["height"], height=record["width"])
+    check_image_sizes("voc_2007_test", [upright])
+    with pytest.raises(VOCFormatError) as info:
+        check_image_sizes("voc_2007_test", [dict(record, file_name=turned)])
+    assert f"but its image {turned} is {record['height']}x{record['width']} (upright" in str(
+        info.value
+    )
 
 
 def test_wrong_or_missing_weights_are_one_error_line(weights, voc, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, require_detectron2
-from pretrain.images import load_rgb
+from pretrain.images import load_rgb, upright_size
 
 # A 16-bit horizontal gradient from black to white, 8 rows of 64 columns. Its low bytes are not
 # those of 8-bit values widened (v * 257), so a reduction by rounding would differ from one
@@ -84,6 +84,7 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     expected = UPRIGHT[orientation](stored)
     assert image.size == (expected.shape[1], expected.shape[0])
     assert image.size == ((32, 48) if orientation >= 5 else (48, 32))  # (width, height)
+    assert upright_size(tmp_path / "turned.jpg") == image.size  # from the header alone
     np.testing.assert_array_equal(np.asarray(image), expected)
 
 

@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from conftest import ROOT, pretrain_argv, require_detectron2, run_tool
+from detection.convert import convert
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 # 6 iterations an epoch; checkpoints at iterations 4 (mid-epoch), 6 (epoch end), 8 (mid-epoch), 12.
@@ -258,10 +259,15 @@ def test_bad_set_up_is_named(setting, expect, synthetic_root, tmp_path):
     assert message.startswith("error: ") and re.search(expect, message), message
 
 
-@pytest.mark.parametrize("weights", ["resnet50", "resnet18_10_classes", "truncated", "missing"])
+@pytest.mark.parametrize(
+    "weights", ["resnet50", "resnet18_10_classes", "truncated", "missing", "detectron2.pkl"]
+)
 def test_eval_only_names_unusable_weights(weights, reference, synthetic_root, tmp_path):
-    path = str(tmp_path / f"{weights}.pth")
-    if weights == "resnet50":
+    path = str(tmp_path / (weights if weights.endswith(".pkl") else f"{weights}.pth"))
+    if weights == "detectron2.pkl":  # the converter's output, given to the wrong tool
+        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+        convert(str(tmp_path / "r18.pth"), path)
+    elif weights == "resnet50":
         torch.save(torchvision.models.resnet50(num_classes=4).state_dict(), path)
     elif weights == "resnet18_10_classes":
         torch.save({"model": torchvision.models.resnet18(num_classes=10).state_dict()}, path)
@@ -278,6 +284,7 @@ def test_eval_only_names_unusable_weights(weights, reference, synthetic_root, tm
         "resnet18_10_classes": r"fc.weight: \[10, 512\]",
         "truncated": "truncated, corrupt",
         "missing": "does not exist",
+        "detectron2.pkl": "is a pickle, not a PyTorch checkpoint: a Detectron2 weight file",
     }[weights]
     assert re.search(expect, message), message
     assert not os.path.exists(os.path.join(tmp_path, "out", "eval_final.json"))

@@ -280,12 +280,24 @@ def test_report_writes_all_its_files_or_none(runs, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_report_refuses_a_file_as_its_folder(runs, tmp_path, capsys):
-    (tmp_path / "file").write_text("mine")
-    with pytest.raises(SystemExit):
-        report_main([str(runs["pskd"]), "--out", str(tmp_path / "file")])
-    assert "a file, not a folder" in capsys.readouterr().err
-    assert (tmp_path / "file").read_text() == "mine"
+@pytest.mark.parametrize(
+    "out, problem",
+    [
+        ("file", "is a file, not a folder to write into"),
+        ("file/table", "lies under {file}, a file, not a folder"),
+    ],
+    ids=["file", "under_a_file"],
+)
+def test_report_refuses_a_file_as_its_folder(runs, tmp_path, out, problem):
+    file = tmp_path / "file"
+    file.write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        report_main([str(runs["pskd"]), "--out", str(tmp_path / out)])
+    assert stop.value.code == (
+        f"error: --out {tmp_path / out} {problem.format(file=file)}: give a folder (one that "
+        "does not exist yet is created)"
+    )
+    assert os.listdir(tmp_path) == ["file"] and file.read_text() == "mine"
 
 
 @pytest.mark.parametrize("label", ["elsewhere=LS", "LS"])

@@ -112,16 +112,21 @@ def test_small_test_split_shows_every_class(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option, value, message",
+    "kind, option, value, message",
     [
-        ("--test07", "-3", "--test07 -3: the test split needs at least 5 images to show all 20"),
-        ("--test07", "4", "--test07 4: the test split needs at least 5 images"),
-        ("--trainval07", "0", "--trainval07 0: every split needs at least one image"),
-        ("--trainval12", "-1", "--trainval12 -1: every split needs at least one image"),
+        ("voc", "--test07", "-3", "--test07 -3: the test split needs at least 5 images to show"),
+        ("voc", "--test07", "4", "--test07 4: the test split needs at least 5 images"),
+        ("voc", "--trainval07", "0", "--trainval07 0: every split needs at least one image"),
+        ("voc", "--trainval12", "-1", "--trainval12 -1: every split needs at least one image"),
+        ("voc", "--size", "5", "--size 5: must be at least 6 (an object's sides are 1/6 to 1/2"),
+        ("classification", "--classes", "0", "--classes 0: must be at least 1"),
+        ("classification", "--train-per-class", "-1", "--train-per-class -1: must be at least 1"),
+        ("classification", "--val-per-class", "0", "--val-per-class 0: must be at least 1"),
+        ("classification", "--size", "0", "--size 0: must be at least 1"),
     ],
 )
-def test_tool_refuses_a_split_size_with_an_error_line(tmp_path, option, value, message):
+def test_tool_refuses_a_size_with_an_error_line(tmp_path, kind, option, value, message):
     with pytest.raises(SystemExit) as info:
-        make_data_main(["voc", str(tmp_path / "v"), option, value])
+        make_data_main([kind, str(tmp_path / "v"), option, value])
     assert str(info.value.code).startswith(f"error: {message}")
     assert not (tmp_path / "v").exists()  # refused before anything is written

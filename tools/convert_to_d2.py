@@ -18,9 +18,11 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detection.convert import DEPTHS, ConversionError, convert  # noqa: E402
+from detection.convert import DEPTHS, convert  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -31,21 +33,12 @@ def main(argv=None):
         "--verify", action="store_true", help="load the result into Detectron2's ResNet"
     )
     args = parser.parse_args(argv)
-    if not args.output.endswith(".pkl"):
-        # Detectron2 picks the loader by extension; only .pkl reads this format.
-        parser.error(f"output must end in .pkl, got {args.output}")
-    try:
-        arch = convert(args.input, args.output)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
+    arch = convert(args.input, args.output)
     print(f"converted {arch} from {args.input} to {args.output}")
     if args.verify:
         from detection.verify import verify_d2_weights
 
-        try:
-            print(verify_d2_weights(args.output, DEPTHS[arch]))
-        except ValueError as e:  # names the file and what did not load
-            sys.exit(f"error: {e}")
+        print(verify_d2_weights(args.output, DEPTHS[arch]))  # a ValueError names what did not load
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pretrain.cli import tool  # noqa: E402
 from study.demo import Demo  # noqa: E402
 from study.demo_choices import (  # noqa: E402
     CONFIGS,
@@ -33,6 +34,7 @@ from study.demo_choices import (  # noqa: E402
 )
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
+from pretrain.cli import tool  # noqa: E402
 from study.simulate import (  # noqa: E402
     IMAGE_DOMINATED,
     SEED_DOMINATED,
@@ -70,6 +71,7 @@ def print_power(args):
         )
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

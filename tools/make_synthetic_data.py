@@ -13,10 +13,12 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from detection.synthetic_voc import MIN_TEST07, write_voc  # noqa: E402
+from detection.synthetic_voc import MIN_SIZE, MIN_TEST07, write_voc  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
 from pretrain.synthetic import write_imagefolder  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,7 +41,9 @@ def main(argv=None):
         help=f"{MIN_TEST07} or more; every class is in the test set whatever the size",
     )
     voc.add_argument("--trainval12", type=int, default=40)
-    voc.add_argument("--size", type=int, default=128, help="largest image side")
+    voc.add_argument(
+        "--size", type=int, default=128, help=f"largest image side ({MIN_SIZE} or more)"
+    )
     voc.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind == "classification":
@@ -48,10 +52,7 @@ def main(argv=None):
         )
         print(f"wrote an ImageFolder tree with {args.classes} classes to {args.out}")
     elif args.kind == "voc":
-        try:
-            write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+        write_voc(args.out, args.trainval07, args.test07, args.trainval12, args.size, args.seed)
         print(f"wrote VOC2007 (trainval, test) and VOC2012 (trainval) to {args.out}")
 
 

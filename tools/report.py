@@ -24,10 +24,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from detection.report import report_files  # noqa: E402
-from pretrain.fileio import OutputWriteError, write_files_together  # noqa: E402
+from pretrain.cli import tool  # noqa: E402
+from pretrain.fileio import check_folder_path, write_files_together  # noqa: E402
 from study.summary_tables import summary_files  # noqa: E402
 
 
+@tool
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,8 +58,7 @@ def main(argv=None):
         if os.path.normpath(run) in seen:
             parser.error(f"{run}: given twice (each run counts once in the tables)")
         seen.add(os.path.normpath(run))
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out}: a file, not a folder to write the tables into")
+    check_folder_path(args.out, "--out")  # before the runs are read
     runs = seen
     labels = {}
     for item in args.label:
@@ -69,12 +70,9 @@ def main(argv=None):
         labels[os.path.normpath(run)] = name
     # Every input is read and every file made before anything is written: a bad run leaves the
     # previous report as it was, and the files are replaced together.
-    try:
-        rows, files = report_files(args.runs, labels)
-        files.update(summary_files(args.runs, labels, args.bootstrap)[1])
-        write_files_together(args.out, files)
-    except (FileNotFoundError, ValueError, OutputWriteError) as e:
-        sys.exit(f"error: {e}")
+    rows, files = report_files(args.runs, labels)
+    files.update(summary_files(args.runs, labels, args.bootstrap)[1])
+    write_files_together(args.out, files)
     for r in rows:
         ap50 = "n/a" if r["AP50"] is None else f"{r['AP50']:.2f}"
         flag = f" (flagged: {'; '.join(r['flags'])})" if r["flags"] else ""

@@ -125,7 +125,7 @@ def run(args):
     if not resuming:
         check_backbone_weights(cfg, cfg.MODEL.WEIGHTS)
     check_split_names(cfg)  # before any split is loaded: a typo is no KeyError in the loader
-    check_datasets(cfg)
+    check_datasets(cfg, training=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
