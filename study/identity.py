@@ -3,10 +3,11 @@ the one it was run with, never because its command reads differently (another in
 of the same environment, a relative path, a moved output root).
 
 - data: the generated sizes.
-- pretrain: the fully resolved config (the file, its _BASE_ files and every override), without
-  the keys that may change on resume (pretrain.run_folder.MAY_CHANGE_ON_RESUME: where files
-  are, how often to log or checkpoint); the seed; the data (the generated data's identity, or
-  the dataset root); the teacher's identity.
+- pretrain: the fully resolved config (the file, its _BASE_ files and every override, a search's
+  values included), without the keys that may change on resume
+  (pretrain.run_folder.MAY_CHANGE_ON_RESUME: where files are, how often to log or checkpoint);
+  the seed; the data (the generated data's identity, or the dataset root); the teacher's
+  identity.
 - convert: the pretraining's identity.
 - detect: the content of the detection config file and of every _BASE_ file it names, the
   overrides, the seed, the weights' identity, the VOC data.
@@ -52,9 +53,12 @@ class Identities:
         self._configs = {}
 
     def __call__(self, stage):
-        if stage.id not in self._cache:
-            self._cache[stage.id] = getattr(self, f"_{stage.kind}")(stage)
-        return self._cache[stage.id]
+        if stage.id in self._cache:
+            return self._cache[stage.id]
+        identity = getattr(self, f"_{stage.kind}")(stage)
+        if self.plan.settled():  # else a search's values, and what follows from them, may change
+            self._cache[stage.id] = identity
+        return identity
 
     def _data_identity(self, part):
         plan = self.plan
@@ -67,13 +71,17 @@ class Identities:
 
     def _pretrain(self, stage):
         b = stage.backbone
-        if b.name not in self._configs:
-            self._configs[b.name] = {
+        searched = self.plan.search_opts(stage)
+        if searched is None:
+            return {"search": "values not known yet"}
+        key = (b.name, *searched)
+        if key not in self._configs:
+            self._configs[key] = {
                 k: v
-                for k, v in plain_config(setup_cfg(b.config, b.opts).dump()).items()
+                for k, v in plain_config(setup_cfg(b.config, b.opts + searched).dump()).items()
                 if k not in MAY_CHANGE_ON_RESUME and k not in _SET_BY_STUDY
             }
-        identity = {"config": self._configs[b.name], "SEED": stage.seed}
+        identity = {"config": self._configs[key], "SEED": stage.seed}
         identity["data"] = self._data_identity("classification")
         if b.teacher:
             identity["teacher"] = digest(self(self.plan.pretrain[b.teacher, stage.seed]))

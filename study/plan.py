@@ -16,20 +16,18 @@ pretraining and the detection fine-tune. A stage is done when its outputs are th
 (``Stage.check``), never because of a marker alone.
 """
 
-import json
 import os
-import pickle
 import sys
 
-import yaml
-
-from detection.runs import DETECTION_RUN_FILES
 from pretrain.methods import method_label
-from pretrain.run_folder import SETUP_FILES
 
+from .completion import Completion
 from .identity import Identities
+from .search import overrides, record_metric, recorded_values, sample_trials, trial_metric
 
 PYTHON = sys.executable
+# What a command shows in place of a search's values not known yet (--dry-run).
+PENDING = ["<search values: drawn at the first run; the winner once every trial is done>"]
 # Outputs that are runs (a folder with checkpoints): once started, only --resume continues them.
 RUN_KINDS = ("pretrain", "detect")
 # Cheap and deterministic: redone when their inputs change (their previous outputs kept beside).
@@ -37,14 +35,14 @@ DERIVED_KINDS = ("convert", "report")
 
 
 class Stage:
-    def __init__(self, study, kind, backbone=None, seed=None, deps=(), part=None):
+    def __init__(self, study, kind, backbone=None, seed=None, deps=(), part=None, trial=None):
         self.kind, self.backbone, self.seed, self.part = kind, backbone, seed, part
+        self.trial = trial  # the trial number of a search's pretraining stage
         self.deps = list(deps)
         self.resources = study.resources[kind]
         name = part or (backbone.name if backbone else None)
-        self.id = "/".join(
-            p for p in (kind, name, None if seed is None else f"seed{seed}") if p is not None
-        )
+        run = f"trial{trial}" if trial is not None else None if seed is None else f"seed{seed}"
+        self.id = "/".join(p for p in (kind, name, run) if p is not None)
         self.out = None  # set by the plan
 
     @property
@@ -55,7 +53,7 @@ class Stage:
         return f"Stage({self.id})"
 
 
-class Plan:
+class Plan(Completion):
     """Every stage of a study, in an order where each stage follows its dependencies."""
 
     def __init__(self, study):
@@ -72,12 +70,17 @@ class Plan:
                 Stage(study, "data", part="voc"), os.path.join(self.root, "data", "voc")
             )
         self.pretrain, self.convert, self.detect = {}, {}, {}
+        self.trials, self.sampled = {}, {}  # of each searched backbone: stages, values drawn
         for seed in study.seeds:
             # Teachers first: a backbone's position never precedes its teacher's.
             for b in sorted(study.backbones, key=lambda b: b.teacher is not None):
                 deps = [self.cls_data.id] if synthetic else []
                 if b.teacher:
                     deps.append(self.pretrain[b.teacher, seed].id)
+                if b.search:
+                    if b.name not in self.trials:
+                        self._add_trials(b, synthetic)
+                    deps += [t.id for t in self.trials[b.name]]
                 self.pretrain[b.name, seed] = self._add(
                     Stage(study, "pretrain", b, seed, deps),
                     os.path.join(self.root, "pretrain", b.name, f"seed{seed}"),
@@ -99,8 +102,23 @@ class Plan:
             Stage(study, "report", deps=[s.id for s in self.detect.values()], part=study.name),
             os.path.join(self.root, "report", study.name),
         )
+        self.stages = _dependencies_first(self.stages)
         self.by_id = {s.id: s for s in self.stages}
         self.identity = Identities(self)
+
+    def _add_trials(self, b, synthetic):
+        """The trials of ``b``'s search, taught (TF-KD) by the teacher's run of their seed."""
+        self.sampled[b.name] = recorded_values(self.root, b.name, b.search)
+        deps = [self.cls_data.id] if synthetic else []
+        if b.teacher:
+            deps.append(f"pretrain/{b.teacher}/seed{b.search.seed}")
+        self.trials[b.name] = [
+            self._add(
+                Stage(self.study, "pretrain", b, b.search.seed, deps, trial=k),
+                os.path.join(self.root, "pretrain", b.name, f"trial{k}"),
+            )
+            for k in range(b.search.trials)
+        ]
 
     def _add(self, stage, out):
         stage.out = out
@@ -193,14 +211,19 @@ class Plan:
         config from: the study's opts, then the stage's data, output folder, seed and inputs."""
         if stage.kind == "pretrain":
             b = stage.backbone
-            opts = list(b.opts) + [
-                "DATA.ROOT",
-                self.pretrain_root(),
-                "OUTPUT_DIR",
-                stage.out,
-                "SEED",
-                str(stage.seed),
-            ]
+            searched = self.search_opts(stage)
+            opts = (
+                list(b.opts)
+                + (PENDING if searched is None else searched)
+                + [
+                    "DATA.ROOT",
+                    self.pretrain_root(),
+                    "OUTPUT_DIR",
+                    stage.out,
+                    "SEED",
+                    str(stage.seed),
+                ]
+            )
             if b.teacher:
                 opts += [
                     "TEACHER.WEIGHTS",
@@ -218,6 +241,55 @@ class Plan:
             str(stage.seed),
         ]
         return self.study.detection_config, opts
+
+    # -- searches (study.search) ------------------------------------------------------------------
+    def search_opts(self, stage):
+        """The overrides a search adds to a pretrain stage: a trial's own (the trials' opts, then
+        its drawn values), or its winner's values for the backbone's runs of every seed; None
+        while they are not known (not drawn yet, or not every trial done)."""
+        b = stage.backbone
+        if not b.search:
+            return []
+        if stage.trial is not None:
+            sampled = self.sampled[b.name]
+            if stage.trial >= len(sampled):
+                return None
+            return list(b.search.trial_opts) + overrides(sampled[stage.trial])
+        winner = self.winner(b)
+        return None if winner is None else overrides(winner["values"])
+
+    def winner(self, b):
+        """``{"trial", "values", "metric"}`` of the best trial of ``b``'s search once every trial
+        is done (ties: the first), else None. Read from the trials' run folders."""
+        trials = self.trials[b.name]
+        if len(self.sampled[b.name]) < len(trials) or not all(self.check(t)[0] for t in trials):
+            return None
+        scores = [trial_metric(t.out, b.search.metric) for t in trials]
+        pick = min if b.search.direction == "minimize" else max
+        best = pick(range(len(trials)), key=scores.__getitem__)
+        return {"trial": best, "values": self.sampled[b.name][best], "metric": scores[best]}
+
+    def settled(self):
+        """Whether every search's values are known (each stage's identity is then final)."""
+        return all(self.winner(b) for b in self.study.backbones if b.search)
+
+    def sample_trials(self):
+        """Draw and record the values of the trials not drawn yet, and record the metric of every
+        finished one (tools/study.py, before it runs or submits anything: --dry-run and
+        --status never write)."""
+        for b in self.study.backbones:
+            if b.search:
+                self.sampled[b.name] = sample_trials(self.root, b.name, b.search)
+        self.record_trials()
+        self.identity = Identities(self)  # those computed before the values were known
+
+    def record_trials(self):
+        """Record each finished trial's metric in its search's journal."""
+        for b in self.study.backbones:
+            for t in self.trials.get(b.name, ()):
+                if t.trial < len(self.sampled[b.name]) and self.check(t)[0]:
+                    value = trial_metric(t.out, b.search.metric)
+                    record_metric(self.root, b.name, b.search, t.trial, value)
 
     @staticmethod
     def _torchrun(res, node):
@@ -241,158 +313,14 @@ class Plan:
             str(run_id),
         ]
 
-    # -- completion -------------------------------------------------------------------------------
-    def check(self, stage):
-        """``(done, why_not)``: whether the stage's outputs are there and valid."""
-        try:
-            return getattr(self, f"_check_{stage.kind}")(stage)
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            pickle.UnpicklingError,
-            yaml.YAMLError,
-        ) as exc:
-            return False, f"unreadable output ({type(exc).__name__}: {exc})"
 
-    def started(self, stage):
-        """Whether a run stage has begun its run (then only --resume may continue it): written
-        more than its tool's set-up files, which a fresh start may find (a stage that failed
-        before training can start again)."""
-        if not os.path.isdir(stage.out):
-            return False
-        if stage.kind == "pretrain":
-            return any(name not in SETUP_FILES for name in os.listdir(stage.out))
-        return any(os.path.exists(os.path.join(stage.out, f)) for f in DETECTION_RUN_FILES)
-
-    def _same_file(self, recorded, path):
-        """Whether a path an output recorded (absolute, when it was written) is ``path`` of this
-        output root, the root possibly moved since: the same path below the root."""
-        if not isinstance(recorded, str):
-            return False
-        below = os.path.relpath(os.path.abspath(path), self.root)
-        return recorded == os.path.abspath(path) or recorded.endswith(os.sep + below)
-
-    def _check_data(self, stage):
-        sizes = self.study.data["synthetic"][stage.part]
-        if stage.part == "classification":
-            expected = {
-                "train": sizes["classes"] * sizes["train_per_class"],
-                "val": sizes["classes"] * sizes["val_per_class"],
-            }
-            for split, n in expected.items():
-                folder = os.path.join(stage.out, split)
-                found = sum(len(files) for _, _, files in os.walk(folder))
-                if found != n:
-                    return False, f"{folder}: {found} images, expected {n}"
-            return True, ""
-        for folder, split, n in (
-            ("VOC2007", "test", sizes["test07"]),
-            ("VOC2007", "trainval", sizes["trainval07"]),
-            ("VOC2012", "trainval", sizes["trainval12"]),
-        ):
-            path = os.path.join(stage.out, folder, "ImageSets", "Main", f"{split}.txt")
-            if not os.path.isfile(path):
-                return False, f"{path} missing"
-            with open(path) as f:
-                ids = [line for line in f if line.strip()]
-            if len(ids) != n:
-                return False, f"{path}: {len(ids)} images, expected {n}"
-            missing = [
-                i.strip()
-                for i in ids
-                if not os.path.isfile(
-                    os.path.join(stage.out, folder, "Annotations", i.strip() + ".xml")
-                )
-            ]
-            if missing:
-                return False, f"{folder}: annotation of {missing[0]} missing"
-        return True, ""
-
-    def _check_pretrain(self, stage):
-        import torch
-
-        final = os.path.join(stage.out, "model_final.pth")
-        metrics = os.path.join(stage.out, "eval_final.json")
-        for path in (final, metrics, os.path.join(stage.out, "config.yaml")):
-            if not os.path.isfile(path):
-                return False, f"{path} missing"
-        with open(metrics) as f:
-            if not isinstance(json.load(f).get("top1_err"), (int, float)):
-                return False, f"{metrics}: no top1_err"
-        with open(os.path.join(stage.out, "config.yaml")) as f:
-            cfg = yaml.safe_load(f)
-        if cfg["SEED"] != stage.seed or cfg["METHOD"]["NAME"] != stage.backbone.method:
-            return False, (
-                f"{stage.out}/config.yaml: SEED {cfg['SEED']}, METHOD.NAME "
-                f"{cfg['METHOD']['NAME']}; this stage is seed {stage.seed}, {stage.backbone.method}"
-            )
-        # Memory-mapped: reads the header and tensor index, not the weights.
-        try:
-            state = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # a truncated or damaged archive
-            return False, f"{final}: unreadable ({' '.join(str(exc).split())})"
-        if not isinstance(state, dict) or not state.get("model"):
-            return False, f"{final}: no model state"
-        return True, ""
-
-    def _check_convert(self, stage):
-        if not os.path.isfile(stage.out):
-            return False, f"{stage.out} missing"
-        with open(stage.out, "rb") as f:
-            data = pickle.load(f)
-        source = os.path.join(self.pretrain[stage.backbone.name, stage.seed].out, "model_final.pth")
-        if not isinstance(data, dict) or not data.get("model"):
-            return False, f"{stage.out}: no weights"
-        if not self._same_file(data.get("__source__"), source):
-            return False, f"{stage.out} was converted from {data.get('__source__')}, not {source}"
-        if os.path.getmtime(stage.out) < os.path.getmtime(source):
-            return False, f"{stage.out} is older than {source}"
-        return True, ""
-
-    def _check_detect(self, stage):
-        result = os.path.join(stage.out, "voc_eval.json")
-        final = os.path.join(stage.out, "model_final.pth")
-        detections = os.path.join(stage.out, "voc_detections.npz")
-        for path in (result, final, detections):
-            if not os.path.isfile(path):
-                return False, f"{path} missing"
-        with open(result) as f:
-            summary = json.load(f)
-        if not isinstance(summary.get("AP50"), (int, float)):
-            return False, f"{result}: no AP50"
-        weights = self.convert[stage.backbone.name, stage.seed].out
-        if not self._same_file(summary.get("weights"), weights):
-            # An --eval-only run of model_final.pth names that file instead: not this stage's
-            # result.
-            return (
-                False,
-                f"{result} evaluates {summary.get('weights')}, not the fine-tune from {weights}",
-            )
-        if os.path.getmtime(result) < os.path.getmtime(final):
-            return False, f"{result} is older than {final} (the final model was not evaluated)"
-        import numpy as np
-
-        with np.load(detections) as data:
-            if "det_score" not in data.files:
-                return False, f"{detections}: no detections array"
-        return True, ""
-
-    def _check_report(self, stage):
-        inputs = [os.path.join(s.out, "voc_eval.json") for s in self.detect.values()]
-        newest = max(os.path.getmtime(p) for p in inputs)
-        for name in (
-            "table5.md",
-            "table5.csv",
-            "table5_summary.md",
-            "table5_summary.csv",
-            "table5_diff.png",
-        ):
-            path = os.path.join(stage.out, name)
-            if not os.path.isfile(path):
-                return False, f"{path} missing"
-            if os.path.getmtime(path) < newest:
-                return False, f"{path} is older than a detection result"
-        return True, ""
+def _dependencies_first(stages):
+    """``stages`` in their order, except that each comes after its dependencies (a search's
+    trials may wait for a teacher's run of a later seed)."""
+    placed, ordered, rest = set(), [], list(stages)
+    while rest:
+        stage = next(s for s in rest if all(d in placed for d in s.deps))
+        rest.remove(stage)
+        ordered.append(stage)
+        placed.add(stage.id)
+    return ordered

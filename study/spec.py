@@ -18,6 +18,8 @@ from detection.synthetic_voc import MAX_REQUIRED, MIN_TEST07
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS
 
+from .search import Search, read_search
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGE_KINDS = ("data", "pretrain", "convert", "detect", "report")
@@ -56,6 +58,7 @@ class Backbone:
     cutmix: bool
     arch: str
     teacher: str = None  # name of the backbone whose model (same seed) is the teacher
+    search: Search = None  # the hyperparameter search whose winner it trains with (study.search)
 
 
 @dataclass
@@ -129,7 +132,7 @@ class _Reader:
         )
 
 
-def _read_backbones(r, node, base, pretrain_opts):
+def _read_backbones(r, node, base, pretrain_opts, seeds):
     r.mapping(node, "backbones", allowed=list(node) if isinstance(node, dict) else ())
     if not node:
         r.fail("backbones", "lists no backbone")
@@ -138,7 +141,7 @@ def _read_backbones(r, node, base, pretrain_opts):
         key = f"backbones.{name}"
         if not isinstance(name, str) or not _is_folder_name(name):
             r.fail(key, "a backbone name must be letters, digits, '_' or '-' (it names folders)")
-        r.mapping(entry, key, allowed=("config", "opts", "teacher"), required=("config",))
+        r.mapping(entry, key, allowed=("config", "opts", "teacher", "search"), required=("config",))
         config = r.file(entry["config"], f"{key}.config", base)
         opts = pretrain_opts + _flat_opts(entry.get("opts"), f"{key}.opts")
         try:
@@ -151,9 +154,19 @@ def _read_backbones(r, node, base, pretrain_opts):
             teacher = teacher or "baseline"
         elif teacher is not None:
             r.fail(f"{key}.teacher", f"method {method!r} takes no teacher")
+        search = entry.get("search")
+        if search is not None:
+            search = read_search(r, search, f"{key}.search", config, opts, seeds, _flat_opts)
         backbones.append(
             Backbone(
-                name, config, opts, method, bool(cfg.AUG.CUTMIX.ENABLED), cfg.MODEL.ARCH, teacher
+                name,
+                config,
+                opts,
+                method,
+                bool(cfg.AUG.CUTMIX.ENABLED),
+                cfg.MODEL.ARCH,
+                teacher,
+                search,
             )
         )
     names = [b.name for b in backbones]
@@ -166,6 +179,12 @@ def _read_backbones(r, node, base, pretrain_opts):
                 key,
                 f"{b.teacher!r} is not a backbone of this study ({', '.join(names)}); method "
                 f"{b.method!r} needs a trained teacher of the same seed",
+            )
+        if b.search and b.search.seed not in seeds:
+            r.fail(
+                f"backbones.{b.name}.search.seed",
+                f"{b.search.seed} is no seed of this study {seeds}: the trials are taught by the "
+                f"teacher's run of their seed",
             )
         teacher = backbones[names.index(b.teacher)]
         if teacher.teacher is not None:
@@ -311,7 +330,7 @@ def load_study(path):
         r.fail("output_root", "expected a folder path")
     pretrain = r.mapping(node.get("pretrain") or {}, "pretrain", allowed=("opts",))
     backbones = _read_backbones(
-        r, node["backbones"], base, _flat_opts(pretrain.get("opts"), "pretrain.opts")
+        r, node["backbones"], base, _flat_opts(pretrain.get("opts"), "pretrain.opts"), seeds
     )
     detection = r.mapping(
         node["detection"], "detection", allowed=("config", "opts"), required=("config",)

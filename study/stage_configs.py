@@ -21,7 +21,9 @@ def check_stage_configs(plan):
     the problem of the first one its tool would refuse. Returns a note when the detection configs
     could not be checked here (Detectron2 not installed), else None."""
     for stage in plan.stages:
-        if stage.kind == "pretrain":
+        # A stage whose search values are not known yet: each value a trial may draw was
+        # assembled when the study file was read (study.search.read_search).
+        if stage.kind == "pretrain" and plan.search_opts(stage) is not None:
             config, opts = plan.tool_config(stage)
             _assemble(stage, lambda: setup_cfg(config, opts))
     detect = [stage for stage in plan.stages if stage.kind == "detect"]

@@ -173,17 +173,20 @@ def first_checkpoint(study_data, stage):
     return images["classes"] * images["train_per_class"] // cfg.SOLVER.IMS_PER_BATCH
 
 
-def tiny_study(output_root, **changes):
+def tiny_study(output_root, search=False, **changes):
     """configs/study/tiny_cpu.yaml as a dict, writing into ``output_root``, with its data and
     detection schedule cut to what the study tests need: the file's own sizes make every AP50
     positive and different between runs (docs/demo.md, minutes), while the tests check the
     study machinery, which 4 detection iterations on 12 training images exercise as well.
-    ``changes``: top-level keys."""
+    ``search``: keep the file's hyperparameter search (3 more pretraining stages) for the test
+    of the search; the other tests use the fixed value. ``changes``: top-level keys."""
     import yaml
 
     with open(os.path.join(ROOT, "configs", "study", "tiny_cpu.yaml")) as f:
         data = yaml.safe_load(f)
     data["output_root"] = str(output_root)
+    if not search:
+        del data["backbones"]["tfkd"]["search"]
     data["data"]["synthetic"] = {
         "classification": {"classes": 4, "train_per_class": 8, "val_per_class": 4, "size": 64},
         "voc": {"trainval07": 8, "test07": 10, "trainval12": 4},

@@ -58,6 +58,8 @@ def main(argv=None):
     if args.status:
         print_status(plan)
         return 0
+    if not args.dry_run:
+        plan.sample_trials()  # a search's trials get their values once, recorded (study.search)
     # Every stage's config as its tool will assemble it, before anything runs or is submitted.
     note = check_stage_configs(plan)
     if args.dry_run:
