@@ -61,6 +61,10 @@ def to_markdown(rows):
             r["protocol"] or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    settled = [r for r in rows if r["method_settings"]]
+    if settled:
+        lines += ["", "Method settings (each pretraining run's own keys; a study's search winner):"]
+        lines += [f"- {r['run']}: {r['method_settings']}." for r in settled]
     flagged = [r for r in rows if r["flags"]]
     if flagged:
         lines += [

@@ -45,7 +45,7 @@ COLUMNS = (
     + ["AP50_present_classes", "classes_without_test_objects"]
     + [f"pretrain_{m}" for m in METRIC_KEYS]
     + ["protocol", "max_iter", "eval_iteration", "ims_per_batch", "weights"]
-    + ["backbone_checkpoint", "flags"]
+    + ["backbone_checkpoint", "method_settings", "flags"]
 )
 DETECTION, PRETRAINING = "detection", "pretraining"
 
@@ -213,6 +213,21 @@ def run_flags(row, run_dir, result, det_cfg):
     return flags
 
 
+def method_settings(pre_cfg):
+    """The pretraining method's own hyperparameters as its run used them (the keys the method
+    declares), e.g. ``TFKD.ALPHA 0.31, TFKD.TEMPERATURE 20, TFKD.KL_REDUCTION batchmean``: what a
+    study's search chose shows here. None for a method without keys, or no pretraining config."""
+    method = METHODS.get(str(_get(pre_cfg, "METHOD.NAME")).lower())
+    keys = [*method.config_ranges, *method.config_choices] if method else []
+    values = [(key, _get(pre_cfg, key)) for key in keys]
+    text = ", ".join(
+        f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in values
+        if value is not None
+    )
+    return text or None
+
+
 def read_run(run_dir, label=None):
     """One table row (a dict over COLUMNS, None for unknown values) for a detection run, or for a
     pretraining run not fine-tuned yet (its detection columns blank)."""
@@ -270,6 +285,7 @@ def read_run(run_dir, label=None):
     else:
         row["method"] = label_from_dirname(run_dir)
         row["method_from"] = "run folder name" if row["method"] else None
+    row["method_settings"] = method_settings(pre_cfg)
     row["paper_AP50"] = TABLE5_AP50.get(row["method"])
     row["flags"] = run_flags(row, run_dir, result, det_cfg)
     return row

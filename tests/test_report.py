@@ -201,10 +201,18 @@ def test_report_tool_writes_md_csv_png(runs, tmp_path, capsys):
         and float(tfkd["paper_AP50"]) == 78.28
     )
     assert float(rows[3]["AP50"]) == 79.1 and float(rows[3]["pretrain_top1_err"]) == 21.4
+    # Each run's method settings as its pretraining used them (a study's search winner shows
+    # here); none for the baseline, which has no keys of its own.
+    pskd_settings = (
+        "PSKD.ALPHA_T 0.8, PSKD.TOPK 0, PSKD.SOURCE table, PSKD.PREVIOUS_MODEL_BN eval, "
+        "PSKD.TABLE_DTYPE bfloat16, AUG.CUTMIX.PSKD_MODE half"
+    )
+    assert rows[3]["method_settings"] == pskd_settings and rows[0]["method_settings"] == ""
 
     md = (out / "table5.md").read_text()
     assert "| PS-KD + CutMix | det_b | resnet18 | 79.90 | 79.72 |" in md
     assert "No link to the pretraining run" in md and "det_cskd" in md
+    assert f"- det_a: {pskd_settings}." in md and "- det_c:" not in md
     for method, value in TABLE5_AP50.items():
         assert f"{method} {value:.2f}" in md
 
