@@ -1,8 +1,10 @@
-"""The stage graph of a study and each stage's exact command and completion check.
+"""The stage graph of a study and each stage's exact command (its completion checks:
+study/completion.py).
 
 Stages (ids as printed by ``--status``)::
 
     data/classification, data/voc   only for a study on generated data
+    pretrain/<backbone>/trial<k>     tools/pretrain.py        -> pretrain/<backbone>/trial<k>/
     pretrain/<backbone>/seed<k>      tools/pretrain.py        -> pretrain/<backbone>/seed<k>/
     convert/<backbone>/seed<k>       tools/convert_to_d2.py   -> weights/<backbone>_seed<k>.pkl
     detect/<backbone>/seed<k>        tools/train_net.py       -> detect/<backbone>/seed<k>/
@@ -12,8 +14,9 @@ The report is the study's own (named after it), so that two studies over the sam
 (Table 5's six backbones and Table 4's ten) share every training stage and keep their reports.
 A backbone whose method needs a teacher (TF-KD) pretrains after its teacher's pretraining of the
 same seed, with TEACHER.WEIGHTS set to that run's model_final.pth. The seed is SEED of both the
-pretraining and the detection fine-tune. A stage is done when its outputs are there and valid
-(``Stage.check``), never because of a marker alone.
+pretraining and the detection fine-tune. A backbone with a hyperparameter search (study.search)
+pretrains its trials first, and its runs with the winner's values. A stage is done when its
+outputs are there and valid (``check``), never because of a marker alone.
 """
 
 import os

@@ -151,7 +151,7 @@ def journal_path(root, backbone):
     return os.path.join(root, ".study", "search", f"{backbone}.journal")
 
 
-def _optuna_study(path, search, backbone, seed=None):
+def optuna_study(path, search, backbone, seed=None):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -171,7 +171,7 @@ def recorded_values(root, backbone, search):
     path = journal_path(root, backbone)
     if not os.path.isfile(path):
         return []
-    trials = _optuna_study(path, search, backbone).get_trials(deepcopy=False)
+    trials = optuna_study(path, search, backbone).get_trials(deepcopy=False)
     return [dict(t.params) for t in sorted(trials, key=lambda t: t.number)]
 
 
@@ -180,7 +180,7 @@ def sample_trials(root, backbone, search):
     ``sampler_seed`` and k, whatever process draws it) and record them; returns every trial's."""
     path = journal_path(root, backbone)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    study = _optuna_study(path, search, backbone)
+    study = optuna_study(path, search, backbone)
     for number in range(len(study.trials), search.trials):
         study.sampler = type(study.sampler)(seed=search.sampler_seed * 1_000_003 + number)
         study.ask(search.distributions())
@@ -191,7 +191,7 @@ def record_metric(root, backbone, search, number, value):
     """Record trial ``number``'s metric in the journal (once; its stage's files stay the truth)."""
     from optuna.trial import TrialState
 
-    study = _optuna_study(journal_path(root, backbone), search, backbone)
+    study = optuna_study(journal_path(root, backbone), search, backbone)
     if study.trials[number].state == TrialState.RUNNING:
         study.tell(number, value)
 

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import ROOT, first_checkpoint, require_detectron2, run_tool, tiny_study
 from study.plan import Plan
+from study.search import journal_path, optuna_study, recorded_values, trial_metric
 from study.spec import load_study
 
 require_detectron2()
@@ -41,14 +42,16 @@ def _run(path, *args):
 
 
 def test_tiny_study_killed_resumed_and_rerun(tmp_path):
-    path, data = _study(tmp_path)
+    """With its hyperparameter search: TF-KD's 3 trials of seed 0 before TF-KD's runs, one of
+    them killed."""
+    path, data = _study(tmp_path, search=True)
     # The tiny study's 3 epochs, a checkpoint after each: the kill after the first lands inside the
     # stage.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
     with open(path, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     plan = Plan(load_study(path))
-    victim = plan.pretrain["tfkd", 0]
+    victim = plan.trials["tfkd"][1]
     # Its first checkpoint, at the end of the first epoch, kills the study and the stage it runs
     # (one process group), as a node failure would.
     first = first_checkpoint(data, victim)
@@ -67,31 +70,35 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
 
     status = _run(path, "--status").stdout
     assert re.search(r"pretrain/baseline/seed0 +done", status)
-    assert re.search(r"pretrain/tfkd/seed0 +interrupted", status)
+    assert re.search(r"pretrain/tfkd/trial1 +interrupted", status)
 
     # Without --resume the started stage is left alone; what does not depend on it runs.
     second = _run(path)
     assert second.returncode == 1
     assert (
-        "pretrain/tfkd/seed0: interrupted earlier" in second.stdout and "--resume" in second.stdout
+        "pretrain/tfkd/trial1: interrupted earlier" in second.stdout and "--resume" in second.stdout
     )
-    assert "convert/tfkd/seed0: not run: pretrain/tfkd/seed0 did not finish" in second.stdout
-    for stage in ("pretrain/tfkd/seed1", "detect/baseline/seed0", "detect/tfkd/seed1"):
+    # The backbone's runs wait for the winner of every trial.
+    for seed in (0, 1):
+        assert f"pretrain/tfkd/seed{seed}: not run: pretrain/tfkd/trial1 did not" in second.stdout
+    for stage in ("pretrain/tfkd/trial2", "detect/baseline/seed0", "detect/baseline/seed1"):
         assert f"{stage}: done in" in second.stdout, second.stdout
     assert "report/tiny_cpu: not run" in second.stdout
 
     third = _run(path, "--resume")
     assert third.returncode == 0, third.stdout + third.stderr
-    assert "pretrain/tfkd/seed0: resuming" in third.stdout
+    assert "pretrain/tfkd/trial1: resuming" in third.stdout
     assert "pretrain/baseline" not in third.stdout  # nothing done is run again
     with open(os.path.join(victim.out, "log.txt")) as f:
         assert "resumed from" in f.read()
 
     fourth = _run(path)
-    assert fourth.returncode == 0 and "nothing to do: all 15 stages" in fourth.stdout
-    assert "15 done (of 15 stages)" in _run(path, "--status").stdout
+    assert fourth.returncode == 0 and "nothing to do: all 18 stages" in fourth.stdout
+    assert "18 done (of 18 stages)" in _run(path, "--status").stdout
 
-    # The same numbers as the same stage run without interruption.
+    # The same numbers as the same stage run without interruption (the plan read again: its
+    # values were drawn by the first run).
+    plan = Plan(load_study(path))
     cmd = plan.command(victim)
     cmd[cmd.index("OUTPUT_DIR") + 1] = str(tmp_path / "reference")
     run_tool(cmd[1:], timeout=600)
@@ -101,6 +108,21 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     resumed = torch.load(os.path.join(victim.out, "model_final.pth"), weights_only=True)["model"]
     reference = torch.load(tmp_path / "reference" / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+    # The winner is the trial with the lowest top-1 error; its TFKD.ALPHA trained both seeds, the
+    # report names it, and the journal holds every trial's values and metric.
+    search = plan.study.backbone("tfkd").search
+    values = recorded_values(plan.root, "tfkd", search)
+    errors = [trial_metric(t.out, "top1_err") for t in plan.trials["tfkd"]]
+    best = values[errors.index(min(errors))]["TFKD.ALPHA"]
+    assert len(set(errors)) > 1  # the trials differ: the choice is not a tie
+    for seed in (0, 1):
+        with open(os.path.join(plan.pretrain["tfkd", seed].out, "config.yaml")) as f:
+            assert yaml.safe_load(f)["TFKD"]["ALPHA"] == best
+    table = (tmp_path / "out" / "report" / "tiny_cpu" / "table5.md").read_text()
+    assert f"TFKD.ALPHA {best:g}," in table
+    journal = optuna_study(journal_path(plan.root, "tfkd"), search, "tfkd").trials
+    assert [t.params for t in journal] == values and [t.value for t in journal] == errors
 
     summary = (tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md").read_text()
     assert re.search(
