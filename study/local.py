@@ -97,7 +97,7 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
         write_record(plan, stage, status="failed", rc=rc, error=error)
         return False, error
     write_record(plan, stage, status="finished", rc=0)
-    if stage.trial is not None:
+    if stage.trial is not None and record:
         plan.record_trials()  # into its search's journal, beside the values it was drawn
     return True, ""
 
