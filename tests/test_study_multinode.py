@@ -1,11 +1,21 @@
 """Multi-node paths on a real two-node Slurm cluster in network namespaces on this machine
-(tests/slurm_cluster2.py). Skipped with the reason where Slurm, MUNGE, root or network
-namespaces are missing; under CI=true that fails instead."""
+(tests/slurm_cluster2.py): a study whose pretraining and detection stages each run on 2 nodes x
+1 process through the Slurm executor. Skipped with the reason where Slurm, MUNGE, root or
+network namespaces are missing; under CI=true that fails instead."""
+
+import os
+import re
+import subprocess
+import sys
+import time
 
 import pytest
+import yaml
 
-from conftest import require_detectron2, skip_unless_ci
+from conftest import ROOT, require_detectron2, skip_unless_ci, tiny_study
 from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
+from study.plan import Plan
+from study.spec import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 if unavailable_reason():
@@ -27,3 +37,72 @@ def cluster():
 def test_one_task_on_each_node(cluster):
     out = cluster.run(["srun", "-N2", "hostname"], check=True)
     assert sorted(out.stdout.split()) == sorted(NODES)
+
+
+def _write_study(folder, **changes):
+    """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
+    1 process. One CPU a task: the two detection jobs share the nodes."""
+    data = tiny_study(os.path.join(folder, "out"), seeds=[0], **changes)
+    for kind in ("pretrain", "detect"):
+        data["resources"][kind].update(nodes=2, cpus_per_task=1)
+    path = os.path.join(folder, "study.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path, Plan(load_study(path))
+
+
+def _study(cluster, path, *args, **env):
+    """tools/study.py where Slurm's clients run (the controller's namespace)."""
+    return subprocess.run(
+        cluster.command([sys.executable, "tools/study.py", "--config-file", path, *args]),
+        cwd=ROOT,
+        env=dict(cluster.env, OMP_NUM_THREADS="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _wait_until_idle(cluster, timeout=600):
+    deadline = time.time() + timeout
+    while cluster.squeue():
+        assert time.time() < deadline, f"jobs left: {cluster.squeue()}\n{cluster.logs()}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def study(cluster, tmp_path_factory):
+    """The study, uninterrupted, from one submission: (study file, plan)."""
+    path, plan = _write_study(str(tmp_path_factory.mktemp("study")))
+    submitted = _study(cluster, path, "--executor", "slurm")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    _wait_until_idle(cluster)
+    return path, plan
+
+
+def test_a_study_on_two_nodes(cluster, study):
+    path, plan = study
+    status = _study(cluster, path, "--status").stdout
+    assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
+        status + cluster.logs()
+    )
+    for stage in plan.stages:
+        if stage.kind not in ("pretrain", "detect"):
+            continue
+        with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
+            log = f.read()
+        # One command per node, each with its place among the nodes and the first node as host.
+        commands = re.findall(r"^\$ (.*)$", log, re.M)
+        assert len(commands) == 2, log
+        if stage.kind == "pretrain":
+            for command in commands:
+                assert "--nnodes 2 --node_rank" in command and "--rdzv_endpoint node1:" in command
+            with open(os.path.join(stage.out, "log.txt")) as f:
+                assert "cpu x 2 process(es)" in f.read()
+        else:
+            for rank, command in enumerate(sorted(commands)):
+                assert f"--num-machines 2 --machine-rank {rank} --dist-url tcp://node1:" in command
+            with open(os.path.join(stage.out, "log.txt")) as f:
+                assert "World size: 2" in f.read()
+    assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
