@@ -106,3 +106,74 @@ def test_a_study_on_two_nodes(cluster, study):
             with open(os.path.join(stage.out, "log.txt")) as f:
                 assert "World size: 2" in f.read()
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
+
+
+def _pretraining_alone(cluster, reference, folder, fault, **opts):
+    """A study of the baseline alone on ``reference``'s data, ``opts`` added to its pretraining,
+    submitted with ``fault`` (PRETRAIN_FAULT; ``{out}``: the run folder) in its jobs'
+    environment; the jobs after the pretraining are cancelled. Returns (plan, stage, job id)."""
+    _, ref = reference
+    path, _ = _write_study(folder, data={"pretrain": ref.pretrain_root(), "voc": ref.voc_root()})
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    del data["backbones"]["tfkd"]
+    data["pretrain"]["opts"].update(opts)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    plan = Plan(load_study(path))
+    stage = plan.pretrain["baseline", 0]
+    fault = fault.format(out=stage.out)
+    submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))
+    cluster.run(["scancel", *(j for s, j in jobs.items() if s != stage.id)], check=True)
+    return path, plan, stage, jobs[stage.id]
+
+
+def _wait_for_checkpoint(cluster, stage, iteration, timeout=300):
+    marker = os.path.join(stage.out, "last_checkpoint")
+    deadline = time.time() + timeout
+    while not (os.path.exists(marker) and open(marker).read() == f"model_{iteration:07d}.pth"):
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.2)
+
+
+def _commands(plan, stage):
+    """The commands the stage's log shows, one per node and start."""
+    with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
+        return re.findall(r"^\$ (.*)$", f.read(), re.M)
+
+
+def _same_weights(run, reference):
+    """torch.equal on every tensor of the two runs' model_final.pth."""
+    import torch
+
+    def tensors(folder):
+        state = torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
+        return state["model"]
+
+    got, expected = tensors(run), tensors(reference)
+    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_requeued_two_node_pretraining_ends_as_uninterrupted(cluster, study, tmp_path):
+    """Preempted mid-epoch (after the checkpoint of iteration 3, step 1 of an epoch's 2), the
+    job is requeued, its pretraining resumes on both nodes from that checkpoint, and its final
+    weights are those of the study's uninterrupted run."""
+    _, plan, stage, job = _pretraining_alone(
+        cluster,
+        study,
+        str(tmp_path),
+        "hang at checkpoint 3 in {out}",
+        **{"SOLVER.CHECKPOINT_PERIOD": 1},
+    )
+    _wait_for_checkpoint(cluster, stage, 3)
+    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
+    _wait_until_idle(cluster)
+    assert plan.check(stage) == (True, ""), cluster.logs()
+    with open(os.path.join(stage.out, "log.txt")) as f:
+        assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in f.read()
+    commands = _commands(plan, stage)
+    assert len(commands) == 4 and all("--resume" in c for c in commands[2:]), commands
+    _, reference = study
+    assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
