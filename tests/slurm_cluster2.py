@@ -191,11 +191,15 @@ class TwoNodeCluster(SlurmCluster):
     def start_node(self, node):
         self._spawn(self.inside(node, ["slurmd", "-D", "-f", self.conf, "-N", node]), node)
 
+    def pids(self, host):
+        """Every process on ``host`` (its network namespace's)."""
+        return _netns_pids(self.ns[host])
+
     def lose(self, node):
         """``node`` fails: its link goes down (nothing it sends arrives, as from a node whose
         power is cut), then every process on it is killed (slurmd, the job steps)."""
         _ip("-n", self.ns[node], "link", "set", "eth0", "down")
-        _kill(_netns_pids(self.ns[node]))
+        _kill(self.pids(node))
 
     def revive(self, node):
         """``node`` back: its link up and slurmd started again (it returns to service once it
@@ -206,6 +210,6 @@ class TwoNodeCluster(SlurmCluster):
     def stop(self):
         with contextlib.suppress(OSError):
             super().stop()
-        for ns in self.ns.values():  # the job steps too, which the daemons may leave behind
-            _kill(_netns_pids(ns))
+        for host, ns in self.ns.items():  # the job steps too, which the daemons may leave
+            _kill(self.pids(host))
             _ip("netns", "del", ns, check=False)

@@ -177,3 +177,70 @@ def test_requeued_two_node_pretraining_ends_as_uninterrupted(cluster, study, tmp
     assert len(commands) == 4 and all("--resume" in c for c in commands[2:]), commands
     _, reference = study
     assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
+
+
+def _node_of_rank(cluster, rank):
+    """The node where the pretraining's rank ``rank`` runs (torchrun's RANK)."""
+    for node in NODES:
+        for pid in cluster.pids(node):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:  # ended meanwhile
+                continue
+            if f"RANK={rank}".encode() in env and b"tools/pretrain.py" in cmdline:
+                return node
+    raise AssertionError(f"no rank {rank} on any node")
+
+
+def _wait_for(what, condition, cluster, timeout):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what}: not within {timeout} s\n{cluster.logs()}"
+        time.sleep(0.2)
+
+
+def test_a_lost_node_requeues_the_job_which_resumes(cluster, study, tmp_path):
+    """node2 is lost (its link down, every process on it killed) while rank 0 waits for it in a
+    collective: rank 0 stops within DIST.TIMEOUT_S, Slurm requeues the job with an error naming
+    the node, --status shows the stage queued (not failed: nothing to submit twice), and once
+    the node is back the requeued job resumes and ends with the uninterrupted run's weights."""
+    timeout_s = 15
+    path, plan, stage, job = _pretraining_alone(
+        cluster,
+        study,
+        str(tmp_path),
+        # Rank 1 stops answering after the checkpoint of iteration 3; rank 0 goes on to wait for
+        # it in the next step's collective.
+        "hang at checkpoint 3 in {out} on rank 1",
+        **{"SOLVER.CHECKPOINT_PERIOD": 1, "DIST.TIMEOUT_S": timeout_s},
+    )
+    _wait_for_checkpoint(cluster, stage, 3)
+    # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
+    assert _node_of_rank(cluster, 1) == "node2"
+    lost = time.time()
+    cluster.lose("node2")
+
+    def log():
+        with open(os.path.join(stage.out, "log.txt")) as f:
+            return f.read()
+
+    _wait_for("rank 0 stops", lambda: "rank 0 of 2 stopped" in log(), cluster, 120)
+    assert time.time() - lost < timeout_s + 10, log()
+    assert f"DIST.TIMEOUT_S ({timeout_s} s)" in log()
+    # Slurm marks node2 down (SlurmdTimeout) and requeues the job; srun's error names the node.
+    requeued = lambda: [j[:2] for j in cluster.squeue()] == [[job, "PENDING"]]  # noqa: E731
+    _wait_for("the job requeued", requeued, cluster, 120)
+    with open(os.path.join(plan.root, "slurm", job, f"{job}_0_log.err")) as f:
+        assert "Node failure on node2" in f.read()
+    status = _study(cluster, path, "--status").stdout
+    assert re.search(rf"{stage.id} +queued +Slurm job {job} PENDING; its last run failed", status)
+
+    cluster.revive("node2")
+    _wait_until_idle(cluster)
+    assert plan.check(stage) == (True, ""), cluster.logs()
+    assert "resumed from" in log() and "model_0000003.pth: epoch 1, step 1 of 2" in log()
+    _, reference = study
+    assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
