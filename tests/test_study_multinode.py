@@ -3,6 +3,7 @@
 1 process through the Slurm executor. Skipped with the reason where Slurm, MUNGE, root or
 network namespaces are missing; under CI=true that fails instead."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -39,15 +40,20 @@ def test_one_task_on_each_node(cluster):
     assert sorted(out.stdout.split()) == sorted(NODES)
 
 
-def _write_study(folder, **changes):
+def _write_study(folder, data=None, backbones=("baseline", "tfkd"), opts=None):
     """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
-    1 process. One CPU a task: the two detection jobs share the nodes."""
-    data = tiny_study(os.path.join(folder, "out"), seeds=[0], **changes)
+    1 process, one CPU a task (the two detection jobs share the nodes); ``data``: instead of
+    generated data, another study's; ``opts``: added to its pretraining's."""
+    study = tiny_study(os.path.join(folder, "out"), seeds=[0])
+    if data:
+        study["data"] = data
+    study["backbones"] = {k: v for k, v in study["backbones"].items() if k in backbones}
+    study["pretrain"]["opts"].update(opts or {})
     for kind in ("pretrain", "detect"):
-        data["resources"][kind].update(nodes=2, cpus_per_task=1)
+        study["resources"][kind].update(nodes=2, cpus_per_task=1)
     path = os.path.join(folder, "study.yaml")
     with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+        yaml.safe_dump(study, f, sort_keys=False)
     return path, Plan(load_study(path))
 
 
@@ -64,11 +70,15 @@ def _study(cluster, path, *args, **env):
     )
 
 
-def _wait_until_idle(cluster, timeout=600):
+def _wait_for(what, condition, cluster, timeout=300):
     deadline = time.time() + timeout
-    while cluster.squeue():
-        assert time.time() < deadline, f"jobs left: {cluster.squeue()}\n{cluster.logs()}"
-        time.sleep(0.5)
+    while not condition():
+        assert time.time() < deadline, f"{what}: not within {timeout} s\n{cluster.logs()}"
+        time.sleep(0.2)
+
+
+def _wait_until_idle(cluster):
+    _wait_for("every job ended", lambda: not cluster.squeue(), cluster, 600)
 
 
 @pytest.fixture(scope="module")
@@ -108,34 +118,34 @@ def test_a_study_on_two_nodes(cluster, study):
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
 
 
-def _pretraining_alone(cluster, reference, folder, fault, **opts):
-    """A study of the baseline alone on ``reference``'s data, ``opts`` added to its pretraining,
-    submitted with ``fault`` (PRETRAIN_FAULT; ``{out}``: the run folder) in its jobs'
-    environment; the jobs after the pretraining are cancelled. Returns (plan, stage, job id)."""
+def _pretraining_alone(cluster, reference, folder, fault, opts):
+    """A study of the baseline alone on ``reference``'s data, ``opts`` added to its
+    pretraining's, submitted with ``fault`` (PRETRAIN_FAULT; ``{out}``: the run folder) in its
+    jobs' environment. Returns (study file, plan, pretraining stage, its job)."""
     _, ref = reference
-    path, _ = _write_study(folder, data={"pretrain": ref.pretrain_root(), "voc": ref.voc_root()})
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    del data["backbones"]["tfkd"]
-    data["pretrain"]["opts"].update(opts)
-    with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    plan = Plan(load_study(path))
+    data = {"pretrain": ref.pretrain_root(), "voc": ref.voc_root()}
+    path, plan = _write_study(folder, data, ("baseline",), opts)
     stage = plan.pretrain["baseline", 0]
     fault = fault.format(out=stage.out)
-    submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
+    return path, plan, stage, _submit_pretraining(cluster, path, stage, PRETRAIN_FAULT=fault)
+
+
+def _submit_pretraining(cluster, path, stage, *args, **env):
+    """Submit the study (``args`` added) and cancel the jobs after ``stage``: its job id."""
+    submitted = _study(cluster, path, "--executor", "slurm", *args, **env)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))
     cluster.run(["scancel", *(j for s, j in jobs.items() if s != stage.id)], check=True)
-    return path, plan, stage, jobs[stage.id]
+    return jobs[stage.id]
 
 
-def _wait_for_checkpoint(cluster, stage, iteration, timeout=300):
+def _wait_for_checkpoint(cluster, stage, iteration):
+    def written():
+        with contextlib.suppress(FileNotFoundError), open(marker) as f:
+            return f.read() == f"model_{iteration:07d}.pth"
+
     marker = os.path.join(stage.out, "last_checkpoint")
-    deadline = time.time() + timeout
-    while not (os.path.exists(marker) and open(marker).read() == f"model_{iteration:07d}.pth"):
-        assert time.time() < deadline, cluster.logs()
-        time.sleep(0.2)
+    _wait_for(f"checkpoint {iteration}", written, cluster)
 
 
 def _commands(plan, stage):
@@ -165,7 +175,7 @@ def test_requeued_two_node_pretraining_ends_as_uninterrupted(cluster, study, tmp
         study,
         str(tmp_path),
         "hang at checkpoint 3 in {out}",
-        **{"SOLVER.CHECKPOINT_PERIOD": 1},
+        {"SOLVER.CHECKPOINT_PERIOD": 1},
     )
     _wait_for_checkpoint(cluster, stage, 3)
     cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
@@ -195,18 +205,15 @@ def _node_of_rank(cluster, rank):
     raise AssertionError(f"no rank {rank} on any node")
 
 
-def _wait_for(what, condition, cluster, timeout):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"{what}: not within {timeout} s\n{cluster.logs()}"
-        time.sleep(0.2)
-
-
-def test_a_lost_node_requeues_the_job_which_resumes(cluster, study, tmp_path):
+def test_a_lost_node_ends_the_run_within_dist_timeout_and_resume_finishes_it(
+    cluster, study, tmp_path
+):
     """node2 is lost (its link down, every process on it killed) while rank 0 waits for it in a
-    collective: rank 0 stops within DIST.TIMEOUT_S, Slurm requeues the job with an error naming
-    the node, --status shows the stage queued (not failed: nothing to submit twice), and once
-    the node is back the requeued job resumes and ends with the uninterrupted run's weights."""
+    collective: rank 0 stops within DIST.TIMEOUT_S, Slurm requeues the job with srun's error
+    naming the node, and --status shows the stage queued (nothing to submit twice). The job
+    cancelled (as where Slurm does not requeue), the stage is failed, and with node2 back,
+    --resume submits it again: it resumes from its checkpoint on both nodes and ends with the
+    uninterrupted run's weights."""
     timeout_s = 15
     path, plan, stage, job = _pretraining_alone(
         cluster,
@@ -215,7 +222,7 @@ def test_a_lost_node_requeues_the_job_which_resumes(cluster, study, tmp_path):
         # Rank 1 stops answering after the checkpoint of iteration 3; rank 0 goes on to wait for
         # it in the next step's collective.
         "hang at checkpoint 3 in {out} on rank 1",
-        **{"SOLVER.CHECKPOINT_PERIOD": 1, "DIST.TIMEOUT_S": timeout_s},
+        {"SOLVER.CHECKPOINT_PERIOD": 1, "DIST.TIMEOUT_S": timeout_s},
     )
     _wait_for_checkpoint(cluster, stage, 3)
     # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
@@ -227,20 +234,25 @@ def test_a_lost_node_requeues_the_job_which_resumes(cluster, study, tmp_path):
         with open(os.path.join(stage.out, "log.txt")) as f:
             return f.read()
 
-    _wait_for("rank 0 stops", lambda: "rank 0 of 2 stopped" in log(), cluster, 120)
+    _wait_for("rank 0 stops", lambda: "rank 0 of 2 stopped" in log(), cluster)
     assert time.time() - lost < timeout_s + 10, log()
     assert f"DIST.TIMEOUT_S ({timeout_s} s)" in log()
     # Slurm marks node2 down (SlurmdTimeout) and requeues the job; srun's error names the node.
     requeued = lambda: [j[:2] for j in cluster.squeue()] == [[job, "PENDING"]]  # noqa: E731
-    _wait_for("the job requeued", requeued, cluster, 120)
+    _wait_for("the job requeued", requeued, cluster)
     with open(os.path.join(plan.root, "slurm", job, f"{job}_0_log.err")) as f:
         assert "Node failure on node2" in f.read()
     status = _study(cluster, path, "--status").stdout
     assert re.search(rf"{stage.id} +queued +Slurm job {job} PENDING; its last run failed", status)
 
+    cluster.run(["scancel", job], check=True)
+    _wait_until_idle(cluster)
+    assert re.search(rf"{stage.id} +failed", _study(cluster, path, "--status").stdout)
     cluster.revive("node2")
+    _submit_pretraining(cluster, path, stage, "--resume")
     _wait_until_idle(cluster)
     assert plan.check(stage) == (True, ""), cluster.logs()
-    assert "resumed from" in log() and "model_0000003.pth: epoch 1, step 1 of 2" in log()
+    assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
+    assert all("--resume" in c for c in _commands(plan, stage)[2:])
     _, reference = study
     assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
