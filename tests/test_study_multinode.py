@@ -40,14 +40,17 @@ def test_one_task_on_each_node(cluster):
     assert sorted(out.stdout.split()) == sorted(NODES)
 
 
-def _write_study(folder, data=None, backbones=("baseline", "tfkd"), opts=None):
+def _write_study(folder, data=None, backbones=("baseline", "ls"), opts=None):
     """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
-    1 process, one CPU a task (the two detection jobs share the nodes); ``data``: instead of
+    1 process, one CPU a task: two independent backbones (the baseline, label smoothing) share
+    the nodes, both pretrainings at once, then both detection fine-tunes. ``data``: instead of
     generated data, another study's; ``opts``: added to its pretraining's."""
     study = tiny_study(os.path.join(folder, "out"), seeds=[0])
     if data:
         study["data"] = data
-    study["backbones"] = {k: v for k, v in study["backbones"].items() if k in backbones}
+    study["backbones"] = {
+        b: {"config": f"configs/pretrain/cpu_synthetic_R_18_{b}.yaml"} for b in backbones
+    }
     study["pretrain"]["opts"].update(opts or {})
     for kind in ("pretrain", "detect"):
         study["resources"][kind].update(nodes=2, cpus_per_task=1)
