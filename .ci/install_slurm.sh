@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs Slurm's controller and node daemons and MUNGE (Debian/Ubuntu packages), so that
-# tests/test_study_slurm.py can start a one-node cluster on localhost. Needs root (or sudo) and
-# apt; does nothing when slurmctld, slurmd and munged are already on PATH.
+# Installs Slurm's controller and node daemons, MUNGE and iproute2 (Debian/Ubuntu packages), so
+# that tests/test_study_slurm.py can start a one-node cluster on localhost and
+# tests/test_study_multinode.py a two-node one in network namespaces (ip; nsenter and unshare
+# are util-linux's, always there). Needs root (or sudo) and apt; does nothing when slurmctld,
+# slurmd, munged and ip are already on PATH.
 set -euo pipefail
-if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
+    && command -v ip >/dev/null; then
     exit 0
 fi
 if ! command -v apt-get >/dev/null; then
@@ -20,5 +23,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-# slurm-wlm: slurmctld + slurmd + client commands; munge: the authentication daemon they use.
-$SUDO apt-get install -y -q --no-install-recommends slurm-wlm munge
+# slurm-wlm: slurmctld + slurmd + client commands; munge: the authentication daemon they use;
+# iproute2: the namespaces, bridge and veth pairs of the two-node cluster.
+$SUDO apt-get install -y -q --no-install-recommends slurm-wlm munge iproute2

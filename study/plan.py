@@ -150,7 +150,7 @@ class Plan(Completion):
         command shows placeholders)."""
         res = stage.resources
         if node is None:
-            node = (res["nodes"], "$NODE_RANK", "$MASTER_ADDR", 29500, "$SLURM_JOB_ID")
+            node = (res["nodes"], "$NODE_RANK", "$MASTER_ADDR", "$PORT", "$SLURM_JOB_ID")
         if stage.kind == "data":
             sizes = self.study.data["synthetic"][stage.part]
             args = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]

@@ -7,7 +7,7 @@ pending forever). In the job, ``StageJob`` runs the stage's command like the loc
 gets submitit's signal (USR2), is requeued (``checkpoint``), and on its next start continues the
 stage with ``--resume`` from the stage's last checkpoint. A multi-node stage runs one task per
 node, each starting torchrun (pretraining) or Detectron2's launcher (detection) with its node
-rank and the first node as rendezvous host.
+rank, the first node as rendezvous host and a port of the job's own.
 """
 
 import os
@@ -20,7 +20,14 @@ from .plan import RUN_KINDS, Plan
 from .spec import load_study
 from .state import all_states, changed_problem, log_path, read_record, study_lock, write_record
 
-RENDEZVOUS_PORT = 29500
+
+def rendezvous_port(job_id):
+    """The port of a multi-node stage's rendezvous (torchrun's c10d store, Detectron2's
+    --dist-url) on its first node: one per job, since jobs that share a node each bind one (with
+    one port for all, the second detection stage on the same nodes stopped with EADDRINUSE, and
+    a rank could join another job's rendezvous). 20000-29999, below Linux's ephemeral ports;
+    jobs 10,000 ids apart share it."""
+    return 20000 + int(job_id) % 10000
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -36,7 +43,7 @@ class StageJob(submitit.helpers.Checkpointable):
         done, _ = plan.check(stage)
         if done:  # requeued after the stage finished
             return "done"
-        node = (env.num_nodes, env.node, env.hostnames[0], RENDEZVOUS_PORT, env.job_id)
+        node = (env.num_nodes, env.node, env.hostnames[0], rendezvous_port(env.job_id), env.job_id)
         resume = stage.kind in RUN_KINDS and plan.started(stage)
         ok, error = run_stage(
             plan,

@@ -115,22 +115,26 @@ def stage_state(plan, stage, states):
         done, ready_because = False, f"to redo: {changes}"
     if done:
         return "done", ""
-    if record and record.get("status") in ("running", "submitted"):
-        if record.get("executor") == "slurm":
-            job_state = slurm_job_state(record["job_id"])
-            if job_state:
-                return (
-                    "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
-                ), f"Slurm job {record['job_id']} {job_state}; log {record['log']}"
-        else:
-            runs = _recorded_process_runs(record)
-            if runs:
-                return "running", f"pid {record['pid']}; log {record['log']}"
-            if runs is None:
-                return "running", (
-                    f"pid {record['pid']} on {record['host']}, not this host: check there; "
-                    f"log {record['log']}"
-                )
+    if record and record.get("executor") == "slurm":
+        # Slurm's queue, not the record, says whether the job lives: a job whose run failed
+        # because one of its nodes was lost is requeued by Slurm and runs again (resuming).
+        job_state = slurm_job_state(record["job_id"])
+        if job_state:
+            detail = f"Slurm job {record['job_id']} {job_state}"
+            if record.get("status") == "failed":
+                detail += f"; its last run failed ({record.get('error')})"
+            return (
+                "running" if job_state in ("RUNNING", "COMPLETING") else "queued"
+            ), f"{detail}; log {record['log']}"
+    elif record and record.get("status") in ("running", "submitted"):
+        runs = _recorded_process_runs(record)
+        if runs:
+            return "running", f"pid {record['pid']}; log {record['log']}"
+        if runs is None:
+            return "running", (
+                f"pid {record['pid']} on {record['host']}, not this host: check there; "
+                f"log {record['log']}"
+            )
     if record and record.get("status") == "failed":
         return (
             "failed",

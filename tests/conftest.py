@@ -22,6 +22,12 @@ def require_detectron2():
             reason = " ".join(f.read().split())
     else:
         reason = "Detectron2 is not installed in this environment (`make venv` installs it)"
+    skip_unless_ci(reason)
+
+
+def skip_unless_ci(reason):
+    """Skip the calling test (or module) for ``reason``; under CI=true fail instead, so that CI
+    cannot pass with what it was meant to check left out."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)

@@ -1,6 +1,7 @@
 """A one-node Slurm cluster on localhost for the tests: munged, slurmctld and slurmd started from
 Debian's slurm-wlm and munge packages (.ci/install_slurm.sh), without cgroups
-(proctrack/linuxproc, task/none) or accounting, all state in one temporary folder."""
+(proctrack/linuxproc, task/none) or accounting, all state in one temporary folder.
+tests/slurm_cluster2.py builds its two-node cluster on this class."""
 
 import os
 import shutil
@@ -33,23 +34,24 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# What every test cluster shares; a cluster adds its controller, ports and nodes (%n: the node's
+# name, so that several slurmd share the folder).
 CONF = """\
 ClusterName=studytest
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # A requeued job waits cred_expire + 1 s before it may start again (120 s by default).
-AuthInfo=socket={d}/munge.sock,cred_expire=10
+AuthInfo=socket={d}/munge.sock,cred_expire=5
+# The scheduler looks at pending jobs every second (a requeued job starts again in seconds).
+SchedulerParameters=sched_interval=1,bf_interval=1
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
+SlurmdSpoolDir={d}/spool-%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.log
+SlurmdLogFile={d}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -62,22 +64,32 @@ ReturnToService=2
 MpiDefault=none
 JobRequeue=1
 MinJobAge=3600
+"""
+
+ONE_NODE = """\
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class SlurmCluster:
+    """This machine as the one node, the daemons and clients in its own network."""
+
+    prefix = "slurm"  # of the folder; short: the MUNGE socket path is limited
+
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="slurm")  # short: the MUNGE socket path is limited
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
         self.procs = []
         self.conf = os.path.join(self.dir, "slurm.conf")
         self.env = dict(os.environ, SLURM_CONF=self.conf)
+        self.nodes = [socket.gethostname()]
 
     def start(self, timeout=60):
-        d, host = self.dir, socket.gethostname()
-        for sub in ("state", "spool"):
-            os.makedirs(os.path.join(d, sub))
+        d = self.dir
+        os.makedirs(os.path.join(d, "state"))
         key = os.path.join(d, "munge.key")
         with open(key, "wb") as f:
             f.write(os.urandom(1024))
@@ -95,36 +107,49 @@ class SlurmCluster:
             ]
         )
         with open(self.conf, "w") as f:
-            f.write(
-                CONF.format(
-                    host=host,
-                    d=d,
-                    ctld_port=_free_port(),
-                    slurmd_port=_free_port(),
-                    cpus=os.cpu_count(),
-                )
-            )
-        self._spawn(["slurmctld", "-D", "-i", "-f", self.conf])
-        self._spawn(["slurmd", "-D", "-f", self.conf, "-N", host])
+            f.write(CONF.format(d=d) + self.cluster_conf())
+        self.start_daemons()
         deadline = time.time() + timeout
         while time.time() < deadline:
-            out = subprocess.run(
-                ["sinfo", "-h", "-o", "%T"],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if out.stdout.strip() in ("idle", "mixed", "allocated"):
+            out = self.run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.split()
+            if len(out) == len(self.nodes) and all(
+                s in ("idle", "mixed", "allocated") for s in out
+            ):
                 return self
-            time.sleep(0.5)
+            time.sleep(0.2)
+        logs = self.logs()
         self.stop()
         raise RuntimeError(
-            f"the Slurm test cluster did not come up in {timeout} s; logs in {d}: " + self.logs()
+            f"the Slurm test cluster did not come up in {timeout} s; logs in {d}: " + logs
         )
 
-    def _spawn(self, cmd):
-        log = open(os.path.join(self.dir, os.path.basename(cmd[0]) + ".out"), "w")
+    def cluster_conf(self):
+        """slurm.conf's lines for the controller, ports and nodes of this cluster."""
+        return ONE_NODE.format(
+            host=self.nodes[0],
+            ctld_port=_free_port(),
+            slurmd_port=_free_port(),
+            cpus=os.cpu_count(),
+        )
+
+    def start_daemons(self):
+        self._spawn(["slurmctld", "-D", "-i", "-f", self.conf])
+        self._spawn(["slurmd", "-D", "-f", self.conf, "-N", self.nodes[0]])
+
+    def command(self, argv):
+        """``argv`` as it runs where Slurm's clients reach the controller and the nodes reach
+        them back (srun): here, anywhere on this machine."""
+        return list(argv)
+
+    def run(self, argv, check=False):
+        """A client command (sbatch, squeue, scancel, ...) against this cluster."""
+        return subprocess.run(
+            self.command(argv), env=self.env, capture_output=True, text=True, check=check
+        )
+
+    def _spawn(self, cmd, name=None):
+        name = name or os.path.basename(cmd[0])
+        log = open(os.path.join(self.dir, name + ".out"), "w")
         self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT))
 
     def logs(self):
@@ -136,17 +161,11 @@ class SlurmCluster:
         return "\n".join(text)
 
     def squeue(self):
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %T %j"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        out = self.run(["squeue", "-h", "-o", "%i %T %j"])
         return [line.split() for line in out.stdout.splitlines() if line.strip()]
 
     def stop(self):
-        subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True, check=False)
+        self.run(["scancel", "--user=root"])
         for proc in reversed(self.procs):
             proc.terminate()
             try:

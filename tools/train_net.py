@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import defaults as d2_defaults  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.events import get_event_storage  # noqa: E402
 
@@ -52,6 +53,20 @@ def trained_model(cfg):
     else:
         return done, None
     return done, os.path.abspath(os.path.join(cfg.OUTPUT_DIR, name))
+
+
+def create_ddp_model(model, **kwargs):
+    """Detectron2's, without device_ids for a model on the CPU: it passes [local rank], which
+    DistributedDataParallel takes only for a GPU model, so that a CPU run of several processes
+    (MODEL.DEVICE cpu, --num-gpus or --num-machines above 1) stopped before its first iteration."""
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _d2_create_ddp_model(model, **kwargs)
+
+
+# DefaultTrainer.__init__ looks the function up in its module when it wraps the model; set at
+# import, so in every process launch() starts as well.
+_d2_create_ddp_model, d2_defaults.create_ddp_model = d2_defaults.create_ddp_model, create_ddp_model
 
 
 class Trainer(DefaultTrainer):

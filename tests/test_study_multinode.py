@@ -1,0 +1,261 @@
+"""Multi-node paths on a real two-node Slurm cluster in network namespaces on this machine
+(tests/slurm_cluster2.py): a study whose pretraining and detection stages each run on 2 nodes x
+1 process through the Slurm executor. Skipped with the reason where Slurm, MUNGE, root or
+network namespaces are missing; under CI=true that fails instead."""
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, require_detectron2, skip_unless_ci, tiny_study
+from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
+from study.plan import Plan
+from study.spec import load_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+if unavailable_reason():
+    skip_unless_ci(unavailable_reason())
+require_detectron2()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = TwoNodeCluster()
+    try:
+        c.start()
+    except NamespacesUnavailable as exc:
+        skip_unless_ci(f"no network namespaces here: {exc}")
+    yield c
+    c.stop()
+
+
+def test_one_task_on_each_node(cluster):
+    out = cluster.run(["srun", "-N2", "hostname"], check=True)
+    assert sorted(out.stdout.split()) == sorted(NODES)
+
+
+def _write_study(folder, data=None, backbones=("baseline", "ls"), opts=None):
+    """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
+    1 process, one CPU a task: two independent backbones (the baseline, label smoothing) share
+    the nodes, both pretrainings at once, then both detection fine-tunes. ``data``: instead of
+    generated data, another study's; ``opts``: added to its pretraining's."""
+    study = tiny_study(os.path.join(folder, "out"), seeds=[0])
+    if data:
+        study["data"] = data
+    study["backbones"] = {
+        b: {"config": f"configs/pretrain/cpu_synthetic_R_18_{b}.yaml"} for b in backbones
+    }
+    study["pretrain"]["opts"].update(opts or {})
+    for kind in ("pretrain", "detect"):
+        study["resources"][kind].update(nodes=2, cpus_per_task=1)
+    path = os.path.join(folder, "study.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(study, f, sort_keys=False)
+    return path, Plan(load_study(path))
+
+
+def _study(cluster, path, *args, **env):
+    """tools/study.py where Slurm's clients run (the controller's namespace)."""
+    return subprocess.run(
+        cluster.command([sys.executable, "tools/study.py", "--config-file", path, *args]),
+        cwd=ROOT,
+        env=dict(cluster.env, OMP_NUM_THREADS="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _wait_for(what, condition, cluster, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what}: not within {timeout} s\n{cluster.logs()}"
+        time.sleep(0.2)
+
+
+def _wait_until_idle(cluster):
+    _wait_for("every job ended", lambda: not cluster.squeue(), cluster, 600)
+
+
+@pytest.fixture(scope="module")
+def study(cluster, tmp_path_factory):
+    """The study, uninterrupted, from one submission: (study file, plan)."""
+    path, plan = _write_study(str(tmp_path_factory.mktemp("study")))
+    submitted = _study(cluster, path, "--executor", "slurm")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    _wait_until_idle(cluster)
+    return path, plan
+
+
+def test_a_study_on_two_nodes(cluster, study):
+    path, plan = study
+    status = _study(cluster, path, "--status").stdout
+    assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
+        status + cluster.logs()
+    )
+    for stage in plan.stages:
+        if stage.kind not in ("pretrain", "detect"):
+            continue
+        with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
+            log = f.read()
+        # One command per node, each with its place among the nodes and the first node as host.
+        commands = re.findall(r"^\$ (.*)$", log, re.M)
+        assert len(commands) == 2, log
+        if stage.kind == "pretrain":
+            for command in commands:
+                assert "--nnodes 2 --node_rank" in command and "--rdzv_endpoint node1:" in command
+            with open(os.path.join(stage.out, "log.txt")) as f:
+                assert "cpu x 2 process(es)" in f.read()
+        else:
+            for rank, command in enumerate(sorted(commands)):
+                assert f"--num-machines 2 --machine-rank {rank} --dist-url tcp://node1:" in command
+            with open(os.path.join(stage.out, "log.txt")) as f:
+                assert "World size: 2" in f.read()
+    assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
+
+
+def _pretraining_alone(cluster, reference, folder, fault, opts):
+    """A study of the baseline alone on ``reference``'s data, ``opts`` added to its
+    pretraining's, submitted with ``fault`` (PRETRAIN_FAULT; ``{out}``: the run folder) in its
+    jobs' environment. Returns (study file, plan, pretraining stage, its job)."""
+    _, ref = reference
+    data = {"pretrain": ref.pretrain_root(), "voc": ref.voc_root()}
+    path, plan = _write_study(folder, data, ("baseline",), opts)
+    stage = plan.pretrain["baseline", 0]
+    fault = fault.format(out=stage.out)
+    return path, plan, stage, _submit_pretraining(cluster, path, stage, PRETRAIN_FAULT=fault)
+
+
+def _submit_pretraining(cluster, path, stage, *args, **env):
+    """Submit the study (``args`` added) and cancel the jobs after ``stage``: its job id."""
+    submitted = _study(cluster, path, "--executor", "slurm", *args, **env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))
+    cluster.run(["scancel", *(j for s, j in jobs.items() if s != stage.id)], check=True)
+    return jobs[stage.id]
+
+
+def _wait_for_checkpoint(cluster, stage, iteration):
+    def written():
+        with contextlib.suppress(FileNotFoundError), open(marker) as f:
+            return f.read() == f"model_{iteration:07d}.pth"
+
+    marker = os.path.join(stage.out, "last_checkpoint")
+    _wait_for(f"checkpoint {iteration}", written, cluster)
+
+
+def _commands(plan, stage):
+    """The commands the stage's log shows, one per node and start."""
+    with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
+        return re.findall(r"^\$ (.*)$", f.read(), re.M)
+
+
+def _same_weights(run, reference):
+    """torch.equal on every tensor of the two runs' model_final.pth."""
+    import torch
+
+    def tensors(folder):
+        state = torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
+        return state["model"]
+
+    got, expected = tensors(run), tensors(reference)
+    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_requeued_two_node_pretraining_ends_as_uninterrupted(cluster, study, tmp_path):
+    """Preempted mid-epoch (after the checkpoint of iteration 3, step 1 of an epoch's 2), the
+    job is requeued, its pretraining resumes on both nodes from that checkpoint, and its final
+    weights are those of the study's uninterrupted run."""
+    _, plan, stage, job = _pretraining_alone(
+        cluster,
+        study,
+        str(tmp_path),
+        "hang at checkpoint 3 in {out}",
+        {"SOLVER.CHECKPOINT_PERIOD": 1},
+    )
+    _wait_for_checkpoint(cluster, stage, 3)
+    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
+    _wait_until_idle(cluster)
+    assert plan.check(stage) == (True, ""), cluster.logs()
+    with open(os.path.join(stage.out, "log.txt")) as f:
+        assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in f.read()
+    commands = _commands(plan, stage)
+    assert len(commands) == 4 and all("--resume" in c for c in commands[2:]), commands
+    _, reference = study
+    assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
+
+
+def _node_of_rank(cluster, rank):
+    """The node where the pretraining's rank ``rank`` runs (torchrun's RANK)."""
+    for node in NODES:
+        for pid in cluster.pids(node):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:  # ended meanwhile
+                continue
+            if f"RANK={rank}".encode() in env and b"tools/pretrain.py" in cmdline:
+                return node
+    raise AssertionError(f"no rank {rank} on any node")
+
+
+def test_a_lost_node_ends_the_run_within_dist_timeout_and_resume_finishes_it(
+    cluster, study, tmp_path
+):
+    """node2 is lost (its link down, every process on it killed) while rank 0 waits for it in a
+    collective: rank 0 stops within DIST.TIMEOUT_S, Slurm requeues the job with srun's error
+    naming the node, and --status shows the stage queued (nothing to submit twice). The job
+    cancelled (as where Slurm does not requeue), the stage is failed, and with node2 back,
+    --resume submits it again: it resumes from its checkpoint on both nodes and ends with the
+    uninterrupted run's weights."""
+    timeout_s = 15
+    path, plan, stage, job = _pretraining_alone(
+        cluster,
+        study,
+        str(tmp_path),
+        # Rank 1 stops answering after the checkpoint of iteration 3; rank 0 goes on to wait for
+        # it in the next step's collective.
+        "hang at checkpoint 3 in {out} on rank 1",
+        {"SOLVER.CHECKPOINT_PERIOD": 1, "DIST.TIMEOUT_S": timeout_s},
+    )
+    _wait_for_checkpoint(cluster, stage, 3)
+    # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
+    assert _node_of_rank(cluster, 1) == "node2"
+    lost = time.time()
+    cluster.lose("node2")
+
+    def log():
+        with open(os.path.join(stage.out, "log.txt")) as f:
+            return f.read()
+
+    _wait_for("rank 0 stops", lambda: "rank 0 of 2 stopped" in log(), cluster)
+    assert time.time() - lost < timeout_s + 10, log()
+    assert f"DIST.TIMEOUT_S ({timeout_s} s)" in log()
+    # Slurm marks node2 down (SlurmdTimeout) and requeues the job; srun's error names the node.
+    requeued = lambda: [j[:2] for j in cluster.squeue()] == [[job, "PENDING"]]  # noqa: E731
+    _wait_for("the job requeued", requeued, cluster)
+    with open(os.path.join(plan.root, "slurm", job, f"{job}_0_log.err")) as f:
+        assert "Node failure on node2" in f.read()
+    status = _study(cluster, path, "--status").stdout
+    assert re.search(rf"{stage.id} +queued +Slurm job {job} PENDING; its last run failed", status)
+
+    cluster.run(["scancel", job], check=True)
+    _wait_until_idle(cluster)
+    assert re.search(rf"{stage.id} +failed", _study(cluster, path, "--status").stdout)
+    cluster.revive("node2")
+    _submit_pretraining(cluster, path, stage, "--resume")
+    _wait_until_idle(cluster)
+    assert plan.check(stage) == (True, ""), cluster.logs()
+    assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
+    assert all("--resume" in c for c in _commands(plan, stage)[2:])
+    _, reference = study
+    assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
