@@ -1,7 +1,9 @@
 """Multi-node paths on a real two-node Slurm cluster in network namespaces on this machine
 (tests/slurm_cluster2.py): a study whose pretraining and detection stages each run on 2 nodes x
-1 process through the Slurm executor. Skipped with the reason where Slurm, MUNGE, root or
-network namespaces are missing; under CI=true that fails instead."""
+1 process through the Slurm executor, to its report; then one two-node pretraining preempted,
+then losing a node, that ends with the weights of the study's uninterrupted run. Skipped with
+the reason where Slurm, MUNGE, root or network namespaces are missing; under CI=true that fails
+instead."""
 
 import contextlib
 import os
@@ -95,6 +97,8 @@ def study(cluster, tmp_path_factory):
 
 
 def test_a_study_on_two_nodes(cluster, study):
+    """Every stage done from one submission; each pretraining and detection stage ran one
+    command per node, placed among the nodes, as one process group of 2."""
     path, plan = study
     status = _study(cluster, path, "--status").stdout
     assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
