@@ -96,6 +96,15 @@ def study(cluster, tmp_path_factory):
     return path, plan
 
 
+def _commands(plan, stage):
+    """The commands of each node's log of the stage (node 0's, node 1's), one per start."""
+    commands = []
+    for name in (f"{stage.slug}.log", f"{stage.slug}.node1.log"):
+        with open(os.path.join(plan.root, "logs", name)) as f:
+            commands.append(re.findall(r"^\$ (.*)$", f.read(), re.M))
+    return commands
+
+
 def test_a_study_on_two_nodes(cluster, study):
     """Every stage done from one submission; each pretraining and detection stage ran one
     command per node, placed among the nodes, as one process group of 2."""
@@ -107,21 +116,18 @@ def test_a_study_on_two_nodes(cluster, study):
     for stage in plan.stages:
         if stage.kind not in ("pretrain", "detect"):
             continue
-        with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
-            log = f.read()
-        # One command per node, each with its place among the nodes and the first node as host.
-        commands = re.findall(r"^\$ (.*)$", log, re.M)
-        assert len(commands) == 2, log
-        if stage.kind == "pretrain":
-            for command in commands:
-                assert "--nnodes 2 --node_rank" in command and "--rdzv_endpoint node1:" in command
-            with open(os.path.join(stage.out, "log.txt")) as f:
-                assert "cpu x 2 process(es)" in f.read()
-        else:
-            for rank, command in enumerate(sorted(commands)):
+        # One command on each node (in its own log), placed among the nodes, the first as host.
+        commands = _commands(plan, stage)
+        assert [len(c) for c in commands] == [1, 1], commands
+        for rank, (command,) in enumerate(commands):
+            if stage.kind == "pretrain":
+                assert f"--nnodes 2 --node_rank {rank} " in command
+                assert "--rdzv_endpoint node1:" in command
+            else:
                 assert f"--num-machines 2 --machine-rank {rank} --dist-url tcp://node1:" in command
-            with open(os.path.join(stage.out, "log.txt")) as f:
-                assert "World size: 2" in f.read()
+        group = "cpu x 2 process(es)" if stage.kind == "pretrain" else "World size: 2"
+        with open(os.path.join(stage.out, "log.txt")) as f:
+            assert group in f.read()
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
 
 
@@ -171,12 +177,6 @@ def _node_of_rank(cluster, rank):
     raise AssertionError(f"no rank {rank} on any node")
 
 
-def _commands(plan, stage):
-    """The commands the stage's log shows, one per node and start."""
-    with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
-        return re.findall(r"^\$ (.*)$", f.read(), re.M)
-
-
 def _same_weights(run, reference):
     """torch.equal on every tensor of the two runs' model_final.pth."""
     import torch
@@ -222,8 +222,8 @@ def test_two_node_pretraining_preempted_then_a_node_lost_ends_as_uninterrupted(
     cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
     _wait_for_checkpoint(cluster, stage, 5)
     assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
-    commands = _commands(plan, stage)
-    assert len(commands) == 4 and all("--resume" in c for c in commands[2:]), commands
+    for starts in _commands(plan, stage):  # each node: started, then resumed
+        assert len(starts) == 2 and "--resume" in starts[1], starts
 
     # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
     assert _node_of_rank(cluster, 1) == "node2"
@@ -248,7 +248,7 @@ def test_two_node_pretraining_preempted_then_a_node_lost_ends_as_uninterrupted(
     _wait_until_idle(cluster)
     assert plan.check(stage) == (True, ""), cluster.logs()
     assert "model_0000005.pth: epoch 2, step 1 of 2, iteration 5" in log()
-    commands = _commands(plan, stage)
-    assert len(commands) == 6 and all("--resume" in c for c in commands[4:]), commands
+    for starts in _commands(plan, stage):
+        assert len(starts) == 3 and "--resume" in starts[2], starts
     _, reference = study
     assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
