@@ -38,7 +38,7 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
     checkpoint; ``node`` places a multi-node stage (Plan.command); ``record``: this process
     keeps the stage's record (one per stage: the first node's)."""
     write_record = _write_record if record else _no_record
-    log = log_path(plan, stage)
+    log = log_path(plan, stage, node[1] if node else 0)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     cmd = plan.command(stage, resume=resume, node=node)
     if stage.kind == "data":

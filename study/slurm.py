@@ -55,7 +55,7 @@ class StageJob(submitit.helpers.Checkpointable):
             record=env.global_rank == 0,
         )
         if not ok:
-            raise RuntimeError(f"{stage.id}: {error} (log {log_path(plan, stage)})")
+            raise RuntimeError(f"{stage.id}: {error} (log {log_path(plan, stage, env.node)})")
         return "done"
 
     def checkpoint(self, *args, **kwargs):

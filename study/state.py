@@ -26,8 +26,12 @@ def record_path(plan, stage):
     return os.path.join(plan.root, ".study", stage.slug + ".json")
 
 
-def log_path(plan, stage):
-    return os.path.join(plan.root, "logs", stage.slug + ".log")
+def log_path(plan, stage, node=0):
+    """The stage's log; a multi-node stage's other nodes write theirs beside it
+    (``<stage>.node<k>.log``): appends from several hosts to one file interleave their lines,
+    and on NFS may overwrite each other."""
+    name = stage.slug + (f".node{node}" if node else "")
+    return os.path.join(plan.root, "logs", name + ".log")
 
 
 def read_record(plan, stage):

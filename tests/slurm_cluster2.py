@@ -33,6 +33,7 @@ PREFIX = "slurm2-"
 # Hostname and hosts file first, then the command (sh -c SCRIPT sh HOST HOSTS ARGV...).
 ENTER = 'hostname "$1" && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
 
+# Slurm's default ports: every daemon has a network of its own.
 CLUSTER = """\
 SlurmctldHost={ctl}({ctl_addr})
 # A node that stops answering is DOWN after this long (300 s by default), and its jobs requeued.
@@ -84,12 +85,13 @@ def _alive(pid):
     return True
 
 
-def _owner(name):
-    """The test process that made a folder or namespace named ``slurm2-<pid>-...``."""
+def _stale(name):
+    """Whether the test process that made a folder or namespace named ``slurm2-<pid>-...`` is
+    gone (a name that does not parse is not ours to remove)."""
     try:
-        return int(name[len(PREFIX) :].split("-")[0])
+        return not _alive(int(name[len(PREFIX) :].split("-")[0]))
     except ValueError:
-        return None
+        return False
 
 
 def remove_stale():
@@ -97,15 +99,16 @@ def remove_stale():
     namespaces, the namespaces, the munged of their pid file, their folder."""
     netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     for ns in netns:
-        if ns.startswith(PREFIX) and not _alive(_owner(ns) or 0):
+        if ns.startswith(PREFIX) and _stale(ns):
             _kill(_netns_pids(ns))
             _ip("netns", "del", ns, check=False)
     for folder in glob.glob(os.path.join(tempfile.gettempdir(), PREFIX + "*")):
-        if _alive(_owner(os.path.basename(folder)) or 0):
+        if not _stale(os.path.basename(folder)):
             continue
         for pid_file in glob.glob(os.path.join(folder, "*.pid")):
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(open(pid_file).read().split()[0])
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(pid_file) as f:
+                    pid = int(f.read().split()[0])
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if folder.encode() in f.read():  # not a later process given the same pid
                         _kill([pid])
@@ -142,8 +145,8 @@ class TwoNodeCluster(SlurmCluster):
         _ip("netns", "add", self.ns[ctl])
         _ip("-n", self.ns[ctl], "link", "add", "br0", "type", "bridge")
         _ip("-n", self.ns[ctl], "addr", "add", f"{ctl_addr}/24", "dev", "br0")
-        for ns, dev in ((self.ns[ctl], "br0"), (self.ns[ctl], "lo")):
-            _ip("-n", ns, "link", "set", dev, "up")
+        for dev in ("br0", "lo"):
+            _ip("-n", self.ns[ctl], "link", "set", dev, "up")
         bridge = ("-n", self.ns[ctl], "link")
         for node, addr in NODES.items():
             ns = self.ns[node]
@@ -208,8 +211,7 @@ class TwoNodeCluster(SlurmCluster):
         self.start_node(node)
 
     def stop(self):
-        with contextlib.suppress(OSError):
-            super().stop()
+        super().stop()
         for host, ns in self.ns.items():  # the job steps too, which the daemons may leave
             _kill(self.pids(host))
             _ip("netns", "del", ns, check=False)

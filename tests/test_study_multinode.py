@@ -1,7 +1,9 @@
 """Multi-node paths on a real two-node Slurm cluster in network namespaces on this machine
 (tests/slurm_cluster2.py): a study whose pretraining and detection stages each run on 2 nodes x
-1 process through the Slurm executor. Skipped with the reason where Slurm, MUNGE, root or
-network namespaces are missing; under CI=true that fails instead."""
+1 process through the Slurm executor, to its report; then one two-node pretraining preempted,
+then losing a node, that ends with the weights of the study's uninterrupted run. Skipped with
+the reason where Slurm, MUNGE, root or network namespaces are missing; under CI=true that fails
+instead."""
 
 import contextlib
 import os
@@ -94,7 +96,18 @@ def study(cluster, tmp_path_factory):
     return path, plan
 
 
+def _commands(plan, stage):
+    """The commands of each node's log of the stage (node 0's, node 1's), one per start."""
+    commands = []
+    for name in (f"{stage.slug}.log", f"{stage.slug}.node1.log"):
+        with open(os.path.join(plan.root, "logs", name)) as f:
+            commands.append(re.findall(r"^\$ (.*)$", f.read(), re.M))
+    return commands
+
+
 def test_a_study_on_two_nodes(cluster, study):
+    """Every stage done from one submission; each pretraining and detection stage ran one
+    command per node, placed among the nodes, as one process group of 2."""
     path, plan = study
     status = _study(cluster, path, "--status").stdout
     assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
@@ -103,21 +116,18 @@ def test_a_study_on_two_nodes(cluster, study):
     for stage in plan.stages:
         if stage.kind not in ("pretrain", "detect"):
             continue
-        with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
-            log = f.read()
-        # One command per node, each with its place among the nodes and the first node as host.
-        commands = re.findall(r"^\$ (.*)$", log, re.M)
-        assert len(commands) == 2, log
-        if stage.kind == "pretrain":
-            for command in commands:
-                assert "--nnodes 2 --node_rank" in command and "--rdzv_endpoint node1:" in command
-            with open(os.path.join(stage.out, "log.txt")) as f:
-                assert "cpu x 2 process(es)" in f.read()
-        else:
-            for rank, command in enumerate(sorted(commands)):
+        # One command on each node (in its own log), placed among the nodes, the first as host.
+        commands = _commands(plan, stage)
+        assert [len(c) for c in commands] == [1, 1], commands
+        for rank, (command,) in enumerate(commands):
+            if stage.kind == "pretrain":
+                assert f"--nnodes 2 --node_rank {rank} " in command
+                assert "--rdzv_endpoint node1:" in command
+            else:
                 assert f"--num-machines 2 --machine-rank {rank} --dist-url tcp://node1:" in command
-            with open(os.path.join(stage.out, "log.txt")) as f:
-                assert "World size: 2" in f.read()
+        group = "cpu x 2 process(es)" if stage.kind == "pretrain" else "World size: 2"
+        with open(os.path.join(stage.out, "log.txt")) as f:
+            assert group in f.read()
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
 
 
@@ -151,47 +161,6 @@ def _wait_for_checkpoint(cluster, stage, iteration):
     _wait_for(f"checkpoint {iteration}", written, cluster)
 
 
-def _commands(plan, stage):
-    """The commands the stage's log shows, one per node and start."""
-    with open(os.path.join(plan.root, "logs", f"{stage.slug}.log")) as f:
-        return re.findall(r"^\$ (.*)$", f.read(), re.M)
-
-
-def _same_weights(run, reference):
-    """torch.equal on every tensor of the two runs' model_final.pth."""
-    import torch
-
-    def tensors(folder):
-        state = torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)
-        return state["model"]
-
-    got, expected = tensors(run), tensors(reference)
-    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
-
-
-def test_requeued_two_node_pretraining_ends_as_uninterrupted(cluster, study, tmp_path):
-    """Preempted mid-epoch (after the checkpoint of iteration 3, step 1 of an epoch's 2), the
-    job is requeued, its pretraining resumes on both nodes from that checkpoint, and its final
-    weights are those of the study's uninterrupted run."""
-    _, plan, stage, job = _pretraining_alone(
-        cluster,
-        study,
-        str(tmp_path),
-        "hang at checkpoint 3 in {out}",
-        {"SOLVER.CHECKPOINT_PERIOD": 1},
-    )
-    _wait_for_checkpoint(cluster, stage, 3)
-    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
-    _wait_until_idle(cluster)
-    assert plan.check(stage) == (True, ""), cluster.logs()
-    with open(os.path.join(stage.out, "log.txt")) as f:
-        assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in f.read()
-    commands = _commands(plan, stage)
-    assert len(commands) == 4 and all("--resume" in c for c in commands[2:]), commands
-    _, reference = study
-    assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
-
-
 def _node_of_rank(cluster, rank):
     """The node where the pretraining's rank ``rank`` runs (torchrun's RANK)."""
     for node in NODES:
@@ -208,35 +177,58 @@ def _node_of_rank(cluster, rank):
     raise AssertionError(f"no rank {rank} on any node")
 
 
-def test_a_lost_node_ends_the_run_within_dist_timeout_and_resume_finishes_it(
+def _same_weights(run, reference):
+    """torch.equal on every tensor of the two runs' model_final.pth."""
+    import torch
+
+    def tensors(folder):
+        return torch.load(os.path.join(folder, "model_final.pth"), weights_only=True)["model"]
+
+    got, expected = tensors(run), tensors(reference)
+    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_two_node_pretraining_preempted_then_a_node_lost_ends_as_uninterrupted(
     cluster, study, tmp_path
 ):
-    """node2 is lost (its link down, every process on it killed) while rank 0 waits for it in a
-    collective: rank 0 stops within DIST.TIMEOUT_S, Slurm requeues the job with srun's error
-    naming the node, and --status shows the stage queued (nothing to submit twice). The job
-    cancelled (as where Slurm does not requeue), the stage is failed, and with node2 back,
-    --resume submits it again: it resumes from its checkpoint on both nodes and ends with the
-    uninterrupted run's weights."""
+    """One two-node pretraining run (the baseline's, 3 epochs of 2 iterations, a checkpoint
+    after each) interrupted twice, mid-epoch each time, at the checkpoint of iteration 3, then 5,
+    after which rank 1 stops answering (PRETRAIN_FAULT), and rank 0 goes on to wait for it:
+
+    1. preempted (submitit's USR2): the job is requeued and resumes on both nodes from the
+       checkpoint of iteration 3;
+    2. node2, where rank 1 runs, lost (its link down, every process on it killed): rank 0 stops
+       within DIST.TIMEOUT_S, Slurm requeues the job with srun's error naming the node, and
+       --status shows the stage queued (nothing to submit twice). The job cancelled (as where
+       Slurm does not requeue), the stage is failed; with node2 back, --resume submits it again
+       and it resumes on both nodes from the checkpoint of iteration 5.
+
+    Its final weights are the study's uninterrupted run's, tensor for tensor (one run for both
+    interruptions: each costs a job start and a pretraining to its checkpoint)."""
     timeout_s = 15
     path, plan, stage, job = _pretraining_alone(
         cluster,
         study,
         str(tmp_path),
-        # Rank 1 stops answering after the checkpoint of iteration 3; rank 0 goes on to wait for
-        # it in the next step's collective.
-        "hang at checkpoint 3 in {out} on rank 1",
+        "hang at checkpoint [35] in {out} on rank 1",
         {"SOLVER.CHECKPOINT_PERIOD": 1, "DIST.TIMEOUT_S": timeout_s},
     )
-    _wait_for_checkpoint(cluster, stage, 3)
-    # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
-    assert _node_of_rank(cluster, 1) == "node2"
-    lost = time.time()
-    cluster.lose("node2")
 
     def log():
         with open(os.path.join(stage.out, "log.txt")) as f:
             return f.read()
 
+    _wait_for_checkpoint(cluster, stage, 3)
+    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
+    _wait_for_checkpoint(cluster, stage, 5)
+    assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
+    for starts in _commands(plan, stage):  # each node: started, then resumed
+        assert len(starts) == 2 and "--resume" in starts[1], starts
+
+    # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
+    assert _node_of_rank(cluster, 1) == "node2"
+    lost = time.time()
+    cluster.lose("node2")
     _wait_for("rank 0 stops", lambda: "rank 0 of 2 stopped" in log(), cluster)
     assert time.time() - lost < timeout_s + 10, log()
     assert f"DIST.TIMEOUT_S ({timeout_s} s)" in log()
@@ -247,15 +239,16 @@ def test_a_lost_node_ends_the_run_within_dist_timeout_and_resume_finishes_it(
         assert "Node failure on node2" in f.read()
     status = _study(cluster, path, "--status").stdout
     assert re.search(rf"{stage.id} +queued +Slurm job {job} PENDING; its last run failed", status)
-
     cluster.run(["scancel", job], check=True)
     _wait_until_idle(cluster)
     assert re.search(rf"{stage.id} +failed", _study(cluster, path, "--status").stdout)
+
     cluster.revive("node2")
     _submit_pretraining(cluster, path, stage, "--resume")
     _wait_until_idle(cluster)
     assert plan.check(stage) == (True, ""), cluster.logs()
-    assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
-    assert all("--resume" in c for c in _commands(plan, stage)[2:])
+    assert "model_0000005.pth: epoch 2, step 1 of 2, iteration 5" in log()
+    for starts in _commands(plan, stage):
+        assert len(starts) == 3 and "--resume" in starts[2], starts
     _, reference = study
     assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
