@@ -49,7 +49,7 @@ def write_record(plan, stage, **fields):
     return record
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +84,7 @@ def _recorded_process_runs(record):
     if record.get("host") not in (None, socket.gethostname()):
         return None
     pid = record.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
         return False
     return record.get("pid_start") in (None, _start_time(pid))
 

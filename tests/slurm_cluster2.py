@@ -24,6 +24,7 @@ import tempfile
 
 from slurm_cluster import SlurmCluster
 from slurm_cluster import unavailable_reason as slurm_unavailable
+from study.state import pid_alive
 
 NET = "10.250.0"  # inside the namespaces only
 CONTROLLER = ("ctl", f"{NET}.1")
@@ -75,21 +76,11 @@ def _kill(pids):
             os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(name):
     """Whether the test process that made a folder or namespace named ``slurm2-<pid>-...`` is
     gone (a name that does not parse is not ours to remove)."""
     try:
-        return not _alive(int(name[len(PREFIX) :].split("-")[0]))
+        return not pid_alive(int(name[len(PREFIX) :].split("-")[0]))
     except ValueError:
         return False
 
