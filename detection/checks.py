@@ -6,7 +6,7 @@ and report an AP as if it were a result. A malformed test annotation or an annot
 unlike the image's would only surface when the mapper or the evaluation reaches it, hours later,
 and training splits without any object in Detectron2's data loader. All are checked here first.
 
-The dataset mapper also reads images as pretraining does (``pretrain.images.read_8bit``).
+The dataset mapper also reads images as pretraining does (``pretrain.data.images.read_8bit``).
 """
 
 import copy
@@ -22,7 +22,7 @@ from detectron2.utils.file_io import PathManager
 from detection.convert import DEPTHS
 from detection.runs import DETECTION_RUN_FILES
 from detection.voc import check_image_sizes, check_test_split
-from pretrain.images import DECODE_ERRORS, UnreadableImage, open_image, read_8bit
+from pretrain.data.images import DECODE_ERRORS, UnreadableImage, open_image, read_8bit
 from pretrain.models import ARCHS
 
 # A ResNet tensor of the model: the stem, res2..res4 (backbone) or res5 (backbone, or the ROI

@@ -13,9 +13,9 @@ import os
 import pickle
 import re
 
-from pretrain.checkpoint import UnreadableCheckpoint, extract_state_dict, load_file
-from pretrain.fileio import atomic_open
 from pretrain.models import ARCHS
+from pretrain.runtime.checkpoint import UnreadableCheckpoint, extract_state_dict, load_file
+from pretrain.runtime.fileio import atomic_open
 
 DEPTHS = {name: int(name[len("resnet") :]) for name in ARCHS}
 

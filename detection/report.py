@@ -6,7 +6,7 @@ under the table. No Detectron2 import: reports are made anywhere.
 import csv
 import io
 
-from pretrain.fileio import figure_png
+from pretrain.runtime.fileio import figure_png
 
 from .paper import TABLE5_AP50
 from .runs import COLUMNS, DETECTION, PRETRAINING, collect

@@ -27,10 +27,11 @@ import re
 import yaml
 
 from detection.convert import read_source
-from pretrain.fileio import atomic_write_json
+from pretrain.config.types import lookup
 from pretrain.methods import METHODS, method_label
 from pretrain.metrics import METRIC_KEYS
-from pretrain.run_folder import FINISHED_MARKER
+from pretrain.runtime.fileio import atomic_write_json
+from pretrain.runtime.run_folder import FINISHED_MARKER
 
 from .paper import METHOD_ORDER, TABLE5_AP50
 
@@ -72,15 +73,6 @@ def _read_json(path):
         return json.load(f)
 
 
-def _get(cfg, dotted, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def _resolve(path, run_dir):
     """A weights path as the run saw it: absolute, relative to where it ran, or to the run."""
     if not path or "://" in path:
@@ -110,17 +102,17 @@ def protocol(det_cfg):
     if is_pretraining_config(det_cfg):
         return None
     batch, lr, iters = (
-        _get(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER")
+        lookup(det_cfg, k) for k in ("SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.MAX_ITER")
     )
     if None in (batch, lr, iters):
         return None
     text = f"batch {batch}, lr {lr:g}, {iters:,} it"
-    steps = _get(det_cfg, "SOLVER.STEPS")
+    steps = lookup(det_cfg, "SOLVER.STEPS")
     if steps:
         text += " (x{:g} at {})".format(
-            _get(det_cfg, "SOLVER.GAMMA", 0.1), ", ".join(f"{s:,}" for s in steps)
+            lookup(det_cfg, "SOLVER.GAMMA", 0.1), ", ".join(f"{s:,}" for s in steps)
         )
-    train, test = _get(det_cfg, "INPUT.MIN_SIZE_TRAIN"), _get(det_cfg, "INPUT.MIN_SIZE_TEST")
+    train, test = lookup(det_cfg, "INPUT.MIN_SIZE_TRAIN"), lookup(det_cfg, "INPUT.MIN_SIZE_TEST")
     if train is not None and test is not None:
         text += f", train {_sizes(train)} / test {_sizes(test)} px"
     return text
@@ -187,7 +179,7 @@ def run_flags(row, run_dir, result, det_cfg):
         )
     else:
         known, iteration = _evaluated_iteration(result)
-        max_iter = _get(det_cfg, "SOLVER.MAX_ITER")
+        max_iter = lookup(det_cfg, "SOLVER.MAX_ITER")
         if known and iteration is None:
             flags.append(
                 "voc_eval.json does not record the iteration of the model it evaluated "
@@ -217,9 +209,9 @@ def method_settings(pre_cfg):
     """The pretraining method's own hyperparameters as its run used them (the keys the method
     declares), e.g. ``TFKD.ALPHA 0.31, TFKD.TEMPERATURE 20, TFKD.KL_REDUCTION batchmean``: what a
     study's search chose shows here. None for a method without keys, or no pretraining config."""
-    method = METHODS.get(str(_get(pre_cfg, "METHOD.NAME")).lower())
+    method = METHODS.get(str(lookup(pre_cfg, "METHOD.NAME")).lower())
     keys = [*method.config_ranges, *method.config_choices] if method else []
-    values = [(key, _get(pre_cfg, key)) for key in keys]
+    values = [(key, lookup(pre_cfg, key)) for key in keys]
     text = ", ".join(
         f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
         for key, value in values
@@ -251,15 +243,15 @@ def read_run(run_dir, label=None):
     else:
         row["run_kind"], det_cfg = DETECTION, cfg
         row["protocol"] = protocol(det_cfg)
-        row["max_iter"] = _get(det_cfg, "SOLVER.MAX_ITER")
-        row["ims_per_batch"] = _get(det_cfg, "SOLVER.IMS_PER_BATCH")
+        row["max_iter"] = lookup(det_cfg, "SOLVER.MAX_ITER")
+        row["ims_per_batch"] = lookup(det_cfg, "SOLVER.IMS_PER_BATCH")
         if os.path.isfile(eval_path):
             result = _read_json(eval_path)
             row.update({k: result.get(k) for k in ("AP50", "AP", "AP75", "AP50_present_classes")})
             # Absent from evaluations written before the key existed: unknown, not "none".
             row["classes_without_test_objects"] = result.get("classes_without_test_objects")
             row["eval_iteration"] = result.get("iteration")
-        weights = _get(det_cfg, "MODEL.WEIGHTS") or ""
+        weights = lookup(det_cfg, "MODEL.WEIGHTS") or ""
         row["weights"] = weights or None
         source = _pretrain_checkpoint(weights, run_dir)
         if not source and os.path.isfile(os.path.join(run_dir, LINK_FILE)):
@@ -270,17 +262,17 @@ def read_run(run_dir, label=None):
             if source
             else {}
         )
-    row["arch"] = _get(pre_cfg, "MODEL.ARCH") or (
-        f"resnet{_get(det_cfg, 'MODEL.RESNETS.DEPTH')}"
-        if _get(det_cfg, "MODEL.RESNETS.DEPTH")
+    row["arch"] = lookup(pre_cfg, "MODEL.ARCH") or (
+        f"resnet{lookup(det_cfg, 'MODEL.RESNETS.DEPTH')}"
+        if lookup(det_cfg, "MODEL.RESNETS.DEPTH")
         else None
     )
 
-    method = _get(pre_cfg, "METHOD.NAME")
+    method = lookup(pre_cfg, "METHOD.NAME")
     if label:
         row["method"], row["method_from"] = label, "--label"
     elif method:
-        row["method"] = method_label(method, bool(_get(pre_cfg, "AUG.CUTMIX.ENABLED", False)))
+        row["method"] = method_label(method, bool(lookup(pre_cfg, "AUG.CUTMIX.ENABLED", False)))
         row["method_from"] = "pretraining config"
     else:
         row["method"] = label_from_dirname(run_dir)

@@ -22,8 +22,8 @@ from detectron2.evaluation.pascal_voc_evaluation import voc_eval
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from pretrain.fileio import atomic_open, atomic_write_json
-from pretrain.images import upright_size
+from pretrain.data.images import upright_size
+from pretrain.runtime.fileio import atomic_open, atomic_write_json
 
 # The VOC splits Detectron2 registers (detectron2/data/datasets/builtin.py): name, folder, split.
 VOC_SPLITS = (

@@ -10,9 +10,9 @@ import sys
 
 import yaml
 
-from .config import get_cfg
-from .config_check import validate_config
-from .fileio import OutputWriteError
+from pretrain.config.checks import validate_config
+from pretrain.config.defaults import get_cfg
+from pretrain.runtime.fileio import OutputWriteError
 
 # A user's mistake (a config value, a file or folder given, an image, weights, a flag) or a write
 # the system refuses: the message names the file, key or cause, and a traceback would only hide
@@ -72,7 +72,7 @@ def default_argument_parser(description):
 
 def setup_cfg(config_file, opts=()):
     """The pretraining config: defaults <- YAML file (with _BASE_; none: the defaults) <- KEY VALUE
-    overrides, validated (pretrain.config_check) and frozen."""
+    overrides, validated (pretrain.config.checks) and frozen."""
     cfg = get_cfg()
     merge_config(cfg, config_file, opts)
     validate_config(cfg)

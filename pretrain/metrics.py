@@ -177,7 +177,7 @@ def validation_digest(samples, index):
 def save_per_image(path, stats, index, samples):
     """Each evaluated sample's NLL, confidence, top-1 and top-5 hit (``per_sample_stats``), its
     index in the validation set and the set's ``validation_digest``: ~20 bytes an image."""
-    from .fileio import atomic_open
+    from pretrain.runtime.fileio import atomic_open
 
     stats = stats.double().numpy()
     with atomic_open(path, "wb") as f:
@@ -204,7 +204,7 @@ def plot_reliability_diagram(stats, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_open
+    from pretrain.runtime.fileio import atomic_open
 
     _, confidence, correct1, _ = stats.double().unbind(dim=1)
     bins = reliability_bins(confidence, correct1)

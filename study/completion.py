@@ -8,7 +8,7 @@ import pickle
 import yaml
 
 from detection.runs import DETECTION_RUN_FILES
-from pretrain.run_folder import SETUP_FILES
+from pretrain.runtime.run_folder import SETUP_FILES
 
 
 class Completion:

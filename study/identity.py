@@ -5,7 +5,8 @@ of the same environment, a relative path, a moved output root).
 - data: the generated sizes.
 - pretrain: the fully resolved config (the file, its _BASE_ files and every override, a search's
   values included), without the keys that may change on resume
-  (pretrain.run_folder.MAY_CHANGE_ON_RESUME: where files are, how often to log or checkpoint);
+  (pretrain.runtime.run_folder.MAY_CHANGE_ON_RESUME: where files are, how often to log or
+  checkpoint);
   the seed; the data (the generated data's identity, or the dataset root); the teacher's
   identity.
 - convert: the pretraining's identity.
@@ -23,7 +24,7 @@ import os
 import yaml
 
 from pretrain.cli import setup_cfg
-from pretrain.run_folder import MAY_CHANGE_ON_RESUME, flatten, plain_config
+from pretrain.runtime.run_folder import MAY_CHANGE_ON_RESUME, flatten, plain_config
 
 # Keys the study sets per stage, part of the identity in their own terms (seed, data, teacher).
 _SET_BY_STUDY = ("OUTPUT_DIR", "DATA.ROOT", "SEED", "TEACHER.WEIGHTS")

@@ -5,7 +5,7 @@ resamples), from the per-image numbers its evaluation saved beside eval_final.js
 import os
 
 from pretrain.metrics import METRIC_KEYS, load_per_image, per_image_path, summarize
-from pretrain.run_folder import FINISHED_MARKER
+from pretrain.runtime.run_folder import FINISHED_MARKER
 
 
 class ImageNetScores:

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 
 from pretrain.cli import setup_cfg
-from pretrain.config import get_cfg
+from pretrain.config.defaults import get_cfg
 from pretrain.metrics import METRIC_KEYS
 
 DIRECTIONS = ("minimize", "maximize")

@@ -16,7 +16,7 @@ import subprocess
 import time
 from contextlib import contextmanager
 
-from pretrain.fileio import atomic_write_json
+from pretrain.runtime.fileio import atomic_write_json
 
 from .identity import differences
 from .plan import DERIVED_KINDS, RUN_KINDS

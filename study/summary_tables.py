@@ -6,8 +6,8 @@ import csv
 import io
 
 from detection import paper
-from pretrain.fileio import figure_png
 from pretrain.metrics import METRIC_LABELS
+from pretrain.runtime.fileio import figure_png
 
 from .summary import BASELINE, METRICS, NO_DETECTION, PAPER_TEST_IMAGES, summarize
 

@@ -16,9 +16,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import pretrain_argv
-from pretrain import engine
-from pretrain.config import get_cfg
+from helpers import pretrain_argv
+from pretrain.config.defaults import get_cfg
+from pretrain.engine import trainer as engine
 from pretrain.methods import MethodContext, build_method
 from test_reliability import CONFIG, final_weights, run_in_process
 

@@ -6,10 +6,11 @@ import ast
 import functools
 import importlib
 import os
+import re
 
 import pytest
 
-from conftest import ROOT, require_detectron2
+from helpers import ROOT, require_detectron2
 
 PACKAGES = ("pretrain", "detection", "study", "tools")
 MAX_LINES = 400
@@ -114,12 +115,12 @@ def find_cycle(graph):
 def test_the_import_graph_has_no_cycle():
     graph, _ = import_graph()
     assert {
-        "pretrain.data",
-        "pretrain.gpu_input",
+        "pretrain.data.build",
+        "pretrain.data.device_decode",
         "pretrain.methods.pskd",
         "tools.benchmark",
     } <= set(graph)
-    assert "pretrain.samplers" in graph["pretrain.methods.base"]
+    assert "pretrain.data.samplers" in graph["pretrain.methods.base"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -139,12 +140,12 @@ def test_the_cycle_finder_sees_lazy_and_relative_imports(tmp_path):
 
 def test_methods_import_their_samplers_without_the_input_pipeline():
     reached = reachable(import_graph()[0], "pretrain.methods")
-    assert "pretrain.samplers" in reached
+    assert "pretrain.data.samplers" in reached
     assert not reached & {
-        "pretrain.data",
-        "pretrain.datasets",
-        "pretrain.gpu_input",
-        "pretrain.transforms",
+        "pretrain.data.build",
+        "pretrain.data.datasets",
+        "pretrain.data.device_decode",
+        "pretrain.data.transforms",
     }
 
 
@@ -164,3 +165,46 @@ def test_modules_stay_under_400_lines():
         if lines > MAX_LINES:
             long[name] = lines
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def readme_layout():
+    """The files the README's Layout block lists, as paths (``pretrain/config/defaults.py``): a
+    line names a file or folder (or several, comma-separated) before its description, and its
+    indentation places it in the folder listed above it."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("## Layout", 1)[1].split("```")[1]
+    listed, folders = set(), []
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        names = re.match(r"((?:[\w./]+(?:, )?)*)", line.strip()).group(1).split(", ")
+        if not all(name.endswith((".py", "/")) for name in names):
+            continue  # a description's continuation line
+        folders = [(i, folder) for i, folder in folders if i < indent]
+        prefix = "".join(folder for _, folder in folders)
+        for name in names:
+            if name.endswith("/"):
+                folders.append((indent, name))
+            else:
+                listed.add(prefix + name)
+    return listed
+
+
+def test_the_readme_layout_lists_every_module():
+    """A module added, moved or renamed shows in the README's Layout; a method's own module is
+    covered by its registry line there ("one module per METHOD.NAME")."""
+    from pretrain.methods import METHODS
+
+    unlisted = {cls.__module__ for cls in METHODS.values()} | {"pretrain.methods.base"}
+    modules = {
+        os.path.relpath(path, ROOT)
+        for name, path in project_modules().items()
+        if not name.startswith("tools.")
+        and not path.endswith("__init__.py")
+        and name not in unlisted
+    }
+    listed = readme_layout()
+    assert "pretrain/config/defaults.py" in listed and "study/slurm.py" in listed
+    assert sorted(modules - listed) == []
+    stale = [path for path in listed - modules if path.endswith(".py")]
+    assert sorted(path for path in stale if not path.startswith("tools/")) == []

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from conftest import run_tool
-from pretrain.table_footprint import table_memory
-from pretrain.training_benchmark import parse_method
+from helpers import run_tool
+from pretrain.benchmark.table_footprint import table_memory
+from pretrain.benchmark.training import parse_method
 from tools.benchmark import main
 
 # One timed iteration of one round of resnet18 on 32x32 CPU batches of 4.
@@ -123,7 +123,7 @@ def test_check_syncs_names_a_synchronising_step(monkeypatch):
 def test_a_bad_option_stops_before_the_first_measurement(monkeypatch, args, named):
     """The benchmark's configs are assembled and checked as every tool's (setup_cfg): a typo is
     one error line, not a failure after the methods before it were measured."""
-    import pretrain.training_benchmark as bench
+    import pretrain.benchmark.training as bench
 
     def measured(*args, **kwargs):
         raise AssertionError("a step was measured")

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pretrain.checkpoint import load_latest, save_checkpoint
-from pretrain.config import get_cfg
+from pretrain.config.defaults import get_cfg
+from pretrain.runtime.checkpoint import load_latest, save_checkpoint
 
 
 def names(folder):

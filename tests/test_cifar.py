@@ -12,10 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, pretrain_argv
-from pretrain import engine
+from helpers import ROOT, pretrain_argv
 from pretrain.cli import setup_cfg
-from pretrain.data import build_dataset
+from pretrain.data.build import build_dataset
+from pretrain.engine import trainer as engine
 from test_reliability import run_in_process
 
 CIFAR_CONFIG = os.path.join(ROOT, "configs/pretrain/cifar100_R_18_baseline.yaml")

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.config import get_cfg
+from pretrain.config.defaults import get_cfg
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "pretrain", "*.yaml")))
 
@@ -98,7 +98,7 @@ def test_bounds_between_keys_and_the_seed_are_checked_when_assembled(opts, named
 def test_the_largest_seed_trains_its_derived_seeds():
     import torch
 
-    from pretrain.samplers import sample_seed
+    from pretrain.data.samplers import sample_seed
 
     cfg = setup_cfg(CONFIGS[0], ["SEED", str(2**32 - 1)])
     torch.Generator().manual_seed(cfg.SEED * 1_000 + 1 + 63)  # the engine's per-rank seed

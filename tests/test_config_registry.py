@@ -1,18 +1,18 @@
 """Each method declares its own config keys, their ranges and its label (pretrain/methods/), and
 the assembled config is the one the project has always had: tests/golden/ holds the default
 config's YAML dump and the ordered ranges as they were when the keys still lived in
-pretrain/config.py and pretrain/config_check.py. A change of a default shows here first; update
-the golden file with it."""
+pretrain/config/defaults.py and pretrain/config/checks.py. A change of a default shows here
+first; update the golden file with it."""
 
 import os
 
 import pytest
 import yaml
 
-from conftest import ROOT
-from pretrain.config import _C as GENERAL_DEFAULTS
-from pretrain.config import get_cfg
-from pretrain.config_check import CHOICES, FREE_TEXT, RANGES, keys_of_type, numeric_keys
+from helpers import ROOT
+from pretrain.config.checks import CHOICES, FREE_TEXT, RANGES, keys_of_type, numeric_keys
+from pretrain.config.defaults import _C as GENERAL_DEFAULTS
+from pretrain.config.defaults import get_cfg
 from pretrain.methods import METHODS, method_label
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")

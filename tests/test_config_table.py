@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.config import get_cfg
+from pretrain.config.defaults import get_cfg
 from pretrain.methods import METHODS
 
 CONFIGS = os.path.join(ROOT, "configs", "pretrain")

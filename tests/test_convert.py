@@ -23,7 +23,7 @@ from detection.convert import (
     read_source,
     to_d2,
 )
-from pretrain.checkpoint import extract_state_dict
+from pretrain.runtime.checkpoint import extract_state_dict
 from tools.convert_to_d2 import main as convert_main
 
 

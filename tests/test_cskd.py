@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.data.samplers import ShardedSampler
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
-from pretrain.samplers import ShardedSampler
 from test_methods import make_method
 
 LABELS = [0, 1, 1, 2, 0, 2, 1, 0, 2, 1]

@@ -4,7 +4,7 @@ reproducibility from the global RNG."""
 import pytest
 import torch
 
-from pretrain.cutmix import CutMix, Mix, cutmix_box
+from pretrain.methods.cutmix import CutMix, Mix, cutmix_box
 
 
 def test_box_inside_the_image_keeps_nominal_area():
@@ -109,7 +109,7 @@ def test_half_rule_mixes_a_single_sample_with_itself():
 
 
 def test_defaults_are_the_configs_and_the_description_names_the_rule():
-    from pretrain.config import get_cfg
+    from pretrain.config.defaults import get_cfg
 
     c = get_cfg().AUG.CUTMIX
     cutmix = CutMix()

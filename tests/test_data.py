@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.data import build_dataset, build_loader
-from pretrain.samplers import ShardedSampler
-from pretrain.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting
+from pretrain.data.build import build_dataset, build_loader
+from pretrain.data.samplers import ShardedSampler
+from pretrain.data.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 

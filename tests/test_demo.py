@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import require_detectron2
+from helpers import require_detectron2
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS as METHODS_OF_THE_TOOLKIT
 from study import demo, demo_choices

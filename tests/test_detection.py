@@ -15,7 +15,7 @@ import torch
 import torchvision
 import yaml
 
-from conftest import require_detectron2  # noqa: E402
+from helpers import require_detectron2  # noqa: E402
 
 require_detectron2()
 
@@ -40,7 +40,7 @@ from detection.voc import (  # noqa: E402
     load_voc_split,
     register_voc,
 )
-from pretrain.config import get_cfg as get_pretrain_cfg  # noqa: E402
+from pretrain.config.defaults import get_cfg as get_pretrain_cfg  # noqa: E402
 from tools.convert_to_d2 import main as convert_main  # noqa: E402
 
 pytestmark = pytest.mark.detectron2

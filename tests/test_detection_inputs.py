@@ -26,7 +26,7 @@ from detection.config import add_pskd_detection_config, voc_root  # noqa: E402
 from detection.convert import convert  # noqa: E402
 from detection.synthetic_voc import write_voc  # noqa: E402
 from detection.voc import VOCFormatError, check_image_sizes, register_voc  # noqa: E402
-from pretrain.images import UnreadableImage  # noqa: E402
+from pretrain.data.images import UnreadableImage  # noqa: E402
 
 pytestmark = pytest.mark.detectron2
 

@@ -13,13 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import ROOT, file_rendezvous
+from helpers import ROOT, file_rendezvous
 from pretrain.cli import setup_cfg
-from pretrain.data import build_dataset, build_loader
+from pretrain.data.build import build_dataset, build_loader
+from pretrain.data.samplers import ShardedSampler
+from pretrain.data.synthetic import write_imagefolder
 from pretrain.metrics import per_sample_stats, summarize
 from pretrain.models import build_resnet
-from pretrain.samplers import ShardedSampler
-from pretrain.synthetic import write_imagefolder
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18_baseline.yaml")
 WORLD = 2
@@ -54,8 +54,8 @@ def _rank_batchnorm_stats(model, rank):
 def _evaluate_worker(rank, world, rendezvous, opts, result):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    from pretrain import distributed as du
-    from pretrain.engine import Trainer
+    from pretrain.engine.trainer import Trainer
+    from pretrain.runtime import distributed as du
 
     try:
         # Rank 1 holds more rows than rank 0 (the sharded sampler never gives it more).
@@ -110,7 +110,7 @@ def odd_root(tmp_path_factory):
 
 def _single_process_stats(opts, state):
     """The per-sample stats of ``state``'s model over the whole validation set, in one process and
-    without pretrain.distributed or the engine."""
+    without pretrain.runtime.distributed or the engine."""
     cfg = setup_cfg(CONFIG, opts)
     model = build_resnet(cfg.MODEL.ARCH, cfg.MODEL.NUM_CLASSES, cfg.MODEL.CIFAR_STEM)
     model.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""PRETRAIN_FAULT (pretrain/faults.py) acts at its point, run folder and rank only, and a
+"""PRETRAIN_FAULT (pretrain/runtime/faults.py) acts at its point, run folder and rank only, and a
 malformed value is named. The kill and hang themselves stop real runs in
 tests/test_reliability.py and the study tests; here they are replaced by an exception, so a wrong
 match cannot stop the test process."""
@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from pretrain import faults
+from pretrain.runtime import faults
 
 
 class Fired(Exception):

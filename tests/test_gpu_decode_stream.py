@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pretrain.gpu_input import EncodedBatch
+from pretrain.data.device_decode import EncodedBatch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,14 +1,14 @@
-"""pretrain/host_syncs.py: the CPU stand-in for CUDA's sync debug mode flags host reads of device
-tensors and data-dependent output sizes, not host-side draws; and no method's training step
-(engine.train_step, with and without CutMix) contains any."""
+"""pretrain/benchmark/host_syncs.py: the CPU stand-in for CUDA's sync debug mode flags host
+reads of device tensors and data-dependent output sizes, not host-side draws; and no method's
+training step (engine.train_step, with and without CutMix) contains any."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import get_cfg
-from pretrain.engine import train_step
-from pretrain.host_syncs import HostSyncCheck
+from pretrain.benchmark.host_syncs import HostSyncCheck
+from pretrain.config.defaults import get_cfg
+from pretrain.engine.trainer import train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.models import build_resnet
 

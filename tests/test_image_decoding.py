@@ -1,6 +1,7 @@
-"""Image files are read alike in every stage (pretrain/images.py): greyscale of more than 8 bits
-is scaled to 8 bits (not clipped at 255), and the EXIF orientation is applied, in pretraining's
-CPU path as in Detectron2's reader for detection. The device path: tests/test_gpu_input.py."""
+"""Image files are read alike in every stage (pretrain/data/images.py): greyscale of more than
+8 bits is scaled to 8 bits (not clipped at 255), and the EXIF orientation is applied, in
+pretraining's CPU path as in Detectron2's reader for detection. The device path:
+tests/test_device_decode.py."""
 
 import os
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, require_detectron2
-from pretrain.images import load_rgb, upright_size
+from helpers import ROOT, require_detectron2
+from pretrain.data.images import load_rgb, upright_size
 
 # A 16-bit horizontal gradient from black to white, 8 rows of 64 columns. Its low bytes are not
 # those of 8-bit values widened (v * 257), so a reduction by rounding would differ from one

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = os.path.join(ROOT, "tools", "install_detectron2.sh")
 COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.config import get_cfg
-from pretrain.config_check import validate_config
-from pretrain.cutmix import CutMix
-from pretrain.engine import Trainer, train_step
+from pretrain.config.checks import validate_config
+from pretrain.config.defaults import get_cfg
+from pretrain.engine.trainer import Trainer, train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.methods.base import module_bytes
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
+from pretrain.methods.cutmix import CutMix
 from pretrain.methods.tfkd import tfkd_kl
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
 from pretrain.models import build_resnet
@@ -759,7 +759,7 @@ def test_cutmix_draws_boxes_for_the_batchs_height_and_width():
 
 
 def test_the_training_sampler_is_this_ranks_shard_of_the_seeded_order():
-    from pretrain.samplers import ShardedSampler
+    from pretrain.data.samplers import ShardedSampler
 
     sampler = make_method("baseline").build_train_sampler(10, 1, 2, seed=5)
     assert list(sampler) == list(ShardedSampler(10, 1, 2, seed=5))

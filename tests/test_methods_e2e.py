@@ -10,9 +10,9 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, run_tool
+from helpers import ROOT, run_tool
 from pretrain.cli import setup_cfg
-from pretrain.engine import Trainer
+from pretrain.engine.trainer import Trainer
 
 CONFIGS = os.path.join(ROOT, "configs", "pretrain")
 
@@ -70,7 +70,7 @@ STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd", "lsskd"]
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from pretrain.synthetic import write_imagefolder
+    from pretrain.data.synthetic import write_imagefolder
 
     return write_imagefolder(
         str(tmp_path_factory.mktemp("synthetic")),
@@ -143,9 +143,9 @@ def test_method_resumes_mid_epoch_bit_exactly(
 
 DRIVER = """
 import json, sys
-from pretrain import distributed as du
+from pretrain.runtime import distributed as du
 from pretrain.cli import setup_cfg
-from pretrain.engine import Trainer
+from pretrain.engine.trainer import Trainer
 
 with open(sys.argv[1]) as f:
     runs = json.load(f)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pretrain.cutmix import Mix
+from pretrain.methods.cutmix import Mix
 from pretrain.methods.nkd import nkd_loss
 from test_methods import make_method
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import file_rendezvous
+from helpers import file_rendezvous
+from pretrain.methods.prediction_table import PredictionTable, table_bytes
 from pretrain.methods.pskd import alpha_at, soft_targets
-from pretrain.prediction_table import PredictionTable, table_bytes
 from test_methods import LN, fixed, make_method
 
 

@@ -4,7 +4,7 @@ per rank, and the checkpoint of a top-k table (values and class ids) in one proc
 import pytest
 import torch
 
-from pretrain.prediction_table import PredictionTable, table_bytes
+from pretrain.methods.prediction_table import PredictionTable, table_bytes
 
 
 def test_table_bytes_default_to_a_dense_bfloat16_table():
@@ -60,7 +60,7 @@ def _shard(rank, world, what):
 def _table_on_rank(rank, world, monkeypatch, calls):
     """A top-k table built as rank ``rank`` of ``world``, its shard set, point-to-point calls
     recorded."""
-    import pretrain.prediction_table as pt
+    import pretrain.methods.prediction_table as pt
 
     monkeypatch.setattr(pt, "get_rank", lambda: rank)
     monkeypatch.setattr(pt, "get_world_size", lambda: world)

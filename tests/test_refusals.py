@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import pretrain_argv, require_detectron2
+from helpers import pretrain_argv, require_detectron2
 from test_reliability import CONFIG, run_in_process
 from test_run_folder import digest
 from tools.convert_to_d2 import main as convert_main

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torchvision
 
-from conftest import ROOT, pretrain_argv, require_detectron2, run_tool
 from detection.convert import convert
+from helpers import ROOT, pretrain_argv, require_detectron2, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 # 6 iterations an epoch; checkpoints at iterations 4 (mid-epoch), 6 (epoch end), 8 (mid-epoch), 12.
@@ -74,7 +74,7 @@ def train_args(root, out, *extra):
 
 # -- subprocess control ---------------------------------------------------------------------------
 def fault(spec):
-    """The environment that stops a tool at a named point (pretrain/faults.py)."""
+    """The environment that stops a tool at a named point (pretrain/runtime/faults.py)."""
     return {"PRETRAIN_FAULT": spec}
 
 
@@ -329,7 +329,7 @@ def test_stuck_rank_is_bounded_by_dist_timeout(synthetic_root, tmp_path):
 
 # -- atomic writes --------------------------------------------------------------------------------
 def test_interrupted_write_keeps_the_previous_file(tmp_path):
-    from pretrain.fileio import atomic_open, atomic_torch_save, atomic_write_json
+    from pretrain.runtime.fileio import atomic_open, atomic_torch_save, atomic_write_json
 
     json_path, torch_path = str(tmp_path / "eval_final.json"), str(tmp_path / "model_final.pth")
     atomic_write_json(json_path, {"top1_err": 1.0})

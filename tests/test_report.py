@@ -1,7 +1,8 @@
 """tools/report.py on run folders laid out as the pretraining and detection stages write them.
 
-The pretraining side is written with the real config (pretrain.config) and the real converter;
-the detection side as tools/train_net.py leaves it (Detectron2's config.yaml dump, voc_eval.json).
+The pretraining side is written with the real config (pretrain.config.defaults) and the real
+converter; the detection side as tools/train_net.py leaves it (Detectron2's config.yaml dump,
+voc_eval.json).
 tests/test_detection.py runs the report on a folder a real Detectron2 run produced.
 """
 
@@ -21,8 +22,8 @@ from detection.paper import TABLE5_AP50
 from detection.report import report_files, to_markdown
 from detection.runs import label_from_dirname, protocol, read_run, record_backbone
 from detection.synthetic_voc import VOC_CLASSES
-from pretrain.config import get_cfg
-from pretrain.fileio import write_files_together
+from pretrain.config.defaults import get_cfg
+from pretrain.runtime.fileio import write_files_together
 from tools.report import main as report_main
 
 

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import pretrain_argv
+from helpers import pretrain_argv
 from test_reliability import CONFIG, assert_same_weights, final_weights, run_in_process
 from test_run_folder import digest
 
@@ -152,7 +152,7 @@ def as_written_by(state, world_size, iters_per_epoch=None):
 def trainer(synthetic_root, tmp_path_factory, one_thread):
     """A Trainer of the run's config (its set-up only); its log handlers are removed afterwards."""
     from pretrain.cli import setup_cfg
-    from pretrain.engine import Trainer
+    from pretrain.engine.trainer import Trainer
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import ROOT, file_rendezvous, pretrain_argv, run_tool
-from pretrain.checkpoint import load_file
+from helpers import ROOT, file_rendezvous, pretrain_argv, run_tool
+from pretrain.runtime.checkpoint import load_file
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 # One epoch of 6 iterations, checkpoints at iterations 3 and 6.
@@ -51,9 +51,9 @@ def _resume_worker(rank, world, rendezvous, root, out_dirs, result):
         world_size=world,
         timeout=datetime.timedelta(seconds=30),
     )
-    from pretrain import distributed as du
     from pretrain.cli import setup_cfg
-    from pretrain.engine import Trainer
+    from pretrain.engine.trainer import Trainer
+    from pretrain.runtime import distributed as du
 
     cfg = setup_cfg(CONFIG, ["DATA.ROOT", root, "OUTPUT_DIR", out_dirs[rank]] + SHORT)
     try:

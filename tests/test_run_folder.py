@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, pretrain_argv
+from helpers import ROOT, pretrain_argv
 from pretrain.metrics import METRIC_KEYS
 from study.imagenet_scores import ImageNetScores
 from study.statistics import bootstrap_weights
@@ -92,7 +92,7 @@ def test_fresh_run_accepts_a_folder_with_only_a_failed_set_up_log(synthetic_root
 
 
 def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
-    from pretrain.checkpoint import save_checkpoint
+    from pretrain.runtime.checkpoint import save_checkpoint
 
     out = str(tmp_path)
     # A checkpoint of a later iteration than this run has reached (one a resume skipped as
@@ -261,8 +261,8 @@ def test_out_of_range_values_are_named(key, value):
 
 
 def test_every_numeric_key_has_a_range_and_the_defaults_are_in_it():
-    from pretrain.config import get_cfg
-    from pretrain.config_check import RANGES, numeric_keys, validate_config
+    from pretrain.config.checks import RANGES, numeric_keys, validate_config
+    from pretrain.config.defaults import get_cfg
 
     assert set(numeric_keys(get_cfg())) == set(RANGES)
     validate_config(get_cfg())
@@ -317,7 +317,7 @@ def test_unwritable_output_dir_is_named(synthetic_root, tmp_path):
 
 def test_full_disk_names_the_file_and_the_disk(synthetic_root, tmp_path, monkeypatch):
     """The system's own ENOSPC (/dev/full) when checkpoint 4 is written."""
-    from pretrain import fileio
+    from pretrain.runtime import fileio
 
     real_mkstemp = fileio.tempfile.mkstemp
 
@@ -427,7 +427,7 @@ def test_outputs_get_the_mode_the_umask_says(finished_run, tmp_path):
         "metrics.json",
     ):
         assert mode(os.path.join(finished_run, name)) == 0o640, name
-    from pretrain.fileio import atomic_write_text
+    from pretrain.runtime.fileio import atomic_write_text
 
     umask = os.umask(0o022)
     try:

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
-from pretrain import engine
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.engine import Trainer
-from pretrain.lr_schedule import build_lr_schedule
+from pretrain.engine import trainer as engine
+from pretrain.engine.lr_schedule import build_lr_schedule
+from pretrain.engine.trainer import Trainer
 
 CONFIGS = os.path.join(ROOT, "configs", "pretrain")
 

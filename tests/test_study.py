@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.methods import METHODS
 from study.plan import Plan
 from study.spec import StudyError, load_study
@@ -364,7 +364,7 @@ def test_tiny_study_keeps_the_sizes_of_its_measured_run():
     records: every detection AP50 above 0 and different between runs, so the report's intervals
     are not degenerate. Its earlier sizes (4 detection iterations on 12 training images, 3
     pretraining epochs on 32 images) gave AP50 0.00 and top-1 error 75% (chance) in every run.
-    The study tests run a cut copy (conftest.tiny_study), not this one."""
+    The study tests run a cut copy (helpers.tiny_study), not this one."""
     with open(TINY) as f:
         data = yaml.safe_load(f)
     assert data["seeds"] == [0, 1] and list(data["backbones"]) == ["baseline", "tfkd"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, first_checkpoint, require_detectron2, run_tool, tiny_study
+from helpers import ROOT, first_checkpoint, require_detectron2, run_tool, tiny_study
 from study.plan import Plan
 from study.search import journal_path, optuna_study, recorded_values, trial_metric
 from study.spec import load_study

@@ -12,7 +12,7 @@ import torch
 import torchvision
 import yaml
 
-from conftest import ROOT, tiny_study
+from helpers import ROOT, tiny_study
 from study.identity import differences
 from study.local import run_stage
 from study.plan import Plan

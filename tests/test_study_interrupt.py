@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, descendants, first_checkpoint, tiny_study
+from helpers import ROOT, descendants, first_checkpoint, tiny_study
 from study.plan import Plan
 from study.spec import load_study
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, require_detectron2, skip_unless_ci, tiny_study
+from helpers import ROOT, require_detectron2, skip_unless_ci, tiny_study
 from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
 from study.spec import load_study

@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_study
+from helpers import ROOT, tiny_study
 from study.plan import Plan
 from study.search import journal_path, recorded_values, sample_trials
 from study.spec import StudyError, load_study

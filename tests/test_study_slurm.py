@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, first_checkpoint, require_detectron2, tiny_study
+from helpers import ROOT, first_checkpoint, require_detectron2, tiny_study
 from slurm_cluster import SlurmCluster, unavailable_reason
 from study.plan import Plan
 from study.spec import load_study

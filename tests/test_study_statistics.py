@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import require_detectron2
+from helpers import require_detectron2
 from study.statistics import bootstrap_weights
 from study.voc_scores import ScoredRun
 

@@ -17,8 +17,8 @@ import yaml
 from detection import paper
 from detection.report import report_files
 from detection.runs import LINK_FILE, collect
-from pretrain.fileio import write_files_together
 from pretrain.metrics import per_sample_stats, save_per_image, summarize
+from pretrain.runtime.fileio import write_files_together
 from study.imagenet_scores import ImageNetScores
 from study.statistics import (
     IMAGES_ONLY,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import kill_tree, require_detectron2
+from helpers import kill_tree, require_detectron2
 from pretrain.cli import tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

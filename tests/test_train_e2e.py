@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import pretrain_argv, run_tool
+from helpers import pretrain_argv, run_tool
 
 CONFIG = "configs/pretrain/cpu_synthetic_R_18.yaml"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from conftest import ROOT
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.engine import Trainer
+from pretrain.engine.trainer import Trainer
 
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import require_detectron2
+from helpers import require_detectron2
 
 require_detectron2()
 

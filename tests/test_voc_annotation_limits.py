@@ -4,7 +4,7 @@ evaluator's fields required only when asked for, a blank tag, and the registered
 
 import pytest
 
-from conftest import require_detectron2
+from helpers import require_detectron2
 
 require_detectron2()
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import require_detectron2
+from helpers import require_detectron2
 
 require_detectron2()
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput (img/s) and peak memory of methods side by side, prediction-table memory,
-and the JPEG input paths (the measurements are pretrain/training_benchmark.py's,
-pretrain/table_footprint.py's and pretrain/input_benchmark.py's; docs/benchmarks.md).
+and the JPEG input paths (the measurements are pretrain/benchmark/training.py's,
+pretrain/benchmark/table_footprint.py's and pretrain/benchmark/input_pipeline.py's;
+docs/benchmarks.md).
 
     python tools/benchmark.py --device cpu --arch resnet18 --image-size 64 --batch-size 32 \\
         --methods baseline,ls,pskd,pskd:PSKD.TOPK=10 --json out/bench_cpu.json
@@ -20,13 +21,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pretrain.benchmark_probes import machine_info  # noqa: E402
-from pretrain.build import AMP_DTYPES, configure_cudnn  # noqa: E402
+from pretrain.benchmark.input_pipeline import benchmark_input  # noqa: E402
+from pretrain.benchmark.probes import machine_info  # noqa: E402
+from pretrain.benchmark.table_footprint import table_memory  # noqa: E402
+from pretrain.benchmark.training import benchmark_training  # noqa: E402
 from pretrain.cli import setup_cfg, tool  # noqa: E402
-from pretrain.input_benchmark import benchmark_input  # noqa: E402
+from pretrain.engine.build import AMP_DTYPES, configure_cudnn  # noqa: E402
 from pretrain.methods import METHODS  # noqa: E402
-from pretrain.table_footprint import table_memory  # noqa: E402
-from pretrain.training_benchmark import benchmark_training  # noqa: E402
 
 
 def build_parser(doc):
@@ -67,7 +68,8 @@ def build_parser(doc):
         "--check-syncs",
         action="store_true",
         help="fail on any host synchronisation inside the timed steps: on CUDA through "
-        "set_sync_debug_mode, elsewhere on what would synchronise on CUDA (pretrain/host_syncs.py)",
+        "set_sync_debug_mode, elsewhere on what would synchronise on CUDA "
+        "(pretrain/benchmark/host_syncs.py)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detection.synthetic_voc import MIN_SIZE, MIN_TEST07, write_voc  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
-from pretrain.synthetic import write_imagefolder  # noqa: E402
+from pretrain.data.synthetic import write_imagefolder  # noqa: E402
 
 
 @tool

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detection.report import report_files  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
-from pretrain.fileio import check_folder_path, write_files_together  # noqa: E402
+from pretrain.runtime.fileio import check_folder_path, write_files_together  # noqa: E402
 from study.summary_tables import summary_files  # noqa: E402
 
 

@@ -1,19 +1,19 @@
 """Training methods, selected by METHOD.NAME.
 
 ``METHODS`` is the registry every other part of the project reads a method from: its class, its
-label (``method_label``), its config keys (``pretrain.config.get_cfg``) and their ranges
-(``pretrain.config_check``). A new method is a ``Method`` subclass in a module of this package,
+label (``method_label``), its config keys (``pretrain.config.defaults.get_cfg``) and their ranges
+(``pretrain.config.checks``). A new method is a ``Method`` subclass in a module of this package,
 added to the tuple below.
 """
 
-from .base import Method, MethodContext, soft_cross_entropy
-from .cross_entropy import CrossEntropy, LabelSmoothing
-from .cskd import ClassWiseSelfKD
-from .lsskd import LayeredSelfSupervisedKD
-from .nkd import NormalizedKD
-from .pskd import ProgressiveSelfKD
-from .tfkd import TeacherFreeKD
-from .uskd import UniversalSelfKD
+from pretrain.methods.base import Method, MethodContext, soft_cross_entropy
+from pretrain.methods.cross_entropy import CrossEntropy, LabelSmoothing
+from pretrain.methods.cskd import ClassWiseSelfKD
+from pretrain.methods.lsskd import LayeredSelfSupervisedKD
+from pretrain.methods.nkd import NormalizedKD
+from pretrain.methods.pskd import ProgressiveSelfKD
+from pretrain.methods.tfkd import TeacherFreeKD
+from pretrain.methods.uskd import UniversalSelfKD
 
 METHODS = {
     cls.name: cls
@@ -31,7 +31,7 @@ METHODS = {
 
 
 def build_method(ctx: MethodContext) -> Method:
-    """The method of METHOD.NAME (one of METHODS: pretrain.config_check checked it)."""
+    """The method of METHOD.NAME (one of METHODS: pretrain.config.checks checked it)."""
     return METHODS[ctx.cfg.METHOD.NAME](ctx)
 
 

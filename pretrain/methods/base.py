@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_weights
-from ..cutmix import CutMix
-from ..models import build_model
-from ..samplers import ShardedSampler
+from pretrain.data.samplers import ShardedSampler
+from pretrain.methods.cutmix import CutMix
+from pretrain.models import build_model
+from pretrain.runtime.checkpoint import load_weights
 
 
 @dataclass
@@ -51,14 +51,15 @@ class Method:
     needs_teacher = False
     teacher = None  # the teacher module of a method that needs one
     # {"KEY.NAME": Range} for every numeric key ``add_config`` declares, and {"KEY.NAME":
-    # Choices} for every text one (pretrain/config_check.py checks them for every tool).
+    # Choices} for every text one (pretrain/config/checks.py checks them for every tool).
     config_ranges = {}
     config_choices = {}
 
     @staticmethod
     def add_config(cfg):
         """Declare the method's own config keys with their defaults on ``cfg`` (as Detectron2
-        projects' ``add_*_config``); ``pretrain.config.get_cfg`` calls it for every method."""
+        projects' ``add_*_config``); ``pretrain.config.defaults.get_cfg`` calls it for every
+        method."""
 
     @classmethod
     def config_problems(cls, cfg):

@@ -2,8 +2,8 @@
 
 import torch.nn.functional as F
 
-from ..config_types import CN, FRACTION
-from .base import Method, soft_cross_entropy
+from pretrain.config.types import CN, FRACTION
+from pretrain.methods.base import Method, soft_cross_entropy
 
 
 class CrossEntropy(Method):

@@ -4,9 +4,9 @@ sample is pulled towards the prediction on another sample of the same class."""
 import torch
 from torch.utils.data import Sampler
 
-from ..config_types import CN, NON_NEGATIVE, POSITIVE
-from ..samplers import ShardedSampler, sample_seed
-from .base import Method, distillation_kl, soft_cross_entropy
+from pretrain.config.types import CN, NON_NEGATIVE, POSITIVE
+from pretrain.data.samplers import ShardedSampler, sample_seed
+from pretrain.methods.base import Method, distillation_kl, soft_cross_entropy
 
 
 class ClassPairSampler(Sampler):

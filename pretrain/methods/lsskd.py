@@ -17,10 +17,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..config_types import CN, FRACTION, NON_NEGATIVE, POSITIVE
-from ..distributed import get_world_size
-from .base import Method, distillation_kl, module_bytes, soft_cross_entropy
-from .pskd import alpha_at
+from pretrain.config.types import CN, FRACTION, NON_NEGATIVE, POSITIVE
+from pretrain.methods.base import Method, distillation_kl, module_bytes, soft_cross_entropy
+from pretrain.methods.pskd import alpha_at
+from pretrain.runtime.distributed import get_world_size
 
 # The self-supervised transformations: rotations by j * 90 degrees, j = 0..M-1 (HSAKD's).
 ROTATIONS = 4

@@ -6,8 +6,8 @@ one before they are matched."""
 import torch
 import torch.nn.functional as F
 
-from ..config_types import CN, NON_NEGATIVE, POSITIVE
-from .base import Method, build_teacher, describe_teacher, soft_cross_entropy
+from pretrain.config.types import CN, NON_NEGATIVE, POSITIVE
+from pretrain.methods.base import Method, build_teacher, describe_teacher, soft_cross_entropy
 
 
 def nkd_loss(logits, teacher_logits, targets, temperature, gamma):

@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config_types import CN, FRACTION, NON_NEGATIVE, Choices
-from ..cutmix import MODES as CUTMIX_MODES
-from ..cutmix import CutMix
-from ..distributed import get_world_size
-from ..prediction_table import DTYPES as TABLE_DTYPES
-from ..prediction_table import PredictionTable
-from .base import Method, build_frozen_model, module_bytes, soft_cross_entropy
+from pretrain.config.types import CN, FRACTION, NON_NEGATIVE, Choices
+from pretrain.methods.base import Method, build_frozen_model, module_bytes, soft_cross_entropy
+from pretrain.methods.cutmix import MODES as CUTMIX_MODES
+from pretrain.methods.cutmix import CutMix
+from pretrain.methods.prediction_table import DTYPES as TABLE_DTYPES
+from pretrain.methods.prediction_table import PredictionTable
+from pretrain.runtime.distributed import get_world_size
 
 logger = logging.getLogger(__name__)
 BN_MODES = ("eval", "train")

@@ -3,8 +3,14 @@ of the same architecture teaches the student."""
 
 import torch
 
-from ..config_types import CN, FRACTION, POSITIVE, Choices
-from .base import Method, build_teacher, describe_teacher, distillation_kl, soft_cross_entropy
+from pretrain.config.types import CN, FRACTION, POSITIVE, Choices
+from pretrain.methods.base import (
+    Method,
+    build_teacher,
+    describe_teacher,
+    distillation_kl,
+    soft_cross_entropy,
+)
 
 REDUCTIONS = ("mean", "batchmean")
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config_types import CN, NON_NEGATIVE
-from .base import Method, soft_cross_entropy
+from pretrain.config.types import CN, NON_NEGATIVE
+from pretrain.methods.base import Method, soft_cross_entropy
 
 # The weak head's label smoothing, fixed in the reference code.
 WEAK_SMOOTHING = 0.1

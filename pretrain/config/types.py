@@ -1,7 +1,7 @@
 """What a config declaration is built from: ``CN``, the node every config key hangs on,
 ``Range``, the values a numeric key admits, and ``Choices``, the values a text key admits.
 
-The general keys (pretrain/config.py) and each method's own keys (``Method.add_config`` in
+The general keys (pretrain/config/defaults.py) and each method's own keys (``Method.add_config`` in
 pretrain/methods/) are declared with these; this module imports nothing of the project, so both
 can.
 """
@@ -22,17 +22,19 @@ class CN(CfgNode):
     def merge_from_list(self, cfg_list):
         cfg_list = list(cfg_list)
         for i in range(0, len(cfg_list) - 1, 2):
-            default = _lookup(self, cfg_list[i])
+            default = lookup(self, cfg_list[i])
             value = CfgNode._decode_cfg_value(cfg_list[i + 1])
             if isinstance(default, float) and type(value) is int:
                 cfg_list[i + 1] = float(value)
         return super().merge_from_list(cfg_list)
 
 
-def _lookup(node, dotted):
+def lookup(node, dotted, default=None):
+    """The value at a dotted key (``"SOLVER.BASE_LR"``) of a config node or of the plain dicts a
+    config.yaml reads back as; ``default`` where a part of the key is not there."""
     for part in dotted.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            return None
+        if not isinstance(node, dict) or part not in node:
+            return default
         node = node[part]
     return node
 

@@ -5,7 +5,7 @@ Outputs in OUTPUT_DIR: ``config.yaml``, ``log.txt``, ``metrics.json`` (one JSON 
 TensorBoard events, ``model_<iter>.pth`` checkpoints with ``last_checkpoint``, and at the end
 ``model_final.pth`` (``{"model": torchvision state dict}``), ``eval_final.json`` and
 ``reliability_final.png``. ``--eval-only`` writes ``eval_only_<weights name>.json``,
-``..._reliability.png`` and ``..._config.yaml`` instead (pretrain/run_folder.py).
+``..._reliability.png`` and ``..._config.yaml`` instead (pretrain/runtime/run_folder.py).
 """
 
 import logging
@@ -15,35 +15,35 @@ import time
 
 import torch
 
-from . import distributed as du
-from . import faults
-from .build import (
+from pretrain.data.build import build_dataset, build_train_loader, build_val_loader
+from pretrain.engine.build import (
     amp_dtype,
     build_grad_scaler,
     build_optimizer,
     build_train_module,
     configure_cudnn,
 )
-from .checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
-from .data import build_dataset, build_train_loader, build_val_loader
-from .events import TrainingEvents, format_metrics, setup_logging
-from .fileio import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    remove_stale_temporaries,
-)
-from .lr_schedule import build_lr_schedule
-from .methods import MethodContext, build_method, method_label
-from .metrics import (
+from pretrain.engine.events import TrainingEvents, format_metrics, setup_logging
+from pretrain.engine.lr_schedule import build_lr_schedule
+from pretrain.methods import MethodContext, build_method, method_label
+from pretrain.metrics import (
     per_image_path,
     per_sample_stats,
     plot_reliability_diagram,
     save_per_image,
     summarize,
 )
-from .models import build_model, memory_format
-from .run_folder import (
+from pretrain.models import build_model, memory_format
+from pretrain.runtime import distributed as du
+from pretrain.runtime import faults
+from pretrain.runtime.checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
+from pretrain.runtime.fileio import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
+from pretrain.runtime.run_folder import (
     CONFIG_FILE,
     check_same_run,
     check_same_started_run,

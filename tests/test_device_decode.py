@@ -1,5 +1,5 @@
-"""DATALOADER.DECODE device (pretrain/gpu_input.py), on the CPU: batch order, shapes, per-sample
-determinism, closeness to the PIL pipeline, and files nvjpeg cannot take."""
+"""DATALOADER.DECODE device (pretrain/data/device_decode.py), on the CPU: batch order, shapes,
+per-sample determinism, closeness to the PIL pipeline, and files nvjpeg cannot take."""
 
 import glob
 import io
@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from conftest import ROOT
-from pretrain import gpu_input
+from helpers import ROOT
 from pretrain.cli import setup_cfg
-from pretrain.data import build_dataset, build_loader
-from pretrain.images import UnreadableImage
-from pretrain.samplers import ShardedSampler
+from pretrain.data import device_decode
+from pretrain.data.build import build_dataset, build_loader
+from pretrain.data.images import UnreadableImage
+from pretrain.data.samplers import ShardedSampler
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 
@@ -159,7 +159,7 @@ def test_file_the_device_decoder_refuses_is_decoded_by_pil(monkeypatch, syntheti
     images = [Image.open(p).convert("RGB") for p in paths]
     images[2] = images[2].convert("L")
     encoded = [_jpeg_bytes(image) for image in images]
-    calls, decode = [], gpu_input.decode_jpegs
+    calls, decode = [], device_decode.decode_jpegs
 
     def refusing_decode(batch, device):
         calls.append(len(batch))
@@ -167,8 +167,10 @@ def test_file_the_device_decoder_refuses_is_decoded_by_pil(monkeypatch, syntheti
             raise RuntimeError("nvjpeg cannot decode this file")
         return decode(batch, device)
 
-    monkeypatch.setattr(gpu_input, "decode_jpegs", refusing_decode)
-    decoded = gpu_input.EncodedBatch(encoded, {}, paths, augment=None).decode(torch.device("cpu"))
+    monkeypatch.setattr(device_decode, "decode_jpegs", refusing_decode)
+    decoded = device_decode.EncodedBatch(encoded, {}, paths, augment=None).decode(
+        torch.device("cpu")
+    )
     assert calls == [4, 1, 1, 1, 1]
     for i, image in enumerate(decoded):
         pixels = Image.open(io.BytesIO(encoded[i].numpy().tobytes())).convert("RGB")

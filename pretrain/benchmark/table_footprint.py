@@ -2,8 +2,8 @@
 full float32 table, sharded dense, sharded top-k) at any scale (tools/benchmark.py --table-memory;
 docs/benchmarks.md)."""
 
-from .benchmark_probes import MB
-from .prediction_table import table_bytes
+from pretrain.benchmark.probes import MB
+from pretrain.methods.prediction_table import table_bytes
 
 
 def table_memory(num_samples, num_classes, world, ranks_per_node, topk=(10,), per_rank_batch=32):

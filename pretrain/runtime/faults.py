@@ -30,7 +30,7 @@ import re
 import signal
 import threading
 
-from . import distributed as du
+from pretrain.runtime import distributed as du
 
 VARIABLE = "PRETRAIN_FAULT"
 _SPEC = re.compile(r"(kill|kill group|hang) at (.+?)(?: in (.+?))?(?: on rank (\d+))?")

@@ -8,14 +8,22 @@ only when the method is built, on a GPU node after the dataset scan) stops at on
 Each option set is defined once, by the module that implements the options.
 """
 
-from .build import AMP_DTYPES
-from .config_types import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Choices, Range
-from .data import DECODES, FORMATS
-from .datasets import BAD_IMAGE_POLICIES
-from .distributed import DEVICES
-from .methods import METHODS
-from .models import ARCHS
-from .transforms import PRESETS
+from pretrain.config.types import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Choices,
+    Range,
+    lookup,
+)
+from pretrain.data.build import DECODES, FORMATS
+from pretrain.data.datasets import BAD_IMAGE_POLICIES
+from pretrain.data.transforms import PRESETS
+from pretrain.engine.build import AMP_DTYPES
+from pretrain.methods import METHODS
+from pretrain.models import ARCHS
+from pretrain.runtime.distributed import DEVICES
 
 RANGES = {
     "MODEL.NUM_CLASSES": AT_LEAST_ONE,
@@ -71,13 +79,6 @@ FREE_TEXT = {
 }
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def keys_of_type(cfg, types, prefix=""):
     """Every key of ``cfg`` whose value's type is one of ``types`` (exactly: bool is no int)."""
     keys = []
@@ -125,9 +126,9 @@ def validate_config(cfg):
     those a method sets, ``Method.config_problems``, e.g. PSKD.TOPK above the number of
     classes)."""
     problems = [
-        f"{key} is {_get(cfg, key)!r}, must be {allowed}"
+        f"{key} is {lookup(cfg, key)!r}, must be {allowed}"
         for key, allowed in {**RANGES, **CHOICES}.items()
-        if _get(cfg, key) not in allowed
+        if lookup(cfg, key) not in allowed
     ]
     if not problems:
         problems = general_problems(cfg) + [

@@ -1,4 +1,4 @@
-"""What the benchmarks (pretrain/training_benchmark.py, pretrain/input_benchmark.py) record
+"""What the benchmarks (pretrain/benchmark/training.py, pretrain/benchmark/input_pipeline.py) record
 besides their timings: the machine they ran on, memory growth within a timed window, the bytes of
 the tensors a method holds, and a device synchronisation before reading a clock.
 

@@ -12,10 +12,10 @@ import re
 
 import torch
 
-from . import distributed as du
-from . import faults
-from .fileio import atomic_torch_save, atomic_write_text
-from .models import strip_wrapper_prefixes
+from pretrain.models import strip_wrapper_prefixes
+from pretrain.runtime import distributed as du
+from pretrain.runtime import faults
+from pretrain.runtime.fileio import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import os
 
 import yaml
 
-from .config import get_cfg
-from .fileio import OutputWriteError
-from .metrics import per_image_path
+from pretrain.config.defaults import get_cfg
+from pretrain.metrics import per_image_path
+from pretrain.runtime.fileio import OutputWriteError
 
 # Files a failed set-up may leave in a folder that holds no run yet.
 SETUP_FILES = ("log.txt",)

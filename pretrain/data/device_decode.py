@@ -19,7 +19,7 @@ What stays as in the CPU path:
 What differs: pixels are not bit-identical to the PIL pipeline. Resizing uses torchvision's
 antialiased bilinear kernel on tensors (PIL uses its own filter support), and colour jitter works
 on float pixels where PIL rounds to uint8 after each operation; differences are a few grey levels
-(tests/test_gpu_input.py bounds them).
+(tests/test_device_decode.py bounds them).
 
 Files nvjpeg does not take (not a JPEG, or CMYK/other colour modes) are decoded by PIL in the
 worker and travel as pixels, and so are JPEGs whose EXIF orientation asks for a turn or a flip:
@@ -38,9 +38,9 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from .datasets import IndexedDataset, bad_image, split_bad
-from .images import DECODE_ERRORS, UnreadableImage, is_turned, open_image, read_8bit
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
+from pretrain.data.datasets import IndexedDataset, bad_image, split_bad
+from pretrain.data.images import DECODE_ERRORS, UnreadableImage, is_turned, open_image, read_8bit
+from pretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 
 # Colour modes nvjpeg decodes to RGB itself; anything else is converted by PIL in the worker.
 _NVJPEG_MODES = ("RGB", "L")

@@ -25,7 +25,7 @@ int16) and are stored as int16 when K fits.
 import torch
 import torch.distributed as dist
 
-from .distributed import get_rank, get_world_size
+from pretrain.runtime.distributed import get_rank, get_world_size
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 

@@ -15,7 +15,7 @@ more steadily than wall-clock img/s, which then mostly measures the other jobs.
 Memory (``peak_mem_mb``) is what one method would hold alone: its persistent tensors (model,
 gradients, optimizer state, and what the method reports through ``Method.extra_memory``, such as
 the table or a teacher; ``state_mb``) plus the largest growth within one of its timed rounds
-(``benchmark_probes.MemoryProbe``; on CPU a lower bound, since the allocator reuses memory freed
+(``probes.MemoryProbe``; on CPU a lower bound, since the allocator reuses memory freed
 by the previous round). Units are decimal: 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.
 """
 
@@ -27,14 +27,14 @@ import time
 
 import torch
 
-from .benchmark_probes import MB, MemoryProbe, synchronize, tensor_bytes
-from .build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
-from .cli import merge_config
-from .config_check import validate_config
-from .engine import train_step
-from .host_syncs import HostSyncCheck
-from .methods import METHODS, MethodContext, build_method
-from .models import build_model, build_resnet, memory_format
+from pretrain.benchmark.host_syncs import HostSyncCheck
+from pretrain.benchmark.probes import MB, MemoryProbe, synchronize, tensor_bytes
+from pretrain.cli import merge_config
+from pretrain.config.checks import validate_config
+from pretrain.engine.build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
+from pretrain.engine.trainer import train_step
+from pretrain.methods import METHODS, MethodContext, build_method
+from pretrain.models import build_model, build_resnet, memory_format
 
 
 def parse_method(spec):

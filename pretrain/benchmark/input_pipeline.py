@@ -5,9 +5,9 @@ import os
 import statistics
 import time
 
-from .benchmark_probes import synchronize
-from .cli import setup_cfg
-from .models import memory_format
+from pretrain.benchmark.probes import synchronize
+from pretrain.cli import setup_cfg
+from pretrain.models import memory_format
 
 
 def benchmark_input(
@@ -17,9 +17,9 @@ def benchmark_input(
     of ``gen_size`` px generated there when it has no train/), each batch carried to ``device``
     ready for the model; ``opts`` are config overrides (INPUT.CROP_SIZE, MODEL.CHANNELS_LAST,
     ...)."""
-    from .data import build_dataset, build_loader
-    from .samplers import ShardedSampler
-    from .synthetic import write_imagefolder
+    from pretrain.data.build import build_dataset, build_loader
+    from pretrain.data.samplers import ShardedSampler
+    from pretrain.data.synthetic import write_imagefolder
 
     if not os.path.isdir(os.path.join(root, "train")):
         classes = 8

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from .fileio import atomic_write_text
-from .metrics import METRIC_KEYS
+from pretrain.metrics import METRIC_KEYS
+from pretrain.runtime.fileio import atomic_write_text
 
 logger = logging.getLogger("pretrain")
 

@@ -1,5 +1,5 @@
 """The input pipeline built from the config: the dataset of a split (DATA.FORMAT, DATA.ROOT),
-on the CPU path (``datasets``) or the device-decode path (``gpu_input``) as DATALOADER.DECODE
+on the CPU path (``datasets``) or the device-decode path (``device_decode``) as DATALOADER.DECODE
 says, and its loader."""
 
 import os
@@ -9,14 +9,14 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from .datasets import IndexedDataset, collate
-from .gpu_input import device_decode_dataset
-from .samplers import ShardedSampler
-from .transforms import build_eval_transform, build_train_transform
+from pretrain.data.datasets import IndexedDataset, collate
+from pretrain.data.device_decode import device_decode_dataset
+from pretrain.data.samplers import ShardedSampler
+from pretrain.data.transforms import build_eval_transform, build_train_transform
 
 # DATA.FORMAT: an ImageFolder tree per split, or torchvision's local CIFAR-100 copy.
 FORMATS = ("imagefolder", "cifar100")
-# DATALOADER.DECODE: PIL in the loader workers, or torchvision.io on MODEL.DEVICE (gpu_input).
+# DATALOADER.DECODE: PIL in the loader workers, or torchvision.io on MODEL.DEVICE (device_decode).
 DECODES = ("cpu", "device")
 
 

@@ -8,7 +8,7 @@ generator seeded by the sample's seed.
 import torch
 from torch.utils.data import Dataset
 
-from .images import DECODE_ERRORS, UnreadableImage, load_rgb
+from pretrain.data.images import DECODE_ERRORS, UnreadableImage, load_rgb
 
 # DATA.ON_BAD_IMAGE: stop naming the file, or drop it from its batch and log it.
 BAD_IMAGE_POLICIES = ("error", "skip")

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from . import faults
+from pretrain.runtime import faults
 
 
 class OutputWriteError(OSError):

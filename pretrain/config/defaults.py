@@ -6,8 +6,8 @@ YAML files in ``configs/pretrain/`` override these defaults (``_BASE_`` chains t
 ``KEY VALUE`` pairs on the command line override the files, as in Detectron2.
 """
 
-from .config_types import CN
-from .methods import METHODS
+from pretrain.config.types import CN
+from pretrain.methods import METHODS
 
 _C = CN()
 
@@ -107,7 +107,7 @@ _C.DATALOADER.NUM_WORKERS = 8
 # given SEED, epoch and index); the training process decodes the batch with
 # torchvision.io.decode_jpeg on MODEL.DEVICE (nvjpeg on CUDA) and augments it there. Pixels are
 # close to, not bit-identical with, "cpu" (resize kernels; float colour jitter). ImageFolder
-# data and INPUT.PRESET imagenet only. See pretrain/gpu_input.py and docs/benchmarks.md.
+# data and INPUT.PRESET imagenet only. See pretrain/data/device_decode.py and docs/benchmarks.md.
 _C.DATALOADER.DECODE = "cpu"
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fvcore.common.param_scheduler import (
 def build_lr_schedule(cfg, iters_per_epoch):
     """Multiplier of BASE_LR as a function of where in training we are (0 <= where < 1):
     x GAMMA at each epoch of SOLVER.STEPS, after an optional linear warmup."""
-    # SOLVER.STEPS are increasing epochs inside the run (pretrain.config_check).
+    # SOLVER.STEPS are increasing epochs inside the run (pretrain.config.checks).
     epochs, steps = cfg.SOLVER.EPOCHS, list(cfg.SOLVER.STEPS)
     total = epochs * iters_per_epoch
     schedule = MultiStepParamScheduler(
