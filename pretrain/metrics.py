@@ -74,9 +74,16 @@ def optimal_aurc(num_errors, n):
     """The smallest AURC that ``num_errors`` errors among ``n`` samples allow (all errors ranked
     last): ``(1/n) * sum_{i=1..r} i / (n - r + i)``, the authors' discrete formula. Its large-n
     limit ``rho + (1 - rho) ln(1 - rho)`` (rho = r / n) is about ``rho / (2n)`` lower: x1000, 0.01
-    at n = 10,000 and 1.0 at n = 100 for rho = 0.2."""
-    i = torch.arange(1, num_errors + 1, dtype=torch.float64)
-    return (i / (n - num_errors + i)).sum().item() / n
+    at n = 10,000 and 1.0 at n = 100 for rho = 0.2.
+
+    The sum is ``r - (n - r) (H(n) - H(n - r))`` (H the harmonic numbers, through digamma), so
+    ``num_errors`` and ``n`` may be tensors: one optimum per bootstrap resample, without a loop
+    over r terms each."""
+    r = torch.as_tensor(num_errors, dtype=torch.float64)
+    n = torch.as_tensor(n, dtype=torch.float64)
+    harmonic_gap = torch.special.digamma(n + 1) - torch.special.digamma(n - r + 1)
+    out = (r - (n - r) * harmonic_gap) / n
+    return out if out.dim() else out.item()
 
 
 def aurc_eaurc(confidence, correct, weights=None):
@@ -111,8 +118,7 @@ def aurc_eaurc(confidence, correct, weights=None):
         d_h = harmonic[ranks.long()] - harmonic[before.long()]
         risk = (errs_before * d_h + errors * (c - before * d_h)).sum(dim=1) / total
         aurc.append(1000.0 * risk)
-        optimal = [optimal_aurc(int(r), int(m)) for r, m in zip(errs[:, -1].round(), total)]
-        eaurc.append(1000.0 * (risk - torch.tensor(optimal, dtype=torch.float64)))
+        eaurc.append(1000.0 * (risk - optimal_aurc(errs[:, -1].round(), total)))
     aurc, eaurc = torch.cat(aurc), torch.cat(eaurc)
     return (aurc, eaurc) if weights is not None else (aurc.item(), eaurc.item())
 

@@ -24,7 +24,7 @@ from study.simulate import (
 
 pytestmark = pytest.mark.slow
 
-IMAGES = 600
+IMAGES = 400
 EFFECT = 0.15  # latent units: about 3 AP50 points, 3 top-1 points (2 standard errors at S = 3)
 REPLICATES = 150
 CELLS = list(itertools.product((0.0, EFFECT), (SEED_DOMINATED, IMAGE_DOMINATED), (3, 5)))

@@ -81,6 +81,14 @@ def test_optimal_aurc_is_the_discrete_sum_not_the_closed_form():
         assert optimal_aurc(n // 5, n) - closed == pytest.approx(gap, rel=0.01)
 
 
+def test_optimal_aurc_of_many_rows_is_the_authors_sum():
+    pairs = [(r, n) for n in (1, 7, 1000, 50_000) for r in sorted({0, 1, n // 3, n - 1, n})]
+    direct = [sum(i / (n - r + i) for i in range(1, r + 1)) / n for r, n in pairs]
+    rows = optimal_aurc(torch.tensor([r for r, _ in pairs]), torch.tensor([n for _, n in pairs]))
+    assert rows.tolist() == pytest.approx(direct, rel=1e-10, abs=1e-12)
+    assert [optimal_aurc(r, n) for r, n in pairs] == pytest.approx(direct, rel=1e-10, abs=1e-12)
+
+
 def reference_aurc(conf, correct):
     """The authors' calc_aurc (PS-KD utils/metric.py) in numpy, with a stable argsort."""
     order = np.argsort(conf, kind="stable")[::-1]

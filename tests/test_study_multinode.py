@@ -1,12 +1,15 @@
-"""Multi-node paths on a real two-node Slurm cluster in network namespaces on this machine
-(tests/slurm_cluster2.py): a study whose pretraining and detection stages each run on 2 nodes x
-1 process through the Slurm executor, to its report; then one two-node pretraining preempted,
-then losing a node, that ends with the weights of the study's uninterrupted run. Skipped with
-the reason where Slurm, MUNGE, root or network namespaces are missing; under CI=true that fails
-instead."""
+"""The Slurm executor on a real two-node Slurm cluster in network namespaces on this machine
+(tests/slurm_cluster2.py): a study to its report, one job per stage with afterok dependencies
+(TF-KD's search trials wait for their teacher, its run for the trials), its pretraining and
+detection stages each on 2 nodes x 1 process, one of them preempted (requeued, resumed from its
+checkpoint); then one two-node
+pretraining preempted, then losing a node, that ends with the weights of the study's
+uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network namespaces are
+missing; under CI=true that fails instead."""
 
 import contextlib
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -15,10 +18,12 @@ import time
 import pytest
 import yaml
 
-from helpers import ROOT, require_detectron2, skip_unless_ci, tiny_study
+from helpers import ROOT, first_checkpoint, require_detectron2, skip_unless_ci, tiny_study
 from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
+from study.search import journal_path, optuna_study, recorded_values, trial_metric
 from study.spec import load_study
+from study.state import read_record
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 if unavailable_reason():
@@ -42,24 +47,25 @@ def test_one_task_on_each_node(cluster):
     assert sorted(out.stdout.split()) == sorted(NODES)
 
 
-def _write_study(folder, data=None, backbones=("baseline", "ls"), opts=None):
+def _write_study(folder, data=None, backbones=("baseline", "tfkd"), opts=None, search=False):
     """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
-    1 process, one CPU a task: two independent backbones (the baseline, label smoothing) share
-    the nodes, both pretrainings at once, then both detection fine-tunes. ``data``: instead of
-    generated data, another study's; ``opts``: added to its pretraining's."""
-    study = tiny_study(os.path.join(folder, "out"), seeds=[0])
+    1 process, one CPU a task: the baseline, and TF-KD taught by it (a Slurm dependency), then
+    both detection fine-tunes at once. ``data``: instead of generated data, another study's;
+    ``opts``: added to its pretraining's; ``search``: TF-KD's 3-trial search of its alpha."""
+    study = tiny_study(os.path.join(folder, "out"), seeds=[0], search=search)
     if data:
         study["data"] = data
-    study["backbones"] = {
-        b: {"config": f"configs/pretrain/cpu_synthetic_R_18_{b}.yaml"} for b in backbones
-    }
+    study["backbones"] = {b: study["backbones"][b] for b in backbones}
     study["pretrain"]["opts"].update(opts or {})
     for kind in ("pretrain", "detect"):
         study["resources"][kind].update(nodes=2, cpus_per_task=1)
+    # Requeue at the time limit up to 5 times, signalled 45 s before it (submitit's defaults, 3
+    # and 90, would stop a multi-day stage on day 3).
+    study["slurm"] = {"max_num_timeout": 5, "signal_delay_s": 45}
     path = os.path.join(folder, "study.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(study, f, sort_keys=False)
-    return path, Plan(load_study(path))
+    return path, Plan(load_study(path)), study
 
 
 def _study(cluster, path, *args, **env):
@@ -88,12 +94,26 @@ def _wait_until_idle(cluster):
 
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
-    """The study, uninterrupted, from one submission: (study file, plan)."""
-    path, plan = _write_study(str(tmp_path_factory.mktemp("study")))
-    submitted = _study(cluster, path, "--executor", "slurm")
+    """The study from one submission, TF-KD's alpha searched (3 trials, then its run with the
+    winner's), its TF-KD pretraining preempted after its first checkpoint (the jobs inherit the
+    submitting environment: that stage waits there for the signal, so it cannot finish before
+    it): (study file, plan, the submission's output, a second submission's output while the
+    jobs were queued)."""
+    path, plan, data = _write_study(str(tmp_path_factory.mktemp("study")), search=True)
+    victim = plan.pretrain["tfkd", 0]
+    fault = f"hang at checkpoint {first_checkpoint(data, victim)} in {victim.out}"
+    submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    again = _study(cluster, path, "--executor", "slurm")
+    job = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))[victim.id]
+    _wait_for(
+        "TF-KD's first checkpoint",
+        lambda: os.path.exists(os.path.join(victim.out, "last_checkpoint")),
+        cluster,
+    )
+    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
     _wait_until_idle(cluster)
-    return path, plan
+    return path, plan, submitted.stdout, again.stdout
 
 
 def _commands(plan, stage):
@@ -106,20 +126,48 @@ def _commands(plan, stage):
 
 
 def test_a_study_on_two_nodes(cluster, study):
-    """Every stage done from one submission; each pretraining and detection stage ran one
-    command per node, placed among the nodes, as one process group of 2."""
-    path, plan = study
+    """Every stage done from one submission, as one job each, TF-KD's trials after their
+    teacher's, its run after the trials with the winner's alpha; a second submission while they
+    ran submitted none twice; the preempted stage's job was requeued and resumed from its
+    checkpoint; each pretraining and detection stage ran one command per node, placed among the
+    nodes, as one process group of 2."""
+    path, plan, submitted, again = study
     status = _study(cluster, path, "--status").stdout
     assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
         status + cluster.logs()
     )
+    jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted, re.M))
+    assert set(jobs) == {s.id for s in plan.stages}
+    # TF-KD's trials wait for their teacher's job, its run for the teacher's and every trial's.
+    trials = [t.id for t in plan.trials["tfkd"]]
+    for stage, needs in (
+        (trials[0], ["pretrain/baseline/seed0"]),
+        ("pretrain/tfkd/seed0", ["pretrain/baseline/seed0", *trials]),
+    ):
+        after = re.search(rf"^{stage}: Slurm job \d+ \(afterok:([\d:]+)\)", submitted, re.M)
+        assert after and {jobs[s] for s in needs} <= set(after.group(1).split(":"))
+    assert not re.search(r"^\S+: Slurm job", again, re.M) and "already queued" in again
+    victim = plan.pretrain["tfkd", 0]
+    job_dir = os.path.join(plan.root, "slurm", jobs[victim.id])
+    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submission.sh")) as f:
+        assert "#SBATCH --signal=USR2@45" in f.read()
+    # slurm.max_num_timeout 5, less the one signal: under a time limit of 10 minutes or less
+    # (the tiny study's) submitit counts every signal as a time limit.
+    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submitted.pkl"), "rb") as f:
+        assert pickle.load(f)._timeout_countdown == 5 - 1
+    with open(os.path.join(victim.out, "log.txt")) as f:
+        assert "resumed from" in f.read()  # continued from its checkpoint, not restarted
+    assert read_record(plan, victim)["job_id"] == jobs[victim.id]  # the same job, requeued
     for stage in plan.stages:
         if stage.kind not in ("pretrain", "detect"):
             continue
-        # One command on each node (in its own log), placed among the nodes, the first as host.
+        # One command on each node (in its own log), placed among the nodes, the first as host;
+        # the preempted stage a second, resuming.
         commands = _commands(plan, stage)
-        assert [len(c) for c in commands] == [1, 1], commands
-        for rank, (command,) in enumerate(commands):
+        starts = 2 if stage.id == victim.id else 1
+        assert [len(c) for c in commands] == [starts, starts], commands
+        for rank, (command, *resumed) in enumerate(commands):
+            assert all("--resume" in c for c in resumed)
             if stage.kind == "pretrain":
                 assert f"--nnodes 2 --node_rank {rank} " in command
                 assert "--rdzv_endpoint node1:" in command
@@ -128,16 +176,30 @@ def test_a_study_on_two_nodes(cluster, study):
         group = "cpu x 2 process(es)" if stage.kind == "pretrain" else "World size: 2"
         with open(os.path.join(stage.out, "log.txt")) as f:
             assert group in f.read()
+    # The winner of the search (the trials' lowest validation NLL, each recorded in the journal
+    # by its job) trained TF-KD's run; the report names its value.
+    search = plan.study.backbone("tfkd").search
+    values = recorded_values(plan.root, "tfkd", search)
+    nll = [trial_metric(t.out, "nll") for t in plan.trials["tfkd"]]
+    best = values[nll.index(min(nll))]["TFKD.ALPHA"]
+    with open(os.path.join(victim.out, "config.yaml")) as f:
+        assert yaml.safe_load(f)["TFKD"]["ALPHA"] == best
+    journal = optuna_study(journal_path(plan.root, "tfkd"), search, "tfkd").trials
+    assert [t.params for t in journal] == values and [t.value for t in journal] == nll
+    with open(os.path.join(plan.report.out, "table5.md")) as f:
+        assert f"TFKD.ALPHA {best:g}," in f.read()
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
+    done = _study(cluster, path, "--executor", "slurm")
+    assert done.returncode == 0 and "nothing to do" in done.stdout
 
 
 def _pretraining_alone(cluster, reference, folder, fault, opts):
     """A study of the baseline alone on ``reference``'s data, ``opts`` added to its
     pretraining's, submitted with ``fault`` (PRETRAIN_FAULT; ``{out}``: the run folder) in its
     jobs' environment. Returns (study file, plan, pretraining stage, its job)."""
-    _, ref = reference
+    ref = reference[1]
     data = {"pretrain": ref.pretrain_root(), "voc": ref.voc_root()}
-    path, plan = _write_study(folder, data, ("baseline",), opts)
+    path, plan, _ = _write_study(folder, data, ("baseline",), opts)
     stage = plan.pretrain["baseline", 0]
     fault = fault.format(out=stage.out)
     return path, plan, stage, _submit_pretraining(cluster, path, stage, PRETRAIN_FAULT=fault)
@@ -250,5 +312,5 @@ def test_two_node_pretraining_preempted_then_a_node_lost_ends_as_uninterrupted(
     assert "model_0000005.pth: epoch 2, step 1 of 2, iteration 5" in log()
     for starts in _commands(plan, stage):
         assert len(starts) == 3 and "--resume" in starts[2], starts
-    _, reference = study
+    reference = study[1]
     assert _same_weights(stage.out, reference.pretrain["baseline", 0].out)
