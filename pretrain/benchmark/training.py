@@ -32,7 +32,7 @@ from pretrain.benchmark.probes import MB, MemoryProbe, synchronize, tensor_bytes
 from pretrain.cli import merge_config
 from pretrain.config.checks import validate_config
 from pretrain.engine.build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
-from pretrain.engine.trainer import train_step
+from pretrain.engine.step import train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.models import build_model, build_resnet, memory_format
 
