@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pretrain.benchmark.host_syncs import HostSyncCheck
 from pretrain.config.defaults import get_cfg
-from pretrain.engine.trainer import train_step
+from pretrain.engine.step import train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.models import build_resnet
 
