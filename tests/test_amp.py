@@ -118,7 +118,7 @@ def test_float16_step_scales_unscales_and_updates_the_scaler():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if amp else None
         before = [p.detach().clone() for p in model.parameters()]
-        loss = engine.train_step(method, model, optimizer, scaler, images, labels, indices, amp)
+        loss, _ = engine.train_step(method, model, optimizer, scaler, images, labels, indices, amp)
         steps[amp] = [p.detach() - b for p, b in zip(model.parameters(), before)]
         assert dtypes == [amp or torch.float32] and torch.isfinite(loss)
     # The float16 step moved the weights as the float32 step did: the gradients were unscaled.
@@ -138,7 +138,7 @@ def stand_in_steps(monkeypatch):
         seen.append((scaler.get_scale(), amp_dtype))
         scaler.scale(torch.ones(()))  # the scaler's first use creates its scale
         scaler.update(new_scale=scaler.get_scale() / 2)
-        return torch.zeros(())
+        return torch.zeros(()), {}
 
     monkeypatch.setattr(engine, "train_step", step)
     return seen

@@ -102,9 +102,9 @@ def test_check_syncs_names_a_synchronising_step(monkeypatch):
     step = CrossEntropy.training_step
 
     def syncing_step(self, model, images, labels, indices):
-        loss, logits = step(self, model, images, labels, indices)
-        loss.item()
-        return loss, logits
+        losses, logits = step(self, model, images, labels, indices)
+        losses["loss_ce"].item()
+        return losses, logits
 
     monkeypatch.setattr(CrossEntropy, "training_step", syncing_step)
     with pytest.raises(RuntimeError, match=r"baseline synchronises.*item \(at test_benchmark.py"):

@@ -29,10 +29,12 @@ def test_step_splits_a_batch_of_images_into_anchors_then_partners():
         return x.mean(dim=(2, 3))
 
     labels = torch.tensor([0, 2, 0, 2])
-    loss, logits = m.training_step(net, images, labels, torch.arange(4))
+    losses, logits = m.training_step(net, images, labels, torch.arange(4))
     anchors, partners = net(images[:2]), net(images[2:])
-    expected = F.cross_entropy(anchors, labels[:2]) + 0.7 * cskd_loss(anchors, partners, 2.0)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    ce = F.cross_entropy(anchors, labels[:2])
+    assert losses["loss_ce"].item() == pytest.approx(ce.item(), rel=1e-6)
+    kd = 0.7 * cskd_loss(anchors, partners, 2.0)
+    assert losses["loss_kd"].item() == pytest.approx(kd.item(), rel=1e-6)
     assert torch.equal(logits, anchors)
 
 

@@ -1,6 +1,7 @@
 """pretrain/benchmark/host_syncs.py: the CPU stand-in for CUDA's sync debug mode flags host
 reads of device tensors and data-dependent output sizes, not host-side draws; and no method's
-training step (engine.train_step, with and without CutMix) contains any."""
+training step (engine.train_step, with and without CutMix) contains any, nor does adding up the
+logged values (DeviceMeans)."""
 
 import pytest
 import torch
@@ -8,9 +9,10 @@ import torch.nn.functional as F
 
 from pretrain.benchmark.host_syncs import HostSyncCheck
 from pretrain.config.defaults import get_cfg
-from pretrain.engine.trainer import train_step
+from pretrain.engine.step import train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.models import build_resnet
+from pretrain.runtime.device_means import DeviceMeans
 
 
 def test_check_flags_what_would_synchronise_on_cuda():
@@ -38,6 +40,21 @@ def test_check_ignores_host_draws_and_one_hot():
     with HostSyncCheck() as check:
         torch.arange(3, device=labels.device).sum().item()  # made for the device
     assert len(check.syncs) == 1
+
+
+def test_device_means_add_without_a_sync_and_read_the_means_once():
+    means = DeviceMeans(["loss", "loss_ce"], torch.device("cpu"))
+    steps = [{"loss": torch.tensor(2.0), "loss_ce": torch.tensor(1.5)}] * 2
+    steps.append({"loss": torch.tensor(5.0), "loss_ce": torch.tensor(3.0)})
+    with HostSyncCheck() as check:
+        means.add(steps[0])
+        means.add(steps[1])
+        means.add(steps[2], count=2)  # a sum over two samples
+    assert check.syncs == []
+    assert means.read() == pytest.approx({"loss": 9 / 4, "loss_ce": 6 / 4})
+    assert means.read() == {}  # the next window starts empty
+    with pytest.raises(ValueError, match="loss_kd"):
+        means.add({"loss": torch.tensor(1.0), "loss_kd": torch.tensor(1.0)})
 
 
 def _step_syncs(name, cutmix, teacher, **opts):

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+from pretrain.methods.base import total_loss
 from pretrain.methods.lsskd import (
     ROTATIONS,
     ResNetWithBranches,
@@ -119,12 +120,13 @@ for _j in range(ROTATIONS):
 
 
 def step(m, net=None):
+    """The step's loss terms, as numbers."""
     net = net or Fixed(CUR_LOGITS, CUR_SAD)
-    loss, logits = m.training_step(
+    losses, logits = m.training_step(
         net, torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
     )
     assert torch.equal(logits, CUR_LOGITS[:1])
-    return loss.item()
+    return {name: value.item() for name, value in losses.items()}
 
 
 def lsskd(**overrides):
@@ -143,7 +145,8 @@ def test_first_epoch_trains_on_hard_labels_and_joint_labels():
     m = lsskd()
     m.on_epoch_start(0, None)
     # CE of the unrotated image on label 1, plus the branch's CE on joint label 1 * M + j.
-    assert step(m) == pytest.approx(-LN(1 / 4) - LN(2 / 9))
+    assert step(m) == pytest.approx({"loss_ce": -LN(1 / 4), "loss_branch_ce": -LN(2 / 9)})
+    assert m.log_statistics() == {}  # no past prediction in epoch 0
 
 
 def test_later_epochs_soften_both_targets_with_the_previous_network():
@@ -157,7 +160,15 @@ def test_later_epochs_soften_both_targets_with_the_previous_network():
     main = -(y_s[0] * LN(3 / 4) + y_s[1] * LN(1 / 4))
     # Joint target: 0.5 on class M + j plus 0.5 / 8 everywhere -> 9/16 there, 1/16 on the 7 others.
     sad = -(9 / 16 * LN(2 / 9) + 7 / 16 * LN(1 / 9))
-    assert step(m) == pytest.approx(main + sad)
+    assert step(m) == pytest.approx({"loss_ce": main, "loss_branch_ce": sad})
+    # y_S puts 7/8 on the label; the previous network 3/4, also its top probability.
+    assert m.log_statistics() == pytest.approx(
+        {
+            "self_kd/target_label_prob": 7 / 8,
+            "self_kd/past_label_prob": 3 / 4,
+            "self_kd/past_top_prob": 3 / 4,
+        }
+    )
 
 
 def test_kd_and_feature_weights_add_their_terms():
@@ -170,9 +181,10 @@ def test_kd_and_feature_weights_add_their_terms():
     plain = step(lsskd(), net)
     kl = deep_to_shallow_kl([shallow, CUR_SAD], 3.0).item()
     assert kl > 0
-    assert step(lsskd(LSSKD__KD_WEIGHT=0.25), net) == pytest.approx(plain + 0.25 * kl)
+    assert list(plain) == ["loss_ce", "loss_branch_ce"]  # weights 0: the terms are not computed
+    assert step(lsskd(LSSKD__KD_WEIGHT=0.25), net) == pytest.approx(dict(plain, loss_kd=0.25 * kl))
     # Features: ones against the backbone's zeros -> MSE 1 for the first branch, 0 for the second.
-    assert step(lsskd(LSSKD__FEAT_WEIGHT=0.5), net) == pytest.approx(plain + 0.5)
+    assert step(lsskd(LSSKD__FEAT_WEIGHT=0.5), net) == pytest.approx(dict(plain, loss_feat=0.5))
 
 
 @pytest.mark.parametrize(
@@ -214,10 +226,10 @@ def test_branches_and_previous_network_are_trained_checkpointed_and_restored():
     module = m.wrap_model(build_resnet("resnet18", 4))
     m.on_epoch_start(0, module.model)
     assert m.previous is None
-    loss, logits = m.training_step(
+    losses, logits = m.training_step(
         module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4)
     )
-    loss.backward()
+    total_loss(losses).backward()
     assert logits.shape == (4, 4)
     assert all(
         p.grad is not None and p.grad.abs().sum() > 0 for p in module.branches[0]["fc"].parameters()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from pretrain.methods.base import total_loss
 from pretrain.methods.lsskd import (
     ROTATIONS,
     deep_to_shallow_kl,
@@ -90,12 +91,13 @@ def mixed_targets(labels, mix):
 
 
 def step(method, model, images=None, labels=LABELS):
-    """One training step on distinct images with a mixing draw; returns the loss, the logits,
+    """One training step on distinct images with a mixing draw; returns the total loss, the logits,
     the draw, the batch the draw makes of the images, and its targets."""
     images = distinct_images() if images is None else images
     seed, mix = mixing_draw(method, labels[:B])
     torch.manual_seed(seed)  # the step draws the same box
-    loss, logits = method.training_step(model, images, labels, torch.arange(len(labels)))
+    losses, logits = method.training_step(model, images, labels, torch.arange(len(labels)))
+    loss = total_loss(losses)
     expected = pasted(images[:B], mix)
     assert not torch.equal(expected, images[:B])
     return loss, logits, mix, expected, mixed_targets(labels[:B], mix)
@@ -275,11 +277,16 @@ def test_uskd_gets_the_mixed_batch_and_the_mixed_targets():
     loss, logits, _, images, targets = step(m, model)
     assert len(model.main.seen) == 1 and torch.equal(model.main.seen[0], images)
     weak = model.weak(images)
-    expected = soft_ce(logits, targets) + uskd_loss(logits, weak, targets, 1.0, 0.5, 0.5)
+    expected = soft_ce(logits, targets) + total_loss(
+        uskd_loss(logits, weak, targets, 1.0, 0.5, 0.5)
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # With the hard labels instead the loss differs: the mixed samples' two classes both count.
     assert expected.item() != pytest.approx(
-        (soft_ce(logits, targets) + uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)).item(), rel=1e-4
+        (
+            soft_ce(logits, targets) + total_loss(uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5))
+        ).item(),
+        rel=1e-4,
     )
 
 
@@ -295,15 +302,21 @@ def test_uskd_without_cutmix_uses_the_hard_labels():
         USKD__MU=0.5,
     )
     model, images = WeakHeadProbe(), distinct_images()
-    loss, logits = m.training_step(model, images, LABELS, torch.arange(B))
+    losses, logits = m.training_step(model, images, LABELS, torch.arange(B))
+    loss = total_loss(losses)
     assert torch.equal(model.main.seen[0], images)
     weak = model.weak(images)
-    expected = F.cross_entropy(logits, LABELS) + uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)
+    expected = F.cross_entropy(logits, LABELS) + total_loss(
+        uskd_loss(logits, weak, LABELS, 1.0, 0.5, 0.5)
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # One-hot targets would differ: their second-largest entry (a 0) would count as a label.
     one_hot = F.one_hot(LABELS, K).float()
     assert expected.item() != pytest.approx(
-        (F.cross_entropy(logits, LABELS) + uskd_loss(logits, weak, one_hot, 1.0, 0.5, 0.5)).item(),
+        (
+            F.cross_entropy(logits, LABELS)
+            + total_loss(uskd_loss(logits, weak, one_hot, 1.0, 0.5, 0.5))
+        ).item(),
         rel=1e-4,
     )
 

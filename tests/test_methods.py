@@ -14,9 +14,10 @@ from helpers import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.config.checks import validate_config
 from pretrain.config.defaults import get_cfg
-from pretrain.engine.trainer import Trainer, train_step
+from pretrain.engine.step import train_step
+from pretrain.engine.trainer import Trainer
 from pretrain.methods import METHODS, MethodContext, build_method
-from pretrain.methods.base import module_bytes
+from pretrain.methods.base import module_bytes, total_loss
 from pretrain.methods.cskd import ClassPairSampler, cskd_loss
 from pretrain.methods.cutmix import CutMix
 from pretrain.methods.tfkd import tfkd_kl
@@ -64,19 +65,21 @@ TWO = torch.tensor([[0.0, LN(3)]])
 
 def test_baseline_is_cross_entropy():
     m = make_method("baseline", labels=[1], num_classes=2, batch=1)
-    loss, _ = m.training_step(
+    losses, _ = m.training_step(
         fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
     )
-    assert loss.item() == pytest.approx(-LN(0.75))
+    assert list(losses) == ["loss_ce"]
+    assert losses["loss_ce"].item() == pytest.approx(-LN(0.75))
 
 
 def test_label_smoothing_puts_eps_over_k_on_every_class():
     m = make_method("ls", labels=[1], num_classes=2, batch=1, LS__EPSILON=0.1)
-    loss, _ = m.training_step(
+    losses, _ = m.training_step(
         fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
     )
+    assert list(losses) == ["loss_ce"]
     # target [0.05, 0.95] (torch's convention), not [0.1, 0.9] (eps / (K - 1) on non-targets)
-    assert loss.item() == pytest.approx(-(0.05 * LN(0.25) + 0.95 * LN(0.75)))
+    assert losses["loss_ce"].item() == pytest.approx(-(0.05 * LN(0.25) + 0.95 * LN(0.75)))
 
 
 def test_label_smoothing_differs_from_the_tfkd_convention_by_1e4_on_the_label():
@@ -84,10 +87,10 @@ def test_label_smoothing_differs_from_the_tfkd_convention_by_1e4_on_the_label():
     k = 1000
     m = make_method("ls", labels=[7], num_classes=k, batch=1, LS__EPSILON=0.1)
     z = torch.randn(1, k, requires_grad=True)
-    loss, _ = m.training_step(
+    losses, _ = m.training_step(
         lambda images: z, torch.zeros(1, 3, 4, 4), torch.tensor([7]), torch.tensor([0])
     )
-    loss.backward()
+    total_loss(losses).backward()
     target = (z.softmax(1) - z.grad).detach().double()[0]
     tfkd = torch.full((k,), 0.1 / (k - 1), dtype=torch.float64)
     tfkd[7] = 0.9
@@ -110,9 +113,10 @@ def test_baseline_with_cutmix_mixes_targets_by_area():
     torch.manual_seed(1)
     mix = m.cutmix.draw(2, 8, 8)
     torch.manual_seed(1)
-    loss, _ = m.training_step(
+    losses, _ = m.training_step(
         fixed(logits), torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), torch.tensor([0, 1])
     )
+    loss = total_loss(losses)
     lam, swapped = mix.lam, mix.partner.tolist() == [1, 0]
     own = lam if swapped else 1.0  # identity partners leave the batch unchanged
     # sample 0 (label 0) holds (1 - lam) of sample 1 (label 1) when the partners are swapped
@@ -137,12 +141,14 @@ def test_cskd_step_is_ce_plus_lambda_kl_and_no_gradient_through_the_partner():
     assert m.loader_batch_size(1) == 2
     # The "network" is the identity on (B, 2) inputs: anchor row, then partner row.
     images = torch.tensor([[0.0, 2 * LN(3)], [0.0, 0.0]], requires_grad=True)
-    loss, logits = m.training_step(
+    losses, logits = m.training_step(
         lambda x: x * 1.0, images, torch.tensor([1, 1]), torch.tensor([0, 1])
     )
     p1 = 9 / 10  # softmax([0, 2 ln 3])[1]
-    assert loss.item() == pytest.approx(-LN(p1) + 0.5 * 4 * 0.5 * LN(4 / 3))
-    loss.backward()
+    assert list(losses) == ["loss_ce", "loss_kd"]
+    assert losses["loss_ce"].item() == pytest.approx(-LN(p1))
+    assert losses["loss_kd"].item() == pytest.approx(0.5 * 4 * 0.5 * LN(4 / 3))  # lambda T^2 KL
+    total_loss(losses).backward()
     assert images.grad[1].abs().sum() == 0 and images.grad[0].abs().sum() > 0
     assert logits.shape == (1, 2)
 
@@ -270,11 +276,13 @@ def test_tfkd_step(teacher_file, reduction):
     assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
     assert teacher_file in m.describe() and reduction in m.describe()
     m.teacher = fixed(torch.zeros(1, 2))
-    loss, _ = m.training_step(
+    losses, _ = m.training_step(
         fixed(TWO), torch.zeros(1, 3, 4, 4), torch.tensor([1]), torch.tensor([0])
     )
     kl = 0.5 * LN(4 / 3) / (2 if reduction == "mean" else 1)
-    assert loss.item() == pytest.approx(0.9 * -LN(0.75) + 0.1 * kl)
+    assert list(losses) == ["loss_ce", "loss_kd"]  # each with its weight
+    assert losses["loss_ce"].item() == pytest.approx(0.9 * -LN(0.75))
+    assert losses["loss_kd"].item() == pytest.approx(0.1 * kl)
 
 
 def test_tfkd_loads_torchvision_weights_and_needs_a_teacher(tmp_path):
@@ -331,19 +339,20 @@ def test_uskd_target_term():
     # s_t = [1/2, 1/4]; s_t^2 = [1/4, 1/16], batch mean 5/32; w = s_t^2 + 1 - 5/32
     w0, w1 = 1 / 4 + 1 - 5 / 32, 1 / 16 + 1 - 5 / 32
     expected = -(w0 * LN(1 / 2) + w1 * LN(1 / 4)) / 2
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 1.0, 0.0, 0.0).item() == pytest.approx(expected)
+    terms = uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 2.0, 0.0, 0.0)
+    assert terms["loss_target"].item() == pytest.approx(2 * expected)  # with its weight alpha
 
 
 def test_uskd_weak_term_is_label_smoothed_ce_of_the_head():
     e = 0.1 / 3  # eps / K on every class
     row0 = -((0.9 + e) * LN(1 / 4) + e * LN(1 / 2) + e * LN(1 / 4))
     row1 = -(e * LN(2 / 5) + (0.9 + e) * LN(1 / 5) + e * LN(2 / 5))
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 1.0).item() == pytest.approx(
-        (row0 + row1) / 2
-    )
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 0.005).item() == pytest.approx(
-        0.005 * (row0 + row1) / 2
-    )
+    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 1.0)[
+        "loss_weak"
+    ].item() == pytest.approx((row0 + row1) / 2)
+    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.0, 0.005)[
+        "loss_weak"
+    ].item() == pytest.approx(0.005 * (row0 + row1) / 2)
 
 
 def test_uskd_non_target_term_uses_zipf_over_the_rank():
@@ -355,9 +364,8 @@ def test_uskd_non_target_term_uses_zipf_over_the_rank():
     #   -> Zipf class 2: 1, class 0: 1/2; non-targets {0, 2}: [1/2, 1] / (3/2) = [1/3, 2/3];
     #   their logits [0, ln 2] -> [1/3, 2/3].
     row1 = -(1 / 3 * LN(1 / 3) + 2 / 3 * LN(2 / 3))
-    assert uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 1.0, 0.0).item() == pytest.approx(
-        (row0 + row1) / 2
-    )
+    terms = uskd_loss(U_LOGITS, U_WEAK, U_LABELS, 0.0, 0.5, 0.0)
+    assert terms["loss_non_target"].item() == pytest.approx(0.5 * (row0 + row1) / 2)  # x beta
 
 
 def _uskd_non_target_by_indexing(logits, weak_logits, label):
@@ -378,7 +386,7 @@ def test_uskd_non_target_term_and_its_gradient_match_the_indexing_form():
     logits = torch.randn(6, 7, generator=gen, requires_grad=True)
     weak = torch.randn(6, 7, generator=gen)
     labels = torch.randint(7, (6,), generator=gen)
-    ours = uskd_loss(logits, weak, labels, 0.0, 1.0, 0.0)
+    ours = uskd_loss(logits, weak, labels, 0.0, 1.0, 0.0)["loss_non_target"]
     (grad,) = torch.autograd.grad(ours, logits)
     reference = _uskd_non_target_by_indexing(logits, weak, labels.view(-1, 1))
     (ref_grad,) = torch.autograd.grad(reference, logits)
@@ -400,7 +408,9 @@ def test_uskd_mixed_labels_use_the_two_largest_with_their_weights():
         -((w[0][0] * LN(1 / 2) + w[0][1] * LN(1 / 4)) + (w[1][0] * LN(1 / 4) + w[1][1] * LN(1 / 2)))
         / 2
     )
-    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0).item() == pytest.approx(expected)
+    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0)["loss_target"].item() == pytest.approx(
+        expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -427,10 +437,15 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
     m = make_method("uskd", labels=[0, 1, 2, 3], num_classes=4)
     model = build_resnet("resnet18", 4)
     module = m.wrap_model(model)
-    loss, logits = m.training_step(
-        module, torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), torch.arange(4)
-    )
-    loss.backward()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    losses, logits = m.training_step(module, images, labels, torch.arange(4))
+    assert list(losses) == ["loss_target", "loss_non_target", "loss_weak", "loss_ce"]
+    _, weak = module(images)
+    assert losses["loss_ce"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    expected = uskd_loss(logits, weak, labels, 1.0, 0.1, 0.005)
+    for name, value in expected.items():
+        assert losses[name].item() == pytest.approx(value.item(), rel=1e-6), name
+    total_loss(losses).backward()
     assert module.head.weight.grad.abs().sum() > 0 and logits.shape == (4, 4)
     state = m.state_dict()
     other = make_method("uskd", labels=[0, 1, 2, 3], num_classes=4)
@@ -500,7 +515,8 @@ def test_pskd_cutmix_half_rule_targets_and_mixed_predictions_not_stored():
     torch.manual_seed(5)
     mix = m.cutmix.draw(8, 8, 8)
     torch.manual_seed(5)
-    loss, _ = m.training_step(fixed(logits), torch.zeros(8, 3, 8, 8), y, idx)
+    losses, _ = m.training_step(fixed(logits), torch.zeros(8, 3, 8, 8), y, idx)
+    loss = losses["loss_ce"]
 
     mixed, own = mix.which.tolist(), mix.unmixed(8).tolist()
     assert len(mixed) == 4 and len(own) == 4
@@ -511,6 +527,16 @@ def test_pskd_cutmix_half_rule_targets_and_mixed_predictions_not_stored():
     )  # CutMix half
     expected = -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # What the log shows of the PS-KD half's targets (the CutMix half has none).
+    past_label = past[own, y[own]]
+    assert m.log_statistics() == pytest.approx(
+        {
+            "self_kd/target_label_prob": (0.5 + 0.5 * past_label).mean().item(),
+            "self_kd/past_label_prob": past_label.mean().item(),
+            "self_kd/past_top_prob": past[own].amax(1).mean().item(),
+        }
+    )
+    assert m.log_statistics() == {}  # read once: the next window starts empty
 
     stored = m.source.table.read(idx, 8)
     assert torch.allclose(
@@ -556,7 +582,8 @@ def test_pskd_previous_model_source():
     images, y = torch.randn(4, 3, 16, 16), torch.tensor(labels)
 
     m.on_epoch_start(0, model)  # no previous model yet: plain cross-entropy
-    loss, logits = m.training_step(model, images, y, torch.arange(4))
+    losses, logits = m.training_step(model, images, y, torch.arange(4))
+    loss = losses["loss_ce"]
     assert loss.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
     m.on_epoch_start(1, model)
@@ -566,7 +593,8 @@ def test_pskd_previous_model_source():
     teacher.eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(2):  # the live model moves; the frozen copy must not
-        loss, logits = m.training_step(model, images, y, torch.arange(4))
+        losses, logits = m.training_step(model, images, y, torch.arange(4))
+        loss = losses["loss_ce"]
         with torch.no_grad():
             past = teacher(images).softmax(1)
         targets = 0.5 * F.one_hot(y, 4).float() + 0.5 * past

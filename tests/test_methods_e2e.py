@@ -1,6 +1,7 @@
 """Every method trains two epochs end to end on generated data on CPU: in one process (and,
 for methods with state of their own, resumes mid-epoch bit-exactly), and with 2 processes
-under torchrun (gloo)."""
+under torchrun (gloo); each logs its loss terms (and PS-KD and LSSKD their targets' statistics)
+to log.txt, metrics.json and TensorBoard."""
 
 import json
 import os
@@ -66,6 +67,19 @@ RUNS = {
 }
 # Method state or a sampler of their own, or a teacher reloaded from its file.
 STATEFUL = ["pskd_previous_model", "cskd", "uskd", "nkd", "lsskd"]
+# The loss terms each run logs (docs/methods.md), and whether it logs its targets' statistics.
+TERMS = {
+    "baseline": ["loss_ce"],
+    "ls": ["loss_ce"],
+    "pskd_cutmix": ["loss_ce"],
+    "pskd_previous_model": ["loss_ce"],
+    "cskd": ["loss_ce", "loss_kd"],
+    "tfkd": ["loss_ce", "loss_kd"],
+    "uskd": ["loss_target", "loss_non_target", "loss_weak", "loss_ce"],
+    "lsskd": ["loss_ce", "loss_branch_ce", "loss_kd", "loss_feat"],
+    "nkd": ["loss_target", "loss_non_target", "loss_ce"],
+}
+SELF_KD = ["self_kd/target_label_prob", "self_kd/past_label_prob", "self_kd/past_top_prob"]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +153,40 @@ def test_method_resumes_mid_epoch_bit_exactly(
     method = setup_cfg(*run_args(name, "x", "x", "x")).METHOD.NAME
     resumed, straight = check_outputs(out, method), check_outputs(single_runs[name], method)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_method_logs_its_loss_terms_and_target_statistics(single_runs, name):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = single_runs[name]
+    with open(os.path.join(out, "metrics.json")) as f:
+        train = [r for r in map(json.loads, f) if "loss" in r]
+    assert [r["iteration"] for r in train] == list(range(1, 7))  # LOG_PERIOD 1
+    for r in train:
+        assert [k for k in r if k.startswith("loss_")] == TERMS[name]
+        # Means over the window of each term and of their sum: equal up to float32 rounding.
+        assert sum(r[k] for k in TERMS[name]) == pytest.approx(r["loss"], rel=1e-5, abs=1e-6)
+    stats = [r for r in train if SELF_KD[0] in r]
+    if name.startswith("pskd"):
+        assert stats == train  # every batch trains some samples on PS-KD targets
+    elif name == "lsskd":  # from epoch 1, on the batches CutMix (AUG.CUTMIX.PROB 0.5) left alone
+        assert stats and all(r["epoch"] == 1 for r in stats)
+    else:
+        assert stats == []
+    for r in stats:
+        assert all(0 < r[k] <= 1 for k in SELF_KD), r
+        assert r["self_kd/past_label_prob"] <= r["self_kd/past_top_prob"] + 1e-6
+    events = EventAccumulator(out)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", *TERMS[name]} <= tags
+    assert (set(SELF_KD) <= tags) == bool(stats)
+    # The log line names each term without its prefix: "loss 2.3456 (ce 2.1000  kd 0.2456)".
+    with open(os.path.join(out, "log.txt")) as f:
+        line = next(line for line in f if "  iter 1/3  " in line)
+    shown = "  ".join(f"{k[len('loss_') :]} {train[0][k]:.4f}" for k in TERMS[name])
+    assert f"loss {train[0]['loss']:.4f} ({shown})" in line
 
 
 DRIVER = """

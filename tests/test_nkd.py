@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from pretrain.methods.base import total_loss
 from pretrain.methods.cutmix import Mix
 from pretrain.methods.nkd import nkd_loss
 from test_methods import make_method
@@ -57,14 +58,15 @@ def test_nkd_on_hand_computed_values():
     student, teacher = torch.tensor([[LN(2), 0.0, 0.0]]), torch.tensor([[LN(6), LN(3), 0.0]])
     target = -0.6 * LN(0.5)
     non = -(0.75 * LN(0.5) + 0.25 * LN(0.5))
-    assert nkd_loss(student, teacher, torch.tensor([0]), 1.0, 1.5).item() == pytest.approx(
-        target + 1.5 * non
-    )
+    terms = nkd_loss(student, teacher, torch.tensor([0]), 1.0, 1.5)
+    assert list(terms) == ["loss_target", "loss_non_target"]
+    assert terms["loss_target"].item() == pytest.approx(target)
+    assert terms["loss_non_target"].item() == pytest.approx(1.5 * non)  # gamma T^2 L_non
     # T = 2 on doubled logits: the same tempered distributions; the target term (no T) changes.
     target2 = -(36 / 46) * LN(4 / 6)  # s = [4, 1, 1] / 6, p = [36, 9, 1] / 46
-    assert nkd_loss(2 * student, 2 * teacher, torch.tensor([0]), 2.0, 1.5).item() == pytest.approx(
-        target2 + 1.5 * 4 * non
-    )
+    terms = nkd_loss(2 * student, 2 * teacher, torch.tensor([0]), 2.0, 1.5)
+    assert terms["loss_target"].item() == pytest.approx(target2)
+    assert terms["loss_non_target"].item() == pytest.approx(1.5 * 4 * non)
 
 
 def test_nkd_non_target_term_ignores_the_target_logit():
@@ -73,8 +75,8 @@ def test_nkd_non_target_term_ignores_the_target_logit():
     labels = torch.tensor([1, 2, 3, 4])
     bumped = s.clone()
     bumped[torch.arange(4), labels] += 5.0
-    non = nkd_loss(s, t, labels, 2.0, 1.0) - nkd_loss(s, t, labels, 2.0, 0.0)
-    non_bumped = nkd_loss(bumped, t, labels, 2.0, 1.0) - nkd_loss(bumped, t, labels, 2.0, 0.0)
+    non = nkd_loss(s, t, labels, 2.0, 1.0)["loss_non_target"]
+    non_bumped = nkd_loss(bumped, t, labels, 2.0, 1.0)["loss_non_target"]
     assert non.item() == pytest.approx(non_bumped.item(), rel=1e-5)
 
 
@@ -82,7 +84,7 @@ def test_nkd_stays_finite_with_a_certain_target():
     # p_t rounds to 1 in float32: dividing by 1 - p_t would give inf; the non-target softmax does
     # not.
     s, t = torch.tensor([[60.0, 0.0, 1.0]]), torch.tensor([[80.0, 2.0, 0.0]])
-    assert torch.isfinite(nkd_loss(s, t, torch.tensor([0]), 1.0, 1.5))
+    assert torch.isfinite(total_loss(nkd_loss(s, t, torch.tensor([0]), 1.0, 1.5)))
 
 
 # -- against the authors' loss -------------------------------------------------------------------
@@ -90,7 +92,8 @@ def test_nkd_stays_finite_with_a_certain_target():
 def test_nkd_matches_the_authors_loss_with_hard_labels(temp, gamma):
     s, t = random_logits(1)
     labels = torch.randint(0, 1000, (32,), generator=torch.Generator().manual_seed(2))
-    ours, theirs = nkd_loss(s, t, labels, temp, gamma), authors_nkd(s, t, labels, temp, gamma)
+    ours = total_loss(nkd_loss(s, t, labels, temp, gamma))
+    theirs = authors_nkd(s, t, labels, temp, gamma)
     assert ours.dtype == torch.float32
     assert abs(ours.item() - theirs.item()) <= 1e-6
 
@@ -101,20 +104,21 @@ def test_nkd_matches_the_authors_loss_with_cutmix_targets(lam):
     labels = torch.randint(0, 1000, (32,), generator=torch.Generator().manual_seed(4))
     labels[1] = labels[0]  # some pairs share a class: a one-hot row after mixing
     targets, partner = cutmix_targets(labels, 1000, lam, seed=5)
-    ours, theirs = nkd_loss(s, t, targets, 1.0, 1.5), authors_nkd(s, t, targets, 1.0, 1.5)
+    ours = total_loss(nkd_loss(s, t, targets, 1.0, 1.5))
+    theirs = authors_nkd(s, t, targets, 1.0, 1.5)
     assert abs(ours.item() - theirs.item()) <= 1e-6
     # The target class is the label with the larger area; on a tie the smaller class index.
     own, other = labels, labels[partner]
     larger = own if lam > 0.5 else other if lam < 0.5 else torch.minimum(own, other)
     assert (larger != own).any() == (lam <= 0.5)
-    assert nkd_loss(s, t, larger, 1.0, 1.5).item() == ours.item()
+    assert total_loss(nkd_loss(s, t, larger, 1.0, 1.5)).item() == ours.item()
 
 
 def test_nkd_gradient_reaches_the_student_only():
     s, t = random_logits(6, batch=4, classes=10)
     s.requires_grad_(True)
     t.requires_grad_(True)
-    nkd_loss(s, t, torch.tensor([0, 1, 2, 3]), 1.0, 1.5).backward()
+    total_loss(nkd_loss(s, t, torch.tensor([0, 1, 2, 3]), 1.0, 1.5)).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
 
@@ -160,7 +164,8 @@ def test_nkd_step_with_cutmix_teacher_frozen_and_fed_the_mixed_images(teacher_fi
     mixed, targets, _ = m.mix_batch(images, labels)
     assert not torch.equal(mixed, images) and (targets.argmax(dim=1) != labels).all()
     torch.manual_seed(15)  # the step draws the same box
-    loss, logits = m.training_step(student, images, labels, torch.arange(4))
+    losses, logits = m.training_step(student, images, labels, torch.arange(4))
+    loss = total_loss(losses)
 
     assert torch.equal(m.teacher.seen[0], mixed) and torch.equal(student.seen[0], mixed)
     with torch.no_grad():
@@ -169,6 +174,8 @@ def test_nkd_step_with_cutmix_teacher_frozen_and_fed_the_mixed_images(teacher_fi
         logits, teacher_logits, targets, 1.0, 1.5
     )
     assert abs(loss.item() - expected.item()) <= 1e-6
+    assert list(losses) == ["loss_target", "loss_non_target", "loss_ce"]
+    assert losses["loss_ce"].item() == pytest.approx(F.cross_entropy(logits, targets).item())
     loss.backward()
     assert all(p.grad is None for p in teacher_net.parameters())
     # Eval mode: BatchNorm's running statistics did not move.
@@ -200,4 +207,4 @@ def test_nkd_loss_keeps_every_tensor_on_the_logits_device(soft):
     targets = (
         torch.rand(4, 5, device="meta") if soft else torch.zeros(4, dtype=torch.long, device="meta")
     )
-    assert nkd_loss(logits, logits.clone(), targets, 1.0, 1.5).device.type == "meta"
+    assert total_loss(nkd_loss(logits, logits.clone(), targets, 1.0, 1.5)).device.type == "meta"

@@ -138,7 +138,7 @@ def test_the_trainer_sets_the_scheduled_lr_before_every_step(
 
     def record_lr(method, module, optimizer, *args, **kwargs):
         lrs.append({group["lr"] for group in optimizer.param_groups})
-        return torch.zeros(())
+        return torch.zeros(()), {}
 
     monkeypatch.setattr(engine, "train_step", record_lr)
     for epoch in range(5):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pretrain.methods.base import total_loss
 from pretrain.methods.uskd import ResNetWithWeakHead, uskd_loss
 from pretrain.models import build_resnet
 from test_methods import U_LOGITS, U_WEAK
@@ -21,7 +22,9 @@ def test_uskd_target_weights_use_per_column_means_and_skip_zero_weights():
     expected = (
         -((w[0][0] * math.log(1 / 2)) + (w[1][0] * math.log(1 / 2) + w[1][1] * math.log(1 / 4))) / 2
     )
-    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0).item() == pytest.approx(expected)
+    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0)["loss_target"].item() == pytest.approx(
+        expected
+    )
     # Both rows mixed: the per-column means (1/4, 1/16) cancel each row's own s_t^2.
     gt = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.4, 0.6]])
     expected = (
@@ -31,7 +34,9 @@ def test_uskd_target_weights_use_per_column_means_and_skip_zero_weights():
         )
         / 2
     )
-    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0).item() == pytest.approx(expected)
+    assert uskd_loss(U_LOGITS, U_WEAK, gt, 1.0, 0.0, 0.0)["loss_target"].item() == pytest.approx(
+        expected
+    )
 
 
 def test_a_certain_weak_head_still_ranks_the_non_targets_by_its_probabilities():
@@ -45,7 +50,7 @@ def test_a_certain_weak_head_still_ranks_the_non_targets_by_its_probabilities():
     # 1/3, 1/2, 1/4 for classes 1, 2, 3, renormalised to 4/13, 6/13, 3/13.
     log_ns = torch.log_softmax(torch.tensor([0.0, -0.003, 0.003], dtype=torch.float64), dim=0)
     expected = -(torch.tensor([4 / 13, 6 / 13, 3 / 13], dtype=torch.float64) * log_ns).sum()
-    loss = uskd_loss(logits, weak, torch.tensor([0]), 0.0, 1.0, 0.0)
+    loss = uskd_loss(logits, weak, torch.tensor([0]), 0.0, 1.0, 0.0)["loss_non_target"]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -57,7 +62,7 @@ def test_the_loss_keeps_every_tensor_on_the_logits_device(soft):
     gt = (
         torch.rand(4, 5, device="meta") if soft else torch.zeros(4, dtype=torch.long, device="meta")
     )
-    assert uskd_loss(logits, logits.clone(), gt, 1.0, 1.0, 1.0).device.type == "meta"
+    assert total_loss(uskd_loss(logits, logits.clone(), gt, 1.0, 1.0, 1.0)).device.type == "meta"
 
 
 def test_the_weak_head_is_made_on_the_model_device():

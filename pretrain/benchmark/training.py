@@ -3,7 +3,7 @@ line; docs/benchmarks.md the figures).
 
 Every method gets its own model, optimizer, GradScaler and method state, built by the engine's
 own functions (``models.build_model``, ``build.build_optimizer``, ...), and runs
-``engine.train_step`` (the engine's own step: autocast, channels_last, optional torch.compile,
+``engine.step.train_step`` (the engine's own step: autocast, channels_last, optional torch.compile,
 SGD) on one synthetic in-memory batch; per-step (label, index) batches are drawn beforehand so
 the PS-KD table is read and written at random rows as in an epoch. The methods run in rounds, in
 a rotated order each round, so that drift (other processes, clock changes) hits them alike; a
@@ -32,7 +32,7 @@ from pretrain.benchmark.probes import MB, MemoryProbe, synchronize, tensor_bytes
 from pretrain.cli import merge_config
 from pretrain.config.checks import validate_config
 from pretrain.engine.build import amp_dtype, build_grad_scaler, build_optimizer, build_train_module
-from pretrain.engine.trainer import train_step
+from pretrain.engine.step import train_step
 from pretrain.methods import METHODS, MethodContext, build_method
 from pretrain.models import build_model, build_resnet, memory_format
 

@@ -130,39 +130,40 @@ class TrainingEvents:
             cfg.DATA.ROOT,
         )
 
-    def train(self, iteration, epoch, step, lr, loss, sec_per_iter, data_per_iter):
+    def train(self, iteration, epoch, step, scalars):
+        """A logging window's line and record. ``scalars``: ``loss`` (the total), ``lr``, ``time``
+        and ``data_time`` (seconds per iteration), the method's loss terms (``loss_*``) and
+        whatever else it measures (``Method.log_statistics``); a new name needs no change here."""
+        sec_per_iter = scalars["time"]
         eta = datetime.timedelta(seconds=int(sec_per_iter * (self.total_iters - iteration)))
-        imgs = self.cfg.SOLVER.IMS_PER_BATCH / sec_per_iter
+        scalars = dict(scalars, img_per_s=self.cfg.SOLVER.IMS_PER_BATCH / sec_per_iter)
+        terms = {k: v for k, v in scalars.items() if k.startswith("loss_")}
+        known = {"loss", "lr", "time", "data_time", "img_per_s", *terms}
         mem = (
             f"  max_mem {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f}M"
             if self.device.type == "cuda"
             else ""
         )
         logger.info(
-            "eta %s  epoch %d/%d  iter %d/%d  loss %.4f  lr %.5g  %.3f s/it  data %.3f s/it  %.0f "
-            "img/s%s",
+            "eta %s  epoch %d/%d  iter %d/%d  loss %.4f (%s)  lr %.5g  %.3f s/it  data %.3f s/it  "
+            "%.0f img/s%s%s",
             eta,
             epoch + 1,
             self.cfg.SOLVER.EPOCHS,
             step,
             self.iters_per_epoch,
-            loss,
-            lr,
+            scalars["loss"],
+            # The terms without their common prefix: "loss 2.3456 (ce 2.1000  kd 0.2456)".
+            "  ".join(f"{k[len('loss_') :]} {v:.4f}" for k, v in terms.items()),
+            scalars["lr"],
             sec_per_iter,
-            data_per_iter,
-            imgs,
+            scalars["data_time"],
+            scalars["img_per_s"],
             mem,
+            "".join(f"  {k} {v:.4g}" for k, v in scalars.items() if k not in known),
         )
         if self.writer:
-            self.writer.write(
-                iteration,
-                epoch=epoch,
-                loss=loss,
-                lr=lr,
-                time=sec_per_iter,
-                data_time=data_per_iter,
-                img_per_s=imgs,
-            )
+            self.writer.write(iteration, epoch=epoch, **scalars)
 
     def evaluation(self, iteration, epoch, metrics):
         logger.info("eval after epoch %d: %s", epoch + 1, format_metrics(metrics))

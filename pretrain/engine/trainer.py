@@ -25,6 +25,7 @@ from pretrain.engine.build import (
 )
 from pretrain.engine.events import TrainingEvents, format_metrics, setup_logging
 from pretrain.engine.lr_schedule import build_lr_schedule
+from pretrain.engine.step import train_step
 from pretrain.methods import MethodContext, build_method, method_label
 from pretrain.metrics import (
     per_image_path,
@@ -37,6 +38,7 @@ from pretrain.models import build_model, memory_format
 from pretrain.runtime import distributed as du
 from pretrain.runtime import faults
 from pretrain.runtime.checkpoint import TrainingCheckpointer, load_resume_checkpoint, load_weights
+from pretrain.runtime.device_means import DeviceMeans
 from pretrain.runtime.fileio import (
     atomic_torch_save,
     atomic_write_json,
@@ -66,23 +68,6 @@ def full_batches_per_epoch(samples_per_rank, batch, dataset_size):
             f"than one batch of {batch} per process (lower SOLVER.IMS_PER_BATCH)"
         )
     return samples_per_rank // batch
-
-
-def train_step(method, module, optimizer, scaler, images, labels, indices, amp_dtype=None):
-    """One optimisation step (forward and loss under autocast unless ``amp_dtype`` is None,
-    backward, optimizer step); returns the loss, still on the device. tools/benchmark.py times
-    this same function."""
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss, _ = method.training_step(module, images, labels, indices)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss
 
 
 class Trainer:
@@ -215,7 +200,7 @@ class Trainer:
     def train_one_epoch(self, epoch, first_step):
         cfg, device = self.cfg, self.device
         self.train_module.train()
-        loss_sum = torch.zeros((), device=device)
+        losses_window = None  # DeviceMeans of the total and each term, once the names are known
         window_start, window_iters, data_time = time.perf_counter(), 0, 0.0
         skipped_in_epoch = []
         loader = iter(self.train_loader)
@@ -235,7 +220,7 @@ class Trainer:
             lr = cfg.SOLVER.BASE_LR * self.schedule(self.iteration / self.total_iters)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(
+            loss, losses = train_step(
                 self.method,
                 self.train_module,
                 self.optimizer,
@@ -251,23 +236,22 @@ class Trainer:
             # Device-side bookkeeping only: the host looks at these at log/checkpoint time.
             loss = loss.detach()
             self.nonfinite |= ~torch.isfinite(loss)
-            loss_sum += loss
+            if losses_window is None:
+                losses_window = DeviceMeans(["loss", *losses], device)
+            losses_window.add({"loss": loss, **losses})
 
             last = step + 1 == self.iters_per_epoch
             if (step + 1) % cfg.LOG_PERIOD == 0 or last:
                 self.check_finite()
                 seconds = time.perf_counter() - window_start
-                mean_loss = du.all_reduce_sum(loss_sum).item() / (window_iters * self.world)
-                self.events.train(
-                    self.iteration,
-                    epoch,
-                    step + 1,
-                    lr,
-                    mean_loss,
-                    seconds / window_iters,
-                    data_time / window_iters,
+                scalars = dict(
+                    losses_window.read(),
+                    **self.method.log_statistics(),
+                    lr=lr,
+                    time=seconds / window_iters,
+                    data_time=data_time / window_iters,
                 )
-                loss_sum.zero_()
+                self.events.train(self.iteration, epoch, step + 1, scalars)
                 window_start, window_iters, data_time = time.perf_counter(), 0, 0.0
             if self.iteration % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
                 self.check_finite(weights=True)

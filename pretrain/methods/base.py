@@ -1,5 +1,7 @@
 """The interface every training method implements; the engine never branches on method names."""
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +29,13 @@ class Method:
     """One training objective.
 
     Per epoch the engine calls ``on_epoch_start(epoch, model)``; per step
-    ``loss, logits = training_step(model, images, labels, indices)`` (inside autocast), then
-    backward and the optimizer step. ``state_dict`` (a collective under DDP: every rank calls it,
-    rank 0 gets the whole state) goes into checkpoints and ``load_state_dict`` restores it.
+    ``losses, logits = training_step(model, images, labels, indices)`` (inside autocast), then
+    backward of ``total_loss(losses)`` and the optimizer step. ``losses`` are the loss's named
+    terms, as Detectron2's dict of losses: ``{"loss_ce": ..., "loss_kd": ...}``, each weighted as
+    it is added, the same names every step; the engine logs each term's mean and the total's.
+    At each log period the engine also logs ``log_statistics()``. ``state_dict`` (a collective
+    under DDP: every rank calls it, rank 0 gets the whole state) goes into checkpoints and
+    ``load_state_dict`` restores it.
     ``wrap_model`` may return a module holding the model and trainable parts of the method
     (an extra head); that module is what gets optimised and DDP-wrapped, while only the plain
     torchvision model is exported. ``extra_memory`` names the bytes of what else the method
@@ -117,7 +123,15 @@ class Method:
         return {} if self.teacher is None else {"teacher": module_bytes(self.teacher)}
 
     def training_step(self, model, images, labels, indices):
+        """``(losses, logits)``: the named loss terms (names starting with ``loss_``) and the
+        logits of the exported model on the batch."""
         raise NotImplementedError
+
+    def log_statistics(self):
+        """``{name: value}`` of what the method measured since its last call, for the log (the
+        engine calls it on every rank at each log period: it may be a collective; a step must
+        not read the device, so a method accumulates on it, as ``DeviceMeans``)."""
+        return {}
 
     def state_dict(self):
         return {"epoch": self.epoch}
@@ -129,6 +143,13 @@ class Method:
 def module_bytes(module):
     """Bytes of a module's parameters and buffers."""
     return sum(t.nbytes for t in list(module.parameters()) + list(module.buffers()))
+
+
+def total_loss(losses):
+    """The sum of the loss terms in the dict's order, ``((t1 + t2) + t3) + ...``: floating-point
+    addition is not associative, so each method lists its terms in the order that gives exactly
+    the expression it trained on before its terms were named."""
+    return functools.reduce(operator.add, losses.values())
 
 
 def soft_cross_entropy(logits, targets):

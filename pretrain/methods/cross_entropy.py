@@ -19,7 +19,7 @@ class CrossEntropy(Method):
     def training_step(self, model, images, labels, indices):
         images, targets, _ = self.mix_batch(images, labels)
         logits = model(images)
-        return soft_cross_entropy(logits, targets), logits
+        return {"loss_ce": soft_cross_entropy(logits, targets)}, logits
 
 
 class LabelSmoothing(Method):
@@ -45,6 +45,5 @@ class LabelSmoothing(Method):
     def training_step(self, model, images, labels, indices):
         images, targets, _ = self.mix_batch(images, labels)
         logits = model(images)
-        return F.cross_entropy(
-            logits.float(), targets, label_smoothing=self.ctx.cfg.LS.EPSILON
-        ), logits
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.ctx.cfg.LS.EPSILON)
+        return {"loss_ce": loss}, logits

@@ -81,7 +81,8 @@ def cskd_loss(logits, partner_logits, temperature):
 
 
 class ClassWiseSelfKD(Method):
-    """Loss = CE(anchor logits, y) + lambda * cskd_loss(anchor logits, partner logits, T).
+    """Loss = CE(anchor logits, y) + lambda * cskd_loss(anchor logits, partner logits, T), logged
+    as ``loss_ce`` and ``loss_kd``.
 
     The partner forward runs under no_grad with the current weights, in train mode (so, as in
     the reference code, it also updates the BatchNorm running statistics). With CutMix the
@@ -140,7 +141,8 @@ class ClassWiseSelfKD(Method):
         logits = model(anchors)
         with torch.no_grad():
             partner_logits = model(partners)
-        loss = soft_cross_entropy(logits, targets) + self.lam * cskd_loss(
-            logits, partner_logits, self.temperature
-        )
-        return loss, logits
+        losses = {
+            "loss_ce": soft_cross_entropy(logits, targets),
+            "loss_kd": self.lam * cskd_loss(logits, partner_logits, self.temperature),
+        }
+        return losses, logits

@@ -19,7 +19,7 @@ from torch import nn
 
 from pretrain.config.types import CN, FRACTION, NON_NEGATIVE, POSITIVE
 from pretrain.methods.base import Method, distillation_kl, module_bytes, soft_cross_entropy
-from pretrain.methods.pskd import alpha_at
+from pretrain.methods.pskd import TargetStatistics, alpha_at
 from pretrain.runtime.distributed import get_world_size
 
 # The self-supervised transformations: rotations by j * 90 degrees, j = 0..M-1 (HSAKD's).
@@ -145,6 +145,10 @@ class LayeredSelfSupervisedKD(Method):
     q_{e-1,l}(t_j(x)), with alpha_e = ALPHA_T (e + 1) / EPOCHS and the past predictions p, q from a
     frozen copy of the network and its branches as it was at the end of the previous epoch (eval
     mode; one-hot in epoch 0). A CutMix-ed batch trains on the area-mixed targets, unsoftened.
+
+    Logged as ``loss_ce``, ``loss_branch_ce`` (the sum over the branches), ``loss_kd`` and
+    ``loss_feat`` (each with its weight; a term whose weight is 0 is not computed), with the
+    ``TargetStatistics`` of y_S (the backbone's targets; from epoch 1, unmixed batches).
     """
 
     name = "lsskd"
@@ -176,6 +180,7 @@ class LayeredSelfSupervisedKD(Method):
         self.kd_weight, self.feat_weight = cfg.KD_WEIGHT, cfg.FEAT_WEIGHT
         self.net = None
         self.previous = None  # the previous epoch's network and branches, frozen; None in epoch 0
+        self.target_statistics = TargetStatistics(ctx.device)
 
     def settings(self):
         return [
@@ -235,18 +240,29 @@ class LayeredSelfSupervisedKD(Method):
         sad_targets = [joint_targets(targets)] * len(sad_logits)
         if past is not None:
             alpha = self.alpha()
-            targets = (1 - alpha) * targets + alpha * past[0].float().softmax(dim=1)
+            past_probs = past[0].float().softmax(dim=1)
+            targets = (1 - alpha) * targets + alpha * past_probs
+            self.target_statistics.add(targets, past_probs, labels)
             sad_targets = [
                 (1 - alpha) * t + alpha * s.float().softmax(dim=1)
                 for t, s in zip(sad_targets, past[1])
             ]
-        loss = soft_cross_entropy(logits[::ROTATIONS], targets)
-        loss = loss + sum(soft_cross_entropy(s, t) for s, t in zip(sad_logits, sad_targets))
+        losses = {
+            "loss_ce": soft_cross_entropy(logits[::ROTATIONS], targets),
+            "loss_branch_ce": sum(
+                soft_cross_entropy(s, t) for s, t in zip(sad_logits, sad_targets)
+            ),
+        }
         if self.kd_weight:
-            loss = loss + self.kd_weight * deep_to_shallow_kl(sad_logits, self.temperature)
+            losses["loss_kd"] = self.kd_weight * deep_to_shallow_kl(sad_logits, self.temperature)
         if self.feat_weight:
-            loss = loss + self.feat_weight * feature_alignment(branch_features, final_feature)
-        return loss, logits[::ROTATIONS]
+            losses["loss_feat"] = self.feat_weight * feature_alignment(
+                branch_features, final_feature
+            )
+        return losses, logits[::ROTATIONS]
+
+    def log_statistics(self):
+        return self.target_statistics.read()
 
     def state_dict(self):
         # The engine saves the plain model; the branches (and the frozen previous network) travel

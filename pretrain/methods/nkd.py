@@ -11,7 +11,8 @@ from pretrain.methods.base import Method, build_teacher, describe_teacher, soft_
 
 
 def nkd_loss(logits, teacher_logits, targets, temperature, gamma):
-    """L_target + gamma * T^2 * L_non, in float32, with the teacher's side a constant.
+    """``{"loss_target": L_target, "loss_non_target": gamma * T^2 * L_non}``, in float32, with the
+    teacher's side a constant.
 
     ``targets``: labels (B,) or (B, K) soft targets (CutMix), whose largest entry is taken as the
     target class t (the first one on a tie), as the reference code does for mixed labels.
@@ -38,12 +39,12 @@ def nkd_loss(logits, teacher_logits, targets, temperature, gamma):
     log_n_s = F.log_softmax(logits.gather(1, non_target) / temperature, dim=1)
     n_p = F.softmax(teacher_logits.gather(1, non_target) / temperature, dim=1)
     loss_non = -(n_p * log_n_s).sum(dim=1).mean()
-    return loss_target + gamma * temperature**2 * loss_non
+    return {"loss_target": loss_target, "loss_non_target": gamma * temperature**2 * loss_non}
 
 
 class NormalizedKD(Method):
     """Loss = CE(logits, targets) + nkd_loss(logits, teacher logits, targets, NKD.TEMPERATURE,
-    NKD.GAMMA).
+    NKD.GAMMA), logged as ``loss_target``, ``loss_non_target`` and ``loss_ce``.
 
     The teacher is TF-KD's (``build_teacher``: TEACHER.WEIGHTS, MODEL.ARCH, eval mode, no
     gradients, reloaded on resume); it sees the same augmented (and CutMix-ed) batch. With CutMix
@@ -80,7 +81,8 @@ class NormalizedKD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         logits = model(images)
-        loss = soft_cross_entropy(logits, targets) + nkd_loss(
-            logits, teacher_logits, targets, self.temperature, self.gamma
-        )
-        return loss, logits
+        loss_ce = soft_cross_entropy(logits, targets)
+        losses = nkd_loss(logits, teacher_logits, targets, self.temperature, self.gamma)
+        # CE last: (L_target + L_non) + CE is bit for bit the CE + (L_target + L_non) this method
+        # trained on before its terms were named (addition commutes; it does not associate).
+        return dict(losses, loss_ce=loss_ce), logits

@@ -26,6 +26,7 @@ from pretrain.methods.cutmix import MODES as CUTMIX_MODES
 from pretrain.methods.cutmix import CutMix
 from pretrain.methods.prediction_table import DTYPES as TABLE_DTYPES
 from pretrain.methods.prediction_table import PredictionTable
+from pretrain.runtime.device_means import DeviceMeans
 from pretrain.runtime.distributed import get_world_size
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,37 @@ def soft_targets(labels, past_probs, alpha, num_classes):
     """
     onehot = F.one_hot(labels, num_classes).to(past_probs.dtype)
     return (1.0 - alpha) * onehot + alpha * past_probs.detach()
+
+
+class TargetStatistics:
+    """What a self-distillation method's targets are made of, logged at each log period (means
+    over the samples trained on a past prediction since the last log line, over every rank):
+
+    * ``self_kd/target_label_prob``: the target's probability at the label,
+      ``1 - alpha_e + alpha_e * past_label_prob`` for a sample;
+    * ``self_kd/past_label_prob``: the past prediction's probability at the label;
+    * ``self_kd/past_top_prob``: the past prediction's largest probability, its confidence.
+
+    A past prediction that drifts from the label shows as a falling ``past_label_prob``; one that
+    stays confident meanwhile as a ``past_top_prob`` above it (docs/methods.md).
+    """
+
+    NAMES = ("self_kd/target_label_prob", "self_kd/past_label_prob", "self_kd/past_top_prob")
+
+    def __init__(self, device):
+        self.means = DeviceMeans(self.NAMES, device)
+
+    def add(self, targets, past_probs, labels):
+        """The samples' (B, K) targets, the (B, K) past predictions they were made from, their
+        labels (B,)."""
+        label = labels.view(-1, 1)
+        past = past_probs.detach().float()
+        sums = (targets.detach().float().gather(1, label), past.gather(1, label), past.amax(dim=1))
+        self.means.add({k: v.sum() for k, v in zip(self.NAMES, sums)}, count=labels.shape[0])
+
+    def read(self):
+        """The means since the last read (collective); {} when no sample had a past target."""
+        return self.means.read()
 
 
 class TableSource:
@@ -147,7 +179,8 @@ SOURCES = {"table": TableSource, "previous_model": PreviousModelSource}
 
 
 class ProgressiveSelfKD(Method):
-    """Loss = CE(logits, (1 - alpha_e) * onehot + alpha_e * P_past), P_past from PSKD.SOURCE.
+    """Loss = CE(logits, (1 - alpha_e) * onehot + alpha_e * P_past), P_past from PSKD.SOURCE,
+    logged as ``loss_ce``, with the targets' ``TargetStatistics``.
 
     With CutMix (AUG.CUTMIX.PSKD_MODE "half", the paper's rule) half of each batch is CutMix-ed
     and trained on plain CutMix targets, the other half on PS-KD targets; with "batch" a whole
@@ -207,6 +240,7 @@ class ProgressiveSelfKD(Method):
         self.cutmix = CutMix.from_config(cfg, mode=cfg.AUG.CUTMIX.PSKD_MODE)
         self.alpha_T = cfg.PSKD.ALPHA_T
         self.source = SOURCES[cfg.PSKD.SOURCE](ctx)
+        self.target_statistics = TargetStatistics(ctx.device)
         if self.cutmix and isinstance(self.source, TableSource):
             logger.warning("%s", self.stale_table_warning())
 
@@ -251,10 +285,15 @@ class ProgressiveSelfKD(Method):
         else:
             own = mix.unmixed(len(labels)).to(labels.device, non_blocking=True)
         past = self.source.read(images[own], labels[own], indices[own])
-        targets[own] = soft_targets(labels[own], past, self.alpha(), self.ctx.num_classes)
+        own_targets = soft_targets(labels[own], past, self.alpha(), self.ctx.num_classes)
+        targets[own] = own_targets
+        self.target_statistics.add(own_targets, past, labels[own])
         logits = model(images)
         self.source.write(indices[own], logits[own].detach().float().softmax(dim=1))
-        return soft_cross_entropy(logits, targets), logits
+        return {"loss_ce": soft_cross_entropy(logits, targets)}, logits
+
+    def log_statistics(self):
+        return self.target_statistics.read()
 
     def extra_memory(self):
         return dict(super().extra_memory(), **self.source.memory())

@@ -29,7 +29,8 @@ def tfkd_kl(logits, teacher_logits, temperature, reduction):
 
 
 class TeacherFreeKD(Method):
-    """Loss = (1 - alpha) * CE(logits, y) + alpha * tfkd_kl(logits, teacher logits, T).
+    """Loss = (1 - alpha) * CE(logits, y) + alpha * tfkd_kl(logits, teacher logits, T), logged
+    as ``loss_ce`` and ``loss_kd`` (each with its weight).
 
     The teacher (TEACHER.WEIGHTS: our model_final.pth or a torchvision state dict, MODEL.ARCH) is
     in eval mode without gradients and sees the same augmented (and CutMix-ed) batch; it is not
@@ -77,7 +78,9 @@ class TeacherFreeKD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         logits = model(images)
-        loss = (1.0 - self.alpha) * soft_cross_entropy(logits, targets) + self.alpha * tfkd_kl(
-            logits, teacher_logits, self.temperature, self.reduction
-        )
-        return loss, logits
+        losses = {
+            "loss_ce": (1.0 - self.alpha) * soft_cross_entropy(logits, targets),
+            "loss_kd": self.alpha
+            * tfkd_kl(logits, teacher_logits, self.temperature, self.reduction),
+        }
+        return losses, logits

@@ -37,7 +37,8 @@ class ResNetWithWeakHead(nn.Module):
 
 
 def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
-    """alpha * L_target + beta * L_non + L_weak, as the reference code (without the CE term).
+    """alpha * L_target + beta * L_non + L_weak, as the reference code (without the CE term), as
+    the terms ``{"loss_target", "loss_non_target", "loss_weak"}``, each with its weight.
 
     ``gt``: labels (B,), or (B, K) soft targets (CutMix), whose two largest entries are taken as
     the labels with their weights, as the reference code does for mixed labels.
@@ -91,13 +92,17 @@ def uskd_loss(logits, weak_logits, gt, alpha, beta, mu):
     )
     loss_non = -(z * log_ns).sum(dim=1).mean()
 
-    return alpha * loss_target + beta * loss_non + loss_weak
+    return {
+        "loss_target": alpha * loss_target,
+        "loss_non_target": beta * loss_non,
+        "loss_weak": loss_weak,
+    }
 
 
 class UniversalSelfKD(Method):
-    """Loss = CE(logits, y) + uskd_loss(...) (USKD.ALPHA, BETA, MU); with CutMix the CE uses the
-    mixed targets and uskd_loss their two labels with weights lam, 1 - lam (the reference code's
-    handling of mixed labels)."""
+    """Loss = CE(logits, y) + uskd_loss(...) (USKD.ALPHA, BETA, MU), logged as its terms and
+    ``loss_ce``; with CutMix the CE uses the mixed targets and uskd_loss their two labels with
+    weights lam, 1 - lam (the reference code's handling of mixed labels)."""
 
     name = "uskd"
     label = "USKD"
@@ -137,10 +142,11 @@ class UniversalSelfKD(Method):
         images, targets, mix = self.mix_batch(images, labels)
         logits, weak_logits = model(images)
         gt = labels if mix is None else targets
-        loss = soft_cross_entropy(logits, targets) + uskd_loss(
-            logits, weak_logits, gt, self.alpha, self.beta, self.mu
-        )
-        return loss, logits
+        loss_ce = soft_cross_entropy(logits, targets)
+        losses = uskd_loss(logits, weak_logits, gt, self.alpha, self.beta, self.mu)
+        # CE last: the USKD terms' sum + CE is bit for bit the CE + their sum this method trained
+        # on before its terms were named (addition commutes; it does not associate).
+        return dict(losses, loss_ce=loss_ce), logits
 
     def state_dict(self):
         # The engine saves the plain model; the head's weights travel with the method.
