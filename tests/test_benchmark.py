@@ -78,7 +78,8 @@ def test_tiny_reference_loops_run_side_by_side(tmp_path):
     assert results["engine"]["reference"] == "torchvision"
     assert results["engine:pskd"]["reference"] == "authors:pskd"
     for ours in ("engine", "engine:pskd"):
-        assert results[ours]["speed_ratio"] > 0 and results[ours]["cpu_per_image_ratio"] > 0
+        for ratio in ("speed_ratio", "cpu_per_image_ratio"):
+            assert results[ours][ratio] > 0 and len(results[ours][f"{ratio}_rounds"]) == 2
 
 
 def test_authors_colour_jitter_and_lighting_keep_the_image_shape_and_range():

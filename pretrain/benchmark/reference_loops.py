@@ -279,28 +279,28 @@ def benchmark_reference_loops(root, crop, batch, device, iters, warmup, rounds, 
             images = loop.images - images
             rates[name][0].append(images / (time.perf_counter() - t0))
             rates[name][1].append(images / (time.process_time() - c0))
+
+    def result(name, reference=None, **ratios):
+        """``name``'s medians over the rounds; for one of ours, also its reference and the
+        medians of its per-round ratios to it (each ratio's rounds kept beside it)."""
+        out = {
+            "method": name,
+            "img_per_s": statistics.median(rates[name][0]),
+            "img_per_s_rounds": rates[name][0],
+            "img_per_cpu_s": statistics.median(rates[name][1]),
+            "img_per_cpu_s_rounds": rates[name][1],
+        }
+        if reference:
+            out["reference"] = reference
+            for key, per_round in ratios.items():
+                out[key], out[f"{key}_rounds"] = statistics.median(per_round), per_round
+        return out
+
     results = []
     for ours, theirs in PAIRS:
         (wall, cpu), (ref_wall, ref_cpu) = rates[ours], rates[theirs]
-        for name, extra in (
-            (
-                ours,
-                {
-                    "reference": theirs,
-                    "speed_ratio": statistics.median(a / b for a, b in zip(wall, ref_wall)),
-                    "cpu_per_image_ratio": statistics.median(b / a for a, b in zip(cpu, ref_cpu)),
-                },
-            ),
-            (theirs, {}),
-        ):
-            results.append(
-                {
-                    "method": name,
-                    "img_per_s": statistics.median(rates[name][0]),
-                    "img_per_s_rounds": rates[name][0],
-                    "img_per_cpu_s": statistics.median(rates[name][1]),
-                    "img_per_cpu_s_rounds": rates[name][1],
-                    **extra,
-                }
-            )
+        speed = [a / b for a, b in zip(wall, ref_wall)]
+        cpu_per_image = [b / a for a, b in zip(cpu, ref_cpu)]
+        results.append(result(ours, theirs, speed_ratio=speed, cpu_per_image_ratio=cpu_per_image))
+        results.append(result(theirs))
     return results
