@@ -67,9 +67,9 @@ class EngineLoop(Loop):
 
     def __init__(self, cfg, device):
         self.data = build_dataset(cfg, cfg.DATA.TRAIN_SPLIT, train=True)
-        self.run_ = EngineRun(cfg, device, self.data.targets)
-        self.sampler = self.run_.method.build_train_sampler(len(self.data), 0, 1, cfg.SEED)
-        batch = self.run_.method.loader_batch_size(self.run_.batch)
+        self.engine = EngineRun(cfg, device, self.data.targets)
+        self.sampler = self.engine.method.build_train_sampler(len(self.data), 0, 1, cfg.SEED)
+        batch = self.engine.method.loader_batch_size(self.engine.batch)
         self.loader = build_train_loader(cfg, self.data, self.sampler, batch, device)
         self.device, self.memory_format = device, memory_format(cfg)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -82,7 +82,7 @@ class EngineLoop(Loop):
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
-        loss = self.run_.step(images, labels, indices).detach()
+        loss = self.engine.step(images, labels, indices).detach()
         self.nonfinite |= ~torch.isfinite(loss)
 
 
@@ -255,7 +255,7 @@ def build_loops(root, crop, batch, device, opts=()):
         "engine": engine("INPUT.COLOR_JITTER", "0", "INPUT.LIGHTING_STD", "0"),
         "torchvision": TorchvisionLoop(root, crop, batch, device),
         "engine:pskd": pskd,
-        "authors:pskd": AuthorsPSKDLoop(root, crop, batch, device, pskd.run_.method.alpha()),
+        "authors:pskd": AuthorsPSKDLoop(root, crop, batch, device, pskd.engine.method.alpha()),
     }
 
 
