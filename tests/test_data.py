@@ -8,7 +8,7 @@ import torch
 from helpers import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.data.build import build_dataset, build_loader
-from pretrain.data.samplers import ShardedSampler
+from pretrain.data.samplers import ShardedSampler, seeded_rng
 from pretrain.data.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting, build_train_transform
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
@@ -65,6 +65,17 @@ def test_augmentation_is_seeded_per_sample_not_per_worker(synthetic_root):
     a, _, _ = data[(0, 1)]
     b, _, _ = data[(0, 2)]
     assert not torch.equal(a, b)
+
+
+def test_seeded_rng_draws_the_seed_s_stream_and_leaves_the_caller_s_alone():
+    torch.manual_seed(9)
+    caller = torch.rand(3)
+    torch.manual_seed(9)
+    with seeded_rng(123):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), caller)  # as if the block had not run
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), inside)
 
 
 def test_lighting_adds_pca_noise_per_image():
