@@ -1,9 +1,10 @@
-"""tools/benchmark.py: a tiny CPU run of the training benchmark (JSON schema), the table-memory
-figures, and the method spec syntax."""
+"""tools/benchmark.py: a tiny CPU run of the training benchmark (JSON schema) and of the
+reference loops, the table-memory figures, and the method spec syntax."""
 
 import json
 
 import pytest
+import torch
 
 from helpers import run_tool
 from pretrain.benchmark.table_footprint import table_memory
@@ -57,6 +58,42 @@ def test_tiny_training_benchmark_writes_the_json_schema(tmp_path):
     # top-2 table of 64 samples (+1 spare row): bf16 values and int16 ids
     assert pskd["table_mb"] == pytest.approx(65 * 2 * 4 / 1e6)
     assert {r["mode"] for r in report["table_memory"]} >= {"sharded dense", "sharded top-10"}
+
+
+def test_tiny_reference_loops_run_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    data = tmp_path / "jpeg"  # generated: 16 JPEGs of 40 px in 8 classes
+    main(
+        TINY
+        + ["--reference-loops", "--data", str(data), "--gen-images", "16", "--gen-size", "40"]
+        + ["--rounds", "2", "--json", str(out)]
+    )
+    assert (data / "train").is_dir()
+    report = json.loads(out.read_text())
+    assert report["mode"] == "reference_loops"
+    results = {r["method"]: r for r in report["results"]}
+    assert list(results) == ["engine", "torchvision", "engine:pskd", "authors:pskd"]
+    for r in results.values():
+        assert r["img_per_s"] > 0 and r["img_per_cpu_s"] > 0 and len(r["img_per_s_rounds"]) == 2
+    assert results["engine"]["reference"] == "torchvision"
+    assert results["engine:pskd"]["reference"] == "authors:pskd"
+    for ours in ("engine", "engine:pskd"):
+        for ratio in ("speed_ratio", "cpu_per_image_ratio"):
+            assert results[ours][ratio] > 0 and len(results[ours][f"{ratio}_rounds"]) == 2
+
+
+def test_authors_colour_jitter_and_lighting_keep_the_image_shape_and_range():
+    """The authors' augmentation as the reference loop repeats it: the jitter blends towards
+    references inside [0, 1] by at most 0.4, the lighting shifts each channel by one constant."""
+    from pretrain.benchmark.reference_loops import authors_jitter, authors_lighting
+
+    torch.manual_seed(0)
+    img = torch.rand(3, 8, 8)
+    jittered = authors_jitter(img)
+    assert jittered.shape == img.shape and not torch.equal(jittered, img)
+    assert jittered.min() >= -0.4 and jittered.max() <= 1.4
+    shift = authors_lighting(img) - img
+    assert torch.allclose(shift, shift[:, :1, :1].expand_as(shift))
 
 
 def test_imagenet_table_memory_per_node_meets_the_targets():

@@ -8,8 +8,8 @@ import torch
 from helpers import ROOT
 from pretrain.cli import setup_cfg
 from pretrain.data.build import build_dataset, build_loader
-from pretrain.data.samplers import ShardedSampler
-from pretrain.data.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting
+from pretrain.data.samplers import ShardedSampler, seeded_rng
+from pretrain.data.transforms import PCA_EIGVAL, PCA_EIGVEC, Lighting, build_train_transform
 
 CPU_CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18.yaml")
 
@@ -67,6 +67,17 @@ def test_augmentation_is_seeded_per_sample_not_per_worker(synthetic_root):
     assert not torch.equal(a, b)
 
 
+def test_seeded_rng_draws_the_seed_s_stream_and_leaves_the_caller_s_alone():
+    torch.manual_seed(9)
+    caller = torch.rand(3)
+    torch.manual_seed(9)
+    with seeded_rng(123):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), caller)  # as if the block had not run
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), inside)
+
+
 def test_lighting_adds_pca_noise_per_image():
     torch.manual_seed(0)
     img = torch.zeros(3, 2, 2)
@@ -76,6 +87,18 @@ def test_lighting_adds_pca_noise_per_image():
     rgb = torch.tensor(PCA_EIGVEC) @ (alpha * torch.tensor(PCA_EIGVAL))
     torch.testing.assert_close(out, rgb.view(3, 1, 1).expand(3, 2, 2))
     assert torch.equal(Lighting(0.0)(img), img)
+
+
+def test_colour_jitter_and_lighting_at_strength_0_are_not_built():
+    def kinds(*opts):
+        return [
+            type(t).__name__ for t in build_train_transform(setup_cfg(CPU_CONFIG, opts)).transforms
+        ]
+
+    assert {"ColorJitter", "Lighting"} <= set(kinds())
+    crop_flip_tensor = ["RandomResizedCrop", "RandomHorizontalFlip", "PILToTensor"]
+    off = kinds("INPUT.COLOR_JITTER", "0", "INPUT.LIGHTING_STD", "0")
+    assert off == crop_flip_tensor + ["ConvertImageDtype", "Normalize"]
 
 
 def test_missing_root_and_class_count_mismatch_are_named(tmp_path, synthetic_root):

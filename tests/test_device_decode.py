@@ -75,6 +75,26 @@ def test_train_batches_match_the_pil_path_in_order_and_closely_in_pixels(synthet
     assert (dev[0] - _same_samples(other_epoch, dev[2])).abs().mean() > 5 * diff.mean()
 
 
+@pytest.mark.parametrize(
+    "jitter, lighting", [("0.4", "0.1"), ("0", "0.1"), ("0.4", "0"), ("0", "0")]
+)
+def test_draws_take_the_pil_preset_s_numbers_at_every_strength(synthetic_root, jitter, lighting):
+    """From one seed, the device path's draws use up torch's generator exactly as the PIL
+    preset does (jitter and lighting at strength 0 draw nothing in either), so each sample's
+    numbers are the same in both."""
+    from pretrain.data.transforms import build_train_transform
+
+    cfg = _cfg(synthetic_root, "INPUT.COLOR_JITTER", jitter, "INPUT.LIGHTING_STD", lighting)
+    image = Image.open(glob.glob(os.path.join(synthetic_root, "train", "*", "*.jpg"))[0])
+    image = image.convert("RGB")
+    after = []
+    for augment in (build_train_transform(cfg), device_decode.DeviceAugment(cfg, train=True).draw):
+        torch.manual_seed(7)
+        augment(image)
+        after.append(torch.random.get_rng_state())
+    assert torch.equal(*after)
+
+
 def test_augmentation_depends_only_on_seed_epoch_and_index(synthetic_root):
     cfg = _cfg(synthetic_root, "DATALOADER.DECODE", "device")
     a = _first_batch(cfg, train=True, batch=8, workers=0)

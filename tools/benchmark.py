@@ -9,6 +9,8 @@ docs/benchmarks.md).
     python tools/benchmark.py --device cuda --arch resnet152 --image-size 224 --batch-size 128 \\
         --amp bfloat16 --channels-last --compile --methods baseline,pskd --json out/bench_gpu.json
     python tools/benchmark.py --input-pipeline --device cuda --batch-size 256 --json out/input.json
+    python tools/benchmark.py --reference-loops --device cpu --image-size 56 --batch-size 32 \\
+        --threads 1 --data /tmp/jpeg64 --gen-size 64 --json out/bench_reference_loops.json
 """
 
 import argparse
@@ -21,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pretrain.benchmark.input_pipeline import benchmark_input  # noqa: E402
+from pretrain.benchmark.input_pipeline import benchmark_input, jpeg_folder  # noqa: E402
 from pretrain.benchmark.probes import machine_info  # noqa: E402
+from pretrain.benchmark.reference_loops import benchmark_reference_loops  # noqa: E402
 from pretrain.benchmark.table_footprint import table_memory  # noqa: E402
 from pretrain.benchmark.training import benchmark_training  # noqa: E402
 from pretrain.cli import setup_cfg, tool  # noqa: E402
@@ -93,9 +96,16 @@ def build_parser(doc):
         help="measure the JPEG input paths instead of training steps",
     )
     p.add_argument(
+        "--reference-loops",
+        action="store_true",
+        help="our CE and PS-KD loops against torchvision's classification reference and the "
+        "authors' PS-KD loop, on the JPEGs under --data (pretrain/benchmark/reference_loops.py)",
+    )
+    p.add_argument(
         "--data",
         default=os.path.join(tempfile.gettempdir(), "pskd_bench_jpeg"),
-        help="ImageFolder root for --input-pipeline (generated there when it has no train/)",
+        help="ImageFolder root for --input-pipeline and --reference-loops (generated there when "
+        "it has no train/)",
     )
     p.add_argument("--decode", default="cpu,device", help="DATALOADER.DECODE values to measure")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
@@ -177,6 +187,18 @@ def main(argv=None):
             gen_images=args.gen_images,
             gen_size=args.gen_size,
         )
+    elif args.reference_loops:
+        jpeg_folder(args.data, args.gen_images, args.gen_size)
+        results = benchmark_reference_loops(
+            args.data,
+            args.image_size,
+            args.batch_size,
+            device,
+            args.iters,
+            args.warmup,
+            args.rounds,
+            opts=args.opts,
+        )
     else:
         results = benchmark_training(
             training_config(args, device),
@@ -197,7 +219,15 @@ def main(argv=None):
         topk=[int(k) for k in args.table_topk.split(",") if k],
         per_rank_batch=args.table_batch,
     )
-    mode = "table" if args.table_only else "input_pipeline" if args.input_pipeline else "training"
+    mode = (
+        "table"
+        if args.table_only
+        else "input_pipeline"
+        if args.input_pipeline
+        else "reference_loops"
+        if args.reference_loops
+        else "training"
+    )
     report = {
         "mode": mode,
         "machine": machine_info(device),
@@ -225,6 +255,11 @@ def print_report(report):
             f"{s['workers']} workers, "
             f"device {s['device']}, data {s['data']}"
         )
+    elif report["mode"] == "reference_loops":
+        print(
+            f"# reference loops: resnet18 {s['image_size']} px, batch {s['batch_size']}, "
+            f"data loaded in the training process, device {s['device']}, data {s['data']}"
+        )
     elif report["mode"] == "training":
         print(
             f"# {s['arch']} {s['image_size']} px, batch {s['batch_size']}, device {s['device']}, "
@@ -232,6 +267,12 @@ def print_report(report):
             f"channels_last {s['channels_last']}, compile {s['compile']}"
         )
     for r in report["results"]:
+        if "reference" in r:
+            print(
+                f"{r['method']:40s} {r['img_per_s']:9.1f} img/s  x{r['speed_ratio']:.3f} img/s of "
+                f"{r['reference']}, x{r['cpu_per_image_ratio']:.3f} its CPU time per image"
+            )
+            continue
         extra = (
             f"  x{r['ratio_to_baseline']:.3f} vs {r['baseline']} "
             f"(CPU time x{r['cpu_time_ratio_to_baseline']:.3f})  peak {r['peak_mem_mb']:.0f} MB "

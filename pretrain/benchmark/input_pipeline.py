@@ -10,6 +10,18 @@ from pretrain.cli import setup_cfg
 from pretrain.models import memory_format
 
 
+def jpeg_folder(root, gen_images, gen_size):
+    """The number of classes of the ImageFolder under ``root``, after generating ``gen_images``
+    JPEGs of ``gen_size`` px in 8 classes there (``synthetic.write_imagefolder``) when it has no
+    train/."""
+    from pretrain.data.synthetic import write_imagefolder
+
+    if not os.path.isdir(os.path.join(root, "train")):
+        classes = 8
+        write_imagefolder(root, classes, -(-gen_images // classes), 1, gen_size, seed=0)
+    return len(os.listdir(os.path.join(root, "train")))
+
+
 def benchmark_input(
     root, decodes, device, batch_size, workers, iters, rounds, opts=(), gen_images=512, gen_size=256
 ):
@@ -19,12 +31,8 @@ def benchmark_input(
     ...)."""
     from pretrain.data.build import build_dataset, build_loader
     from pretrain.data.samplers import ShardedSampler
-    from pretrain.data.synthetic import write_imagefolder
 
-    if not os.path.isdir(os.path.join(root, "train")):
-        classes = 8
-        write_imagefolder(root, classes, -(-gen_images // classes), 1, gen_size, seed=0)
-    num_classes = len(os.listdir(os.path.join(root, "train")))
+    num_classes = jpeg_folder(root, gen_images, gen_size)
     results = []
     for decode in decodes:
         cfg = setup_cfg(

@@ -49,10 +49,50 @@ def parse_method(spec):
     return name, opts
 
 
+class EngineRun:
+    """One run's model, method, optimizer and GradScaler, built as the Trainer builds them
+    (``models.build_model``, ``build.build_optimizer``, ...) from ``cfg`` for a training set with
+    ``labels``; ``step`` is the engine's ``train_step`` on them. The method starts at epoch 1:
+    PS-KD's alpha is 0 in no epoch, but epoch 0 is the one with plain CE targets."""
+
+    def __init__(self, cfg, device, labels):
+        torch.manual_seed(0)
+        self.model = build_model(cfg, device)
+        self.batch = cfg.SOLVER.IMS_PER_BATCH
+        self.method = build_method(
+            MethodContext(
+                cfg=cfg,
+                num_classes=cfg.MODEL.NUM_CLASSES,
+                train_labels=labels,
+                device=device,
+                per_rank_batch=self.batch,
+                epochs=cfg.SOLVER.EPOCHS,
+            )
+        )
+        self.wrapped = self.method.wrap_model(self.model)
+        self.optimizer = build_optimizer(cfg, self.wrapped)
+        self.amp_dtype = amp_dtype(cfg)
+        self.scaler = build_grad_scaler(cfg, device)
+        self.module = build_train_module(cfg, self.wrapped, device, world_size=1)
+        self.method.on_epoch_start(1, self.model)
+
+    def step(self, images, labels, indices):
+        return train_step(
+            self.method,
+            self.module,
+            self.optimizer,
+            self.scaler,
+            images,
+            labels,
+            indices,
+            self.amp_dtype,
+        )
+
+
 class MethodRun:
-    """One method's model, optimizer and state, built as the Trainer builds them, and its
-    pre-drawn synthetic steps: ``cfg``'s SOLVER.IMS_PER_BATCH images of INPUT.CROP_SIZE px, with
-    (label, index) batches cycled through ``distinct_steps`` draws from ``labels``."""
+    """One method's ``EngineRun`` and its pre-drawn synthetic steps: ``cfg``'s
+    SOLVER.IMS_PER_BATCH images of INPUT.CROP_SIZE px, with (label, index) batches cycled through
+    ``distinct_steps`` draws from ``labels``."""
 
     def __init__(self, spec, cfg, device, labels, teacher_path, distinct_steps):
         name, opts = parse_method(spec)
@@ -62,29 +102,11 @@ class MethodRun:
         if name in METHODS and METHODS[name].needs_teacher and not cfg.TEACHER.WEIGHTS:
             cfg.TEACHER.WEIGHTS = teacher_path  # a random teacher costs what a trained one does
         validate_config(cfg)  # as setup_cfg: a typo in any spec stops before the first round
-        self.spec, self.cfg, self.device = spec, cfg, device
-        torch.manual_seed(0)
-        self.model = build_model(cfg, device)
-        batch = cfg.SOLVER.IMS_PER_BATCH
-        self.method = build_method(
-            MethodContext(
-                cfg=cfg,
-                num_classes=cfg.MODEL.NUM_CLASSES,
-                train_labels=labels,
-                device=device,
-                per_rank_batch=batch,
-                epochs=cfg.SOLVER.EPOCHS,
-            )
-        )
-        self.wrapped = self.method.wrap_model(self.model)
-        self.optimizer = build_optimizer(cfg, self.wrapped)
-        self.amp_dtype = amp_dtype(cfg)
-        self.scaler = build_grad_scaler(cfg, device)
-        self.module = build_train_module(cfg, self.wrapped, device, world_size=1)
-        # PS-KD's alpha is 0 in no epoch, but epoch 0 is the one with plain CE targets: use 1.
-        self.method.on_epoch_start(1, self.model)
+        self.spec, self.device = spec, device
+        self.engine = EngineRun(cfg, device, labels)
+        self.batch = self.engine.batch
 
-        keys = self.method.loader_batch_size(batch)  # CS-KD: anchors + partners
+        keys = self.engine.method.loader_batch_size(self.batch)  # CS-KD: anchors + partners
         gen = torch.Generator().manual_seed(1)
         size = cfg.INPUT.CROP_SIZE
         self.images = torch.randn(keys, 3, size, size, generator=gen).to(
@@ -96,32 +118,29 @@ class MethodRun:
         for s in range(distinct_steps):
             idx = order[(s * keys) % len(order) :][:keys]
             self.steps.append((labels[idx].to(device), idx.to(device)))
-        self.batch, self.step_count = batch, 0
+        self.step_count = 0
         self.img_per_s, self.img_per_cpu_s, self.growth = [], [], []
 
     def run(self, iters):
         for _ in range(iters):
             labels, indices = self.steps[self.step_count % len(self.steps)]
             self.step_count += 1
-            train_step(
-                self.method,
-                self.module,
-                self.optimizer,
-                self.scaler,
-                self.images,
-                labels,
-                indices,
-                self.amp_dtype,
-            )
+            self.engine.step(self.images, labels, indices)
 
     def state_mb(self):
         """The method's persistent tensors: the trained module with its gradients, the optimizer
         state, and what the method itself reports (``Method.extra_memory``)."""
-        extra = sum(self.method.extra_memory().values())
-        return (tensor_bytes(self.wrapped, self.optimizer) + extra) / MB
+        extra = sum(self.engine.method.extra_memory().values())
+        return (tensor_bytes(self.engine.wrapped, self.engine.optimizer) + extra) / MB
 
     def table_mb(self):
-        return self.method.extra_memory().get("table", 0) / MB
+        return self.engine.method.extra_memory().get("table", 0) / MB
+
+
+def rotation(runs, r):
+    """Round ``r``'s order: ``runs`` rotated by ``r``, so that drift (other processes, clock
+    changes) hits every run alike over the rounds."""
+    return runs[r % len(runs) :] + runs[: r % len(runs)]
 
 
 @contextlib.contextmanager
@@ -164,7 +183,7 @@ def benchmark_training(
         run.run(warmup)  # also compiles, and creates gradients and optimizer state
     synchronize(device)
     for r in range(rounds):
-        for run in runs[r % len(runs) :] + runs[: r % len(runs)]:
+        for run in rotation(runs, r):
             probe.start()
             t0, c0 = time.perf_counter(), time.process_time()
             with sync_check(device, check_syncs) as found:

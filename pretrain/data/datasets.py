@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pretrain.data.images import DECODE_ERRORS, UnreadableImage, load_rgb
+from pretrain.data.samplers import seeded_rng
 
 # DATA.ON_BAD_IMAGE: stop naming the file, or drop it from its batch and log it.
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -51,9 +52,7 @@ class IndexedDataset(Dataset):
             image = self.load_image(self.samples[index])
         except DECODE_ERRORS as exc:
             return bad_image(self.on_bad_image, self.samples[index], index, exc)
-        # fork_rng keeps the caller's CPU RNG untouched when loading in the main process.
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(sample_seed)
+        with seeded_rng(sample_seed):
             tensor = self.transform(image)
         return tensor, self.targets[index], index
 

@@ -40,6 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pretrain.data.datasets import IndexedDataset, bad_image, split_bad
 from pretrain.data.images import DECODE_ERRORS, UnreadableImage, is_turned, open_image, read_8bit
+from pretrain.data.samplers import seeded_rng
 from pretrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC
 
 # Colour modes nvjpeg decodes to RGB itself; anything else is converted by PIL in the worker.
@@ -55,28 +56,28 @@ class DeviceAugment:
         self.crop, self.resize = cfg.INPUT.CROP_SIZE, cfg.INPUT.RESIZE_SIZE
         # The same torchvision objects as the CPU preset: their get_params draw the same numbers.
         self.rrc = T.RandomResizedCrop(self.crop, scale=(cfg.INPUT.MIN_SCALE, 1.0))
+        # At strength 0 jitter and lighting are neither drawn nor applied, as in the CPU preset.
         jitter = cfg.INPUT.COLOR_JITTER
-        self.jitter = T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter)
+        self.jitter = (
+            T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if jitter else None
+        )
         self.lighting_std = cfg.INPUT.LIGHTING_STD
         self._constants = {}
 
     def draw(self, image):
         """One sample's parameters from torch's global generator (seeded by the caller), drawn in
-        the CPU preset's order: crop box, flip, jitter order and factors, lighting noise."""
+        the CPU preset's order: crop box, flip, jitter order and factors (INPUT.COLOR_JITTER > 0),
+        lighting noise (INPUT.LIGHTING_STD > 0)."""
         top, left, height, width = self.rrc.get_params(image, self.rrc.scale, self.rrc.ratio)
         flip = bool(torch.rand(1) < 0.5)
-        order, b, c, s, _ = self.jitter.get_params(
-            self.jitter.brightness, self.jitter.contrast, self.jitter.saturation, None
-        )
-        factors = [1.0 if f is None else float(f) for f in (b, c, s)]
-        alpha = torch.randn(3) * self.lighting_std if self.lighting_std else torch.zeros(3)
-        return {
-            "box": torch.tensor([top, left, height, width]),
-            "flip": torch.tensor(flip),
-            "order": order,
-            "factors": torch.tensor(factors),
-            "alpha": alpha,
-        }
+        params = {"box": torch.tensor([top, left, height, width]), "flip": torch.tensor(flip)}
+        if self.jitter is not None:
+            j = self.jitter
+            order, b, c, s, _ = j.get_params(j.brightness, j.contrast, j.saturation, None)
+            params["order"], params["factors"] = order, torch.tensor([b, c, s])
+        if self.lighting_std:
+            params["alpha"] = torch.randn(3) * self.lighting_std
+        return params
 
     def apply(self, images, params, memory_format):
         """(B, 3, CROP, CROP) float32 normalised batch from a list of uint8 (3, H, W) images."""
@@ -100,14 +101,16 @@ class DeviceAugment:
         if self.train:
             flip = params["flip"].to(device, non_blocking=True).view(-1, 1, 1, 1)
             out = torch.where(flip, out.flip(-1), out)
-            out = self._color_jitter(
-                out,
-                params["order"].to(device, non_blocking=True),
-                params["factors"].to(device, non_blocking=True),
-            )
-            eigval, eigvec_t, _, _ = self.constants(device)
-            alpha = params["alpha"].to(device, non_blocking=True)
-            out = out + ((alpha * eigval) @ eigvec_t).view(-1, 3, 1, 1)
+            if "order" in params:
+                out = self._color_jitter(
+                    out,
+                    params["order"].to(device, non_blocking=True),
+                    params["factors"].to(device, non_blocking=True),
+                )
+            if "alpha" in params:
+                eigval, eigvec_t, _, _ = self.constants(device)
+                alpha = params["alpha"].to(device, non_blocking=True)
+                out = out + ((alpha * eigval) @ eigvec_t).view(-1, 3, 1, 1)
         _, _, mean, std = self.constants(device)
         return ((out - mean) / std).contiguous(memory_format=memory_format)
 
@@ -168,8 +171,7 @@ class EncodedJpegDataset(IndexedDataset):
                 encoded = TF.pil_to_tensor(image)
         except DECODE_ERRORS as exc:
             return bad_image(self.on_bad_image, path, index, exc)
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(sample_seed)
+        with seeded_rng(sample_seed):
             params = self.augment.draw(image) if self.augment.train else {}
         return encoded, params, self.targets[index], index, path
 

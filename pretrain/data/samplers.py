@@ -6,6 +6,8 @@ per sample from (SEED, epoch, index), so a batch's pixels do not depend on the n
 loader workers or on where a resumed run restarted.
 """
 
+import contextlib
+
 import torch
 from torch.utils.data import Sampler
 
@@ -13,6 +15,22 @@ from torch.utils.data import Sampler
 def sample_seed(seed, epoch, index):
     """Seed of one sample's augmentation: distinct for every (run seed, epoch, index)."""
     return (seed * 1_000_003 + epoch * 7_919 + index * 2_654_435_761) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed):
+    """Inside the block torch's global CPU generator starts from ``seed`` (what the torchvision
+    transforms draw from); after it, the generator is back where it was, so loading in the
+    main process leaves the training's stream (CutMix, checkpointed) untouched. The same as
+    ``torch.random.fork_rng(devices=[])`` with ``manual_seed``, without its device bookkeeping,
+    which runs once per sample."""
+    generator = torch.random.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
 
 
 class ShardedSampler(Sampler):

@@ -26,8 +26,6 @@ class Lighting(torch.nn.Module):
         self.register_buffer("eigvec", torch.tensor(eigvec))
 
     def forward(self, img):
-        if self.std == 0:
-            return img
         alpha = torch.randn(3) * self.std
         rgb = self.eigvec @ (alpha * self.eigval)
         return img + rgb.view(3, 1, 1)
@@ -39,18 +37,21 @@ class Lighting(torch.nn.Module):
 def build_train_transform(cfg):
     preset = cfg.INPUT.PRESET
     if preset == "imagenet":
-        jitter = cfg.INPUT.COLOR_JITTER
-        return T.Compose(
-            [
-                T.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=(cfg.INPUT.MIN_SCALE, 1.0)),
-                T.RandomHorizontalFlip(),
-                T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-                T.PILToTensor(),
-                T.ConvertImageDtype(torch.float32),
-                Lighting(cfg.INPUT.LIGHTING_STD),
-                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
+        jitter, lighting = cfg.INPUT.COLOR_JITTER, cfg.INPUT.LIGHTING_STD
+        # At strength 0 colour jitter and lighting are identities, yet ColorJitter would still
+        # draw its order (torch.randperm(4)) and step through its operations for every image:
+        # neither is built then, and device_decode.DeviceAugment leaves out their draws alike.
+        steps = [
+            T.RandomResizedCrop(cfg.INPUT.CROP_SIZE, scale=(cfg.INPUT.MIN_SCALE, 1.0)),
+            T.RandomHorizontalFlip(),
+        ]
+        if jitter:
+            steps.append(T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+        steps += [T.PILToTensor(), T.ConvertImageDtype(torch.float32)]
+        if lighting:
+            steps.append(Lighting(lighting))
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+        return T.Compose(steps)
     # "cifar"
     return T.Compose(
         [

@@ -278,10 +278,12 @@ class ProgressiveSelfKD(Method):
 
     def training_step(self, model, images, labels, indices):
         images, targets, mix = self.mix_batch(images, labels)
-        # The samples trained with PS-KD; made on (or sent asynchronously to) the device, since a
-        # blocking host-to-device copy would make every step wait for the GPU's queue.
+        # The samples trained with PS-KD. All of them when nothing was mixed: a slice, so that
+        # images[own] and the rest are views, not copies of the batch. Otherwise their positions,
+        # sent asynchronously to the device, since a blocking host-to-device copy would make
+        # every step wait for the GPU's queue.
         if mix is None:
-            own = torch.arange(len(labels), device=labels.device)
+            own = slice(None)
         else:
             own = mix.unmixed(len(labels)).to(labels.device, non_blocking=True)
         past = self.source.read(images[own], labels[own], indices[own])
