@@ -212,6 +212,8 @@ def test_a_bad_winner_of_names_its_key(tmp_path, entry, message):
 def test_the_shipped_search_studies_load(tmp_path):
     """Both share the four searches (same names, spaces, configs: run once in a shared output
     root); Table 4's CutMix rows of CS-KD and TF-KD take the winner of the method's search."""
+    from detection import paper
+
     plans = {}
     for name in ("table5_R_152_search.yaml", "table4_R_152_search.yaml"):
         with open(os.path.join(ROOT, "configs", "study", name)) as f:
@@ -226,6 +228,7 @@ def test_the_shipped_search_studies_load(tmp_path):
     # Every stage of the Table 5 search but its report is one of Table 4's, with its command.
     shared = [s for s in table5.stages if s.kind != "report"]
     assert all(table4.command(table4.by_id[s.id]) == table5.command(s) for s in shared)
+    assert sorted(table4.labels().values()) == sorted(paper.TABLE4)
     taken = {b.name: b.winner_of for b in table4.study.backbones if b.winner_of}
     assert taken == {"cskd_cutmix_search": "cskd_search", "tfkd_cutmix_search": "tfkd_search"}
     # 30 runs and 20 trials of 90 ImageNet epochs; searching the two CutMix rows apart would
