@@ -4,6 +4,7 @@ once by Optuna and recorded (a rerun never draws them again; more trials extend 
 backbone that takes another's winner (``winner_of``). The search run end to end, with a killed
 trial, is in tests/test_study_e2e.py."""
 
+import itertools
 import json
 import os
 
@@ -209,26 +210,30 @@ def test_a_bad_winner_of_names_its_key(tmp_path, entry, message):
     assert str(info.value).startswith(f"{path}: backbones.tfkd_cutmix.winner_of: ")
 
 
-def test_the_shipped_search_studies_load(tmp_path):
-    """Both share the four searches (same names, spaces, configs: run once in a shared output
-    root); Table 4's CutMix rows of CS-KD and TF-KD take the winner of the method's search."""
+def test_the_shipped_search_studies_load_and_share_the_output_root(tmp_path):
+    """Both search studies have the four searches (same names, spaces, configs); Table 4's CutMix
+    rows of CS-KD and TF-KD take the winner of the method's search. The four R-152 studies share
+    one output root: a stage two of them have has one command, and so is run once."""
     from detection import paper
 
     plans = {}
-    for name in ("table5_R_152_search.yaml", "table4_R_152_search.yaml"):
-        with open(os.path.join(ROOT, "configs", "study", name)) as f:
+    for name in ("table5_R_152", "table4_R_152", "table5_R_152_search", "table4_R_152_search"):
+        with open(os.path.join(ROOT, "configs", "study", f"{name}.yaml")) as f:
             data = yaml.safe_load(f)
-        data["output_root"] = str(tmp_path / "out")  # the same for both, as shipped
+        data["output_root"] = str(tmp_path / "out")  # the same for all, as shipped
         os.makedirs(tmp_path / name)
-        plan = plans[name] = Plan(load_study(_write(tmp_path / name, data)))
+        plans[name] = Plan(load_study(_write(tmp_path / name, data)))
+    for a, b in itertools.combinations(plans.values(), 2):
+        shared = set(a.by_id) & set(b.by_id)
+        assert all(a.command(a.by_id[i]) == b.command(b.by_id[i]) for i in shared)
+    table5, table4 = plans["table5_R_152_search"], plans["table4_R_152_search"]
+    for plan in (table5, table4):
         searched = {b.name for b in plan.study.backbones if b.search}
         assert searched == {"cskd_search", "tfkd_search", "pskd_search", "pskd_cutmix_search"}
         assert all(len(plan.trials[name]) == 5 for name in searched)
-    table5, table4 = plans.values()
-    # Every stage of the Table 5 search but its report is one of Table 4's, with its command.
-    shared = [s for s in table5.stages if s.kind != "report"]
-    assert all(table4.command(table4.by_id[s.id]) == table5.command(s) for s in shared)
+    assert {s.id for s in table5.stages if s.kind != "report"} <= set(table4.by_id)
     assert sorted(table4.labels().values()) == sorted(paper.TABLE4)
+    assert {"pretrain/cutmix/seed0", "pretrain/ls_cutmix/seed0"} <= set(plans["table4_R_152"].by_id)
     taken = {b.name: b.winner_of for b in table4.study.backbones if b.winner_of}
     assert taken == {"cskd_cutmix_search": "cskd_search", "tfkd_cutmix_search": "tfkd_search"}
     # 30 runs and 20 trials of 90 ImageNet epochs; searching the two CutMix rows apart would
