@@ -6,7 +6,8 @@ Each trial is an ordinary pretraining stage (``pretrain/<backbone>/trial<k>``: s
 resume, Slurm and ``--status`` rules as any stage) whose config adds the trial's values to the
 backbone's; the winner, the trial with the best metric of its ``eval_final.json`` once every trial
 is done (ties: the first), gives its values to the backbone's pretraining of every seed, and so to
-its conversion, detection and report.
+its conversion, detection and report; and to those of a backbone whose ``winner_of`` names it
+(one search's values for two backbones, e.g. CS-KD with and without CutMix).
 
 Optuna samples and records: its RandomSampler draws each trial's values, and a journal file under
 the output root (``.study/search/<backbone>.journal``, Optuna's file storage, safe on a shared file
