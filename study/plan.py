@@ -15,8 +15,9 @@ The report is the study's own (named after it), so that two studies over the sam
 A backbone whose method needs a teacher (TF-KD) pretrains after its teacher's pretraining of the
 same seed, with TEACHER.WEIGHTS set to that run's model_final.pth. The seed is SEED of both the
 pretraining and the detection fine-tune. A backbone with a hyperparameter search (study.search)
-pretrains its trials first, and its runs with the winner's values. A stage is done when its
-outputs are there and valid (``check``), never because of a marker alone.
+pretrains its trials first, and its runs with the winner's values; one with ``winner_of`` takes
+that winner after the same trials, searching nothing itself. A stage is done when its outputs are
+there and valid (``check``), never because of a marker alone.
 """
 
 import os
@@ -26,7 +27,7 @@ from pretrain.methods import method_label
 
 from .completion import Completion
 from .identity import Identities
-from .search import overrides, record_metric, recorded_values, sample_trials, trial_metric
+from .search import SearchPlan, recorded_values
 
 PYTHON = sys.executable
 # What a command shows in place of a search's values not known yet (--dry-run).
@@ -56,7 +57,7 @@ class Stage:
         return f"Stage({self.id})"
 
 
-class Plan(Completion):
+class Plan(Completion, SearchPlan):
     """Every stage of a study, in an order where each stage follows its dependencies."""
 
     def __init__(self, study):
@@ -80,10 +81,11 @@ class Plan(Completion):
                 deps = [self.cls_data.id] if synthetic else []
                 if b.teacher:
                     deps.append(self.pretrain[b.teacher, seed].id)
-                if b.search:
-                    if b.name not in self.trials:
-                        self._add_trials(b, synthetic)
-                    deps += [t.id for t in self.trials[b.name]]
+                searched = self.search_of(b)  # b, or the backbone whose winner it takes
+                if searched:
+                    if searched.name not in self.trials:
+                        self._add_trials(searched, synthetic)
+                    deps += [t.id for t in self.trials[searched.name]]
                 self.pretrain[b.name, seed] = self._add(
                     Stage(study, "pretrain", b, seed, deps),
                     os.path.join(self.root, "pretrain", b.name, f"seed{seed}"),
@@ -244,55 +246,6 @@ class Plan(Completion):
             str(stage.seed),
         ]
         return self.study.detection_config, opts
-
-    # -- searches (study.search) ------------------------------------------------------------------
-    def search_opts(self, stage):
-        """The overrides a search adds to a pretrain stage: a trial's own (the trials' opts, then
-        its drawn values), or its winner's values for the backbone's runs of every seed; None
-        while they are not known (not drawn yet, or not every trial done)."""
-        b = stage.backbone
-        if not b.search:
-            return []
-        if stage.trial is not None:
-            sampled = self.sampled[b.name]
-            if stage.trial >= len(sampled):
-                return None
-            return list(b.search.trial_opts) + overrides(sampled[stage.trial])
-        winner = self.winner(b)
-        return None if winner is None else overrides(winner["values"])
-
-    def winner(self, b):
-        """``{"trial", "values", "metric"}`` of the best trial of ``b``'s search once every trial
-        is done (ties: the first), else None. Read from the trials' run folders."""
-        trials = self.trials[b.name]
-        if len(self.sampled[b.name]) < len(trials) or not all(self.check(t)[0] for t in trials):
-            return None
-        scores = [trial_metric(t.out, b.search.metric) for t in trials]
-        pick = min if b.search.direction == "minimize" else max
-        best = pick(range(len(trials)), key=scores.__getitem__)
-        return {"trial": best, "values": self.sampled[b.name][best], "metric": scores[best]}
-
-    def settled(self):
-        """Whether every search's values are known (each stage's identity is then final)."""
-        return all(self.winner(b) for b in self.study.backbones if b.search)
-
-    def sample_trials(self):
-        """Draw and record the values of the trials not drawn yet, and record the metric of every
-        finished one (tools/study.py, before it runs or submits anything: --dry-run and
-        --status never write)."""
-        for b in self.study.backbones:
-            if b.search:
-                self.sampled[b.name] = sample_trials(self.root, b.name, b.search)
-        self.record_trials()
-        self.identity = Identities(self)  # those computed before the values were known
-
-    def record_trials(self):
-        """Record each finished trial's metric in its search's journal."""
-        for b in self.study.backbones:
-            for t in self.trials.get(b.name, ()):
-                if t.trial < len(self.sampled[b.name]) and self.check(t)[0]:
-                    value = trial_metric(t.out, b.search.metric)
-                    record_metric(self.root, b.name, b.search, t.trial, value)
 
     @staticmethod
     def _torchrun(res, node):

@@ -6,7 +6,8 @@ Each trial is an ordinary pretraining stage (``pretrain/<backbone>/trial<k>``: s
 resume, Slurm and ``--status`` rules as any stage) whose config adds the trial's values to the
 backbone's; the winner, the trial with the best metric of its ``eval_final.json`` once every trial
 is done (ties: the first), gives its values to the backbone's pretraining of every seed, and so to
-its conversion, detection and report.
+its conversion, detection and report; and to those of a backbone whose ``winner_of`` names it
+(one search's values for two backbones, e.g. CS-KD with and without CutMix).
 
 Optuna samples and records: its RandomSampler draws each trial's values, and a journal file under
 the output root (``.study/search/<backbone>.journal``, Optuna's file storage, safe on a shared file
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pretrain.cli import setup_cfg
 from pretrain.config.defaults import get_cfg
 from pretrain.metrics import METRIC_KEYS
+
+from .identity import Identities
 
 DIRECTIONS = ("minimize", "maximize")
 # Keys the study sets per stage or that do not change a result: not a hyperparameter to search.
@@ -103,14 +106,59 @@ def read_search(r, node, key, config, opts, seeds, flat_opts):
         r.fail(f"{key}.trial_opts", str(exc))
     # Every value a trial may draw, in the configs of the trials and of the runs: a key's range
     # or a bound between keys stops here, not on a node.
+    problem = _space_problem(space, config, (opts + search.trial_opts, opts))
+    if problem:
+        name, value, exc = problem
+        r.fail(f"{key}.space.{name}", f"{value!r}: {exc}")
+    return search
+
+
+def _space_problem(space, config, opts_lists):
+    """``(key, value, error)`` of the first value of ``space`` (each choice, both bounds) that
+    ``config`` does not assemble with after one of ``opts_lists``, else None."""
     for name, (kind, *bounds) in space.items():
         for value in bounds[0] if kind == "choices" else bounds[:2]:
-            try:
-                setup_cfg(config, opts + search.trial_opts + overrides({name: value}))
-                setup_cfg(config, opts + overrides({name: value}))
-            except (ValueError, FileNotFoundError) as exc:
-                r.fail(f"{key}.space.{name}", f"{value!r}: {exc}")
-    return search
+            for opts in opts_lists:
+                try:
+                    setup_cfg(config, opts + overrides({name: value}))
+                except (ValueError, FileNotFoundError) as exc:
+                    return name, value, exc
+    return None
+
+
+def check_winners_of(r, backbones):
+    """The ``winner_of:`` entries (a backbone that trains with the winner of another backbone's
+    search, searching nothing itself): each names a searched backbone of the same method, and
+    every value that search may pick assembles into this backbone's config (its own opts, e.g.
+    CutMix), so that the winner, known days later, cannot stop its runs."""
+    by_name = {b.name: b for b in backbones}
+    for b in backbones:
+        if b.winner_of is None:
+            continue
+        key = f"backbones.{b.name}.winner_of"
+        source = by_name.get(b.winner_of) if isinstance(b.winner_of, str) else None
+        if b.search:
+            r.fail(key, "a backbone has its own search or takes another's winner, not both")
+        if source is None:
+            r.fail(key, f"{b.winner_of!r} is not a backbone of this study ({', '.join(by_name)})")
+        if source.winner_of is not None:
+            r.fail(
+                key,
+                f"{source.name!r} itself takes the winner of {source.winner_of!r}; name the "
+                f"searched backbone (chains are not supported)",
+            )
+        if not source.search:
+            r.fail(key, f"{source.name!r} has no search: nothing to take the winner of")
+        if source.method != b.method:
+            r.fail(
+                key,
+                f"{source.name!r} searches for method {source.method!r}, this backbone is "
+                f"{b.method!r}",
+            )
+        problem = _space_problem(source.search.space, b.config, (b.opts,))
+        if problem:
+            name, value, exc = problem
+            r.fail(key, f"{source.name}'s {name} {value!r} does not fit this backbone: {exc}")
 
 
 def _dimension(r, where, entry, default):
@@ -200,3 +248,66 @@ def trial_metric(out, metric):
     """The metric of a finished trial's run folder (its eval_final.json)."""
     with open(os.path.join(out, "eval_final.json")) as f:
         return float(json.load(f)[metric])
+
+
+# -- the plan's side: which search a run trains with, its winner -------------------------------
+class SearchPlan:
+    """The searches of a plan (mixed into study.plan.Plan, which adds the trials' stages in
+    ``self.trials`` and the values drawn in ``self.sampled``, by searched backbone)."""
+
+    def search_of(self, b):
+        """The backbone whose search's winner ``b``'s runs train with: ``b`` itself, the backbone
+        named by its ``winner_of``, or None."""
+        if b.search:
+            return b
+        return self.study.backbone(b.winner_of) if b.winner_of else None
+
+    def search_opts(self, stage):
+        """The overrides a search adds to a pretrain stage: a trial's own (the trials' opts, then
+        its drawn values), or its winner's values for the runs of every seed of the searched
+        backbone and of those that take its winner; None while they are not known (not drawn
+        yet, or not every trial done)."""
+        b = stage.backbone
+        if stage.trial is not None:
+            sampled = self.sampled[b.name]
+            if stage.trial >= len(sampled):
+                return None
+            return list(b.search.trial_opts) + overrides(sampled[stage.trial])
+        searched = self.search_of(b)
+        if searched is None:
+            return []
+        winner = self.winner(searched)
+        return None if winner is None else overrides(winner["values"])
+
+    def winner(self, b):
+        """``{"trial", "values", "metric"}`` of the best trial of ``b``'s search once every trial
+        is done (ties: the first), else None. Read from the trials' run folders."""
+        trials = self.trials[b.name]
+        if len(self.sampled[b.name]) < len(trials) or not all(self.check(t)[0] for t in trials):
+            return None
+        scores = [trial_metric(t.out, b.search.metric) for t in trials]
+        pick = min if b.search.direction == "minimize" else max
+        best = pick(range(len(trials)), key=scores.__getitem__)
+        return {"trial": best, "values": self.sampled[b.name][best], "metric": scores[best]}
+
+    def settled(self):
+        """Whether every search's values are known (each stage's identity is then final)."""
+        return all(self.winner(b) for b in self.study.backbones if b.search)
+
+    def sample_trials(self):
+        """Draw and record the values of the trials not drawn yet, and record the metric of every
+        finished one (tools/study.py, before it runs or submits anything: --dry-run and
+        --status never write)."""
+        for b in self.study.backbones:
+            if b.search:
+                self.sampled[b.name] = sample_trials(self.root, b.name, b.search)
+        self.record_trials()
+        self.identity = Identities(self)  # those computed before the values were known
+
+    def record_trials(self):
+        """Record each finished trial's metric in its search's journal."""
+        for b in self.study.backbones:
+            for t in self.trials.get(b.name, ()):
+                if t.trial < len(self.sampled[b.name]) and self.check(t)[0]:
+                    value = trial_metric(t.out, b.search.metric)
+                    record_metric(self.root, b.name, b.search, t.trial, value)

@@ -18,7 +18,7 @@ from detection.synthetic_voc import MAX_REQUIRED, MIN_TEST07
 from pretrain.cli import setup_cfg
 from pretrain.methods import METHODS
 
-from .search import Search, read_search
+from .search import Search, check_winners_of, read_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,6 +59,7 @@ class Backbone:
     arch: str
     teacher: str = None  # name of the backbone whose model (same seed) is the teacher
     search: Search = None  # the hyperparameter search whose winner it trains with (study.search)
+    winner_of: str = None  # or: the searched backbone whose winner it trains with, not searching
 
 
 @dataclass
@@ -141,7 +142,12 @@ def _read_backbones(r, node, base, pretrain_opts, seeds):
         key = f"backbones.{name}"
         if not isinstance(name, str) or not _is_folder_name(name):
             r.fail(key, "a backbone name must be letters, digits, '_' or '-' (it names folders)")
-        r.mapping(entry, key, allowed=("config", "opts", "teacher", "search"), required=("config",))
+        r.mapping(
+            entry,
+            key,
+            allowed=("config", "opts", "teacher", "search", "winner_of"),
+            required=("config",),
+        )
         config = r.file(entry["config"], f"{key}.config", base)
         opts = pretrain_opts + _flat_opts(entry.get("opts"), f"{key}.opts")
         try:
@@ -167,8 +173,10 @@ def _read_backbones(r, node, base, pretrain_opts, seeds):
                 cfg.MODEL.ARCH,
                 teacher,
                 search,
+                entry.get("winner_of"),
             )
         )
+    check_winners_of(r, backbones)
     names = [b.name for b in backbones]
     for b in backbones:
         if b.teacher is None:

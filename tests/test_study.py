@@ -1,5 +1,6 @@
 """The study file, its checks, the stage graph and the commands (no stage is run here)."""
 
+import glob
 import os
 import re
 
@@ -10,6 +11,7 @@ from helpers import ROOT
 from pretrain.methods import METHODS
 from study.plan import Plan
 from study.spec import StudyError, load_study
+from study.stage_configs import check_stage_configs
 from study.state import all_states, process_identity, write_record
 from tools.study import main as study_main
 
@@ -93,6 +95,20 @@ def test_table4_study_has_the_papers_ten_rows_and_shares_table5s_stages(tmp_path
     assert len(table4.stages) == 10 * 3 * 3 + 1
     assert table4.report.out != table5.report.out
     assert table4.report.id == "report/table4_R_152"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(glob.glob(os.path.join(ROOT, "configs", "study", "*.yaml"))),
+    ids=os.path.basename,
+)
+def test_every_shipped_study_loads_and_assembles_its_stage_configs(tmp_path, path):
+    """What tools/study.py checks before it runs anything (--dry-run too), for every study file
+    shipped: its keys, and every stage's config as its tool will assemble it."""
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    check_stage_configs(Plan(load_study(_write(tmp_path, data))))
 
 
 def test_dry_run_and_status_print_every_stage(tmp_path, capsys):

@@ -1,15 +1,20 @@
 """A backbone's hyperparameter search (study/search.py): the study file's ``search:`` entry and its
 checks, the trials as pretraining stages before the backbone's runs, and the trials' values drawn
-once by Optuna and recorded (a rerun never draws them again; more trials extend the search). The
-search run end to end, with a killed trial, is in tests/test_study_e2e.py."""
+once by Optuna and recorded (a rerun never draws them again; more trials extend the search); a
+backbone that takes another's winner (``winner_of``). The search run end to end, with a killed
+trial, is in tests/test_study_e2e.py."""
 
+import itertools
+import json
 import os
 
 import pytest
 import yaml
 
+from detection.runs import method_settings
 from helpers import ROOT, tiny_study
-from study.plan import Plan
+from pretrain.cli import setup_cfg
+from study.plan import PENDING, Plan
 from study.search import journal_path, recorded_values, sample_trials
 from study.spec import StudyError, load_study
 from tools.study import main as study_main
@@ -109,12 +114,133 @@ def test_a_bad_search_names_its_key(tmp_path, search, key, message):
     assert str(info.value).startswith(f"{path}: backbones.tfkd.search.{key}: ")
 
 
-def test_the_shipped_search_studies_load(tmp_path):
-    for name in ("table5_R_152_search.yaml",):
-        with open(os.path.join(ROOT, "configs", "study", name)) as f:
+def _borrowing(tmp_path, **entry):
+    """The tiny study with its TF-KD search and ``tfkd_cutmix``, TF-KD with CutMix taking the
+    search's winner (``entry``: changes to that backbone)."""
+    data = _searched(tmp_path)
+    data["backbones"]["tfkd_cutmix"] = {
+        "config": "configs/pretrain/cpu_synthetic_R_18_tfkd.yaml",
+        "teacher": "baseline",
+        "opts": {"AUG.CUTMIX.ENABLED": True},
+        "winner_of": "tfkd",
+        **entry,
+    }
+    return data
+
+
+def _finish(plan, stage, nll):
+    """``stage``'s run folder as a finished pretraining leaves it (what Plan.check reads)."""
+    import torch
+
+    os.makedirs(stage.out)
+    torch.save({"model": {"w": torch.zeros(1)}}, os.path.join(stage.out, "model_final.pth"))
+    with open(os.path.join(stage.out, "eval_final.json"), "w") as f:
+        json.dump({"top1_err": 50.0, "nll": nll}, f)
+    with open(os.path.join(stage.out, "config.yaml"), "w") as f:
+        yaml.safe_dump({"SEED": stage.seed, "METHOD": {"NAME": stage.backbone.method}}, f)
+
+
+def test_a_backbone_takes_the_winner_of_another_backbones_search(tmp_path):
+    path = _write(tmp_path, _borrowing(tmp_path))
+    plan = Plan(load_study(path))
+    assert list(plan.trials) == ["tfkd"]  # no trials of its own
+    ids = [s.id for s in plan.stages]
+    for seed in (0, 1):
+        run = plan.pretrain["tfkd_cutmix", seed]
+        assert run.deps == [
+            "data/classification",
+            f"pretrain/baseline/seed{seed}",
+            *(t.id for t in plan.trials["tfkd"]),
+        ]
+        assert all(ids.index(d) < ids.index(run.id) for d in run.deps)
+        # Before the winner is known: the placeholder, and an identity saying so.
+        assert plan.search_opts(run) is None and PENDING[0] in plan.command(run)
+        assert plan.identity(run) == {"search": "values not known yet"}
+
+    plan.sample_trials()
+    for k, t in enumerate(plan.trials["tfkd"]):
+        _finish(plan, t, nll=[1.2, 0.7, 0.9][k])  # trial 1 wins on the tiny study's metric (nll)
+    plan = Plan(load_study(path))  # as a later tools/study.py or a Slurm job sees it
+    won = recorded_values(plan.root, "tfkd", plan.study.backbone("tfkd").search)[1]
+    alpha = won["TFKD.ALPHA"]
+    for seed in (0, 1):
+        own, taken = plan.pretrain["tfkd", seed], plan.pretrain["tfkd_cutmix", seed]
+        assert plan.search_opts(taken) == plan.search_opts(own) == ["TFKD.ALPHA", repr(alpha)]
+        config, opts = plan.tool_config(taken)
+        cfg = setup_cfg(config, opts)
+        assert cfg.TFKD.ALPHA == alpha and cfg.AUG.CUTMIX.ENABLED and cfg.SEED == seed
+        # The report's method settings are read from the run's config: the winner's alpha.
+        assert f"TFKD.ALPHA {alpha:g}" in method_settings(yaml.safe_load(cfg.dump()))
+        identity = plan.identity(taken)
+        assert identity["config"]["TFKD.ALPHA"] == alpha
+        assert identity["config"]["AUG.CUTMIX.ENABLED"] is True
+        assert identity["config"] == {**plan.identity(own)["config"], "AUG.CUTMIX.ENABLED": True}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"winner_of": "tfkd", "search": {"space": {"TFKD.ALPHA": [0.1]}}},
+            "has its own search or takes another's winner, not both",
+        ),
+        ({"winner_of": "tfdk"}, "'tfdk' is not a backbone of this study \\(baseline, tfkd"),
+        ({"winner_of": "baseline"}, "'baseline' has no search"),
+        ({"winner_of": "chained"}, "'chained' itself takes the winner of 'tfkd'"),
+        (
+            {"config": "configs/pretrain/cpu_synthetic_R_18_baseline.yaml", "teacher": None},
+            "searches for method 'tfkd', this backbone is 'baseline'",
+        ),
+        (
+            {"opts": {"SOLVER.EPOCHS": 2, "SOLVER.STEPS": [1], "SOLVER.WARMUP_EPOCHS": 1.0}},
+            "tfkd's SOLVER.WARMUP_EPOCHS 2.5 does not fit this backbone: .*must be at most "
+            "SOLVER.EPOCHS \\(2\\)",
+        ),
+    ],
+)
+def test_a_bad_winner_of_names_its_key(tmp_path, entry, message):
+    data = _borrowing(tmp_path, **entry)
+    # A search space whose upper bound fits the searched backbone (3 epochs), not every borrower.
+    space = data["backbones"]["tfkd"]["search"]["space"]
+    space["SOLVER.WARMUP_EPOCHS"] = {"low": 0.5, "high": 2.5}
+    data["backbones"]["chained"] = _borrowing(tmp_path)["backbones"]["tfkd_cutmix"]
+    path = _write(tmp_path, data)
+    with pytest.raises(StudyError, match=message) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: backbones.tfkd_cutmix.winner_of: ")
+
+
+def test_the_shipped_search_studies_load_and_share_the_output_root(tmp_path):
+    """Both search studies have the four searches (same names, spaces, configs); Table 4's CutMix
+    rows of CS-KD and TF-KD take the winner of the method's search. The four R-152 studies share
+    one output root: a stage two of them have has one command, and so is run once."""
+    from detection import paper
+
+    plans = {}
+    for name in ("table5_R_152", "table4_R_152", "table5_R_152_search", "table4_R_152_search"):
+        with open(os.path.join(ROOT, "configs", "study", f"{name}.yaml")) as f:
             data = yaml.safe_load(f)
-        data["output_root"] = str(tmp_path / name)
-        plan = Plan(load_study(_write(tmp_path, data)))
+        data["output_root"] = str(tmp_path / "out")  # the same for all, as shipped
+        os.makedirs(tmp_path / name)
+        plans[name] = Plan(load_study(_write(tmp_path / name, data)))
+    for a, b in itertools.combinations(plans.values(), 2):
+        shared = set(a.by_id) & set(b.by_id)
+        assert all(a.command(a.by_id[i]) == b.command(b.by_id[i]) for i in shared)
+    table5, table4 = plans["table5_R_152_search"], plans["table4_R_152_search"]
+    for plan in (table5, table4):
         searched = {b.name for b in plan.study.backbones if b.search}
         assert searched == {"cskd_search", "tfkd_search", "pskd_search", "pskd_cutmix_search"}
         assert all(len(plan.trials[name]) == 5 for name in searched)
+    assert {s.id for s in table5.stages if s.kind != "report"} <= set(table4.by_id)
+    assert sorted(table4.labels().values()) == sorted(paper.TABLE4)
+    assert {"pretrain/cutmix/seed0", "pretrain/ls_cutmix/seed0"} <= set(plans["table4_R_152"].by_id)
+    taken = {b.name: b.winner_of for b in table4.study.backbones if b.winner_of}
+    assert taken == {"cskd_cutmix_search": "cskd_search", "tfkd_cutmix_search": "tfkd_search"}
+    # 30 runs and 20 trials of 90 ImageNet epochs; searching the two CutMix rows apart would
+    # have added 10 trials.
+    pretrain = [s for s in table4.stages if s.kind == "pretrain"]
+    assert len(pretrain) == 10 * 3 + 4 * 5
+    for name, source in taken.items():
+        run = table4.pretrain[name, 0]
+        assert [t.id for t in table4.trials[source]] == run.deps[-5:]
+        assert table4.study.backbone(name).cutmix and PENDING[0] in table4.command(run)
