@@ -13,7 +13,7 @@ EDITABLE_STAMP := $(VENV)/.editable
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast lint mutation demo clean
+.PHONY: venv test test-fast test-unit lint mutation demo clean
 
 venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
@@ -43,6 +43,13 @@ test: venv
 # Everything but the tests marked slow.
 test-fast: venv
 	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow" tests
+
+# The developer's inner loop (about a minute): the tests that start no process and train nothing
+# end to end. UNIT_TIER=1 makes a test that starts a process fail, naming the marker it lacks
+# (tests/conftest.py), so that the tier cannot grow slow unnoticed. Loaded by test file as above:
+# a file's module fixtures are built once.
+test-unit: venv
+	UNIT_TIER=1 $(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow and not integration and not cluster" tests
 
 # ruff and mutmut, pinned in requirements-dev.txt, into the same venv.
 DEV_STAMP := $(VENV)/.dev-installed

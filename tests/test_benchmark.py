@@ -85,6 +85,7 @@ def test_method_spec_syntax():
         parse_method("pskd:PSKD.TOPK")
 
 
+@pytest.mark.integration
 def test_command_line_help():
     assert "--input-pipeline" in run_tool(["tools/benchmark.py", "--help"]).stdout
 

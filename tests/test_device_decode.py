@@ -75,6 +75,7 @@ def test_train_batches_match_the_pil_path_in_order_and_closely_in_pixels(synthet
     assert (dev[0] - _same_samples(other_epoch, dev[2])).abs().mean() > 5 * diff.mean()
 
 
+@pytest.mark.integration
 def test_augmentation_depends_only_on_seed_epoch_and_index(synthetic_root):
     cfg = _cfg(synthetic_root, "DATALOADER.DECODE", "device")
     a = _first_batch(cfg, train=True, batch=8, workers=0)
