@@ -418,6 +418,7 @@ def _rel_err(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.integration
 def test_converted_r152_reproduces_torchvision_features(tmp_path):
     torch.manual_seed(0)
     tv = _calibrated(torchvision.models.resnet152(weights=None))
