@@ -44,10 +44,10 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow" tests
 
-# The developer's inner loop (about a minute): the tests that start no process and train nothing
-# end to end. UNIT_TIER=1 makes a test that starts a process fail, naming the marker it lacks
-# (tests/conftest.py), so that the tier cannot grow slow unnoticed. Loaded by test file as above:
-# a file's module fixtures are built once.
+# The developer's inner loop, about a minute on 2 cores (not CI's): the tests not marked slow,
+# integration (starts tools, torchrun, Slurm or DataLoader workers, or trains end to end) or
+# cluster; docs/testing.md. UNIT_TIER=1 makes a test that starts a process fail, naming the marker
+# to add (tests/conftest.py), so that the tier cannot grow slow unnoticed.
 test-unit: venv
 	UNIT_TIER=1 $(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow and not integration and not cluster" tests
 
