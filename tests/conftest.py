@@ -40,7 +40,7 @@ def refuse_processes():
             pytrace=False,
         )
 
-    def execute_child(self, args, *rest, **kwargs):
+    def execute_child(self, args, *_):
         refuse(f"started a subprocess ({args!r})")
 
     def start(self):
