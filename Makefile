@@ -13,7 +13,7 @@ EDITABLE_STAMP := $(VENV)/.editable
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast lint mutation demo clean
+.PHONY: venv test test-fast test-unit lint mutation demo clean
 
 venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
@@ -43,6 +43,13 @@ test: venv
 # Everything but the tests marked slow.
 test-fast: venv
 	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow" tests
+
+# The developer's inner loop, about a minute on 2 cores (not CI's): the tests not marked slow,
+# integration (starts tools, torchrun, Slurm or DataLoader workers, or trains end to end) or
+# cluster; docs/testing.md. UNIT_TIER=1 makes a test that starts a process fail, naming the marker
+# to add (tests/conftest.py), so that the tier cannot grow slow unnoticed.
+test-unit: venv
+	UNIT_TIER=1 $(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow and not integration and not cluster" tests
 
 # ruff and mutmut, pinned in requirements-dev.txt, into the same venv.
 DEV_STAMP := $(VENV)/.dev-installed

@@ -1,6 +1,13 @@
 """pytest's hooks and the fixtures many test modules use; plain helpers are in helpers.py."""
 
+import multiprocessing.process
+import os
+import subprocess
+
 import pytest
+
+# `make test-unit` sets it: the unit tier then refuses to start a process (refuse_processes).
+UNIT_TIER = os.environ.get("UNIT_TIER") == "1"
 
 
 def pytest_collection_modifyitems(items):
@@ -15,6 +22,36 @@ def pytest_collection_modifyitems(items):
     cluster, slow = files("cluster"), files("slow")
     # A file's own order is kept (a stable sort).
     items.sort(key=lambda item: (item.path not in cluster, item.path not in slow))
+
+
+@pytest.fixture(scope="session", autouse=UNIT_TIER)
+def refuse_processes():
+    """Under the unit tier, starting a process fails the test that does it, with what to do: the
+    tier stays fast only if every test that starts tools, torchrun, Slurm or DataLoader workers is
+    marked integration, and a test that is not would otherwise just make it slower, unnoticed.
+    Session scope, so that a module fixture that runs a tool is refused too; pytest.fail raises an
+    exception that code under test catching Exception does not swallow."""
+
+    def refuse(what):
+        pytest.fail(
+            f"{what} under the unit tier (UNIT_TIER=1, make test-unit): a test that starts a "
+            "process belongs to the integration tier; mark it @pytest.mark.integration (or its "
+            "module: pytestmark = pytest.mark.integration). See docs/testing.md.",
+            pytrace=False,
+        )
+
+    def execute_child(self, args, *_):
+        refuse(f"started a subprocess ({args!r})")
+
+    def start(self):
+        refuse(f"started a multiprocessing process ({self.name})")
+
+    with pytest.MonkeyPatch.context() as patch:
+        # Every subprocess (run, check_output, Popen) passes through _execute_child, and every
+        # multiprocessing process (torch's spawn, DataLoader workers) through BaseProcess.start.
+        patch.setattr(subprocess.Popen, "_execute_child", execute_child)
+        patch.setattr(multiprocessing.process.BaseProcess, "start", start)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -122,10 +122,12 @@ def test_method_spec_syntax():
         parse_method("pskd:PSKD.TOPK")
 
 
+@pytest.mark.integration
 def test_command_line_help():
     assert "--input-pipeline" in run_tool(["tools/benchmark.py", "--help"]).stdout
 
 
+@pytest.mark.integration
 def test_check_syncs_runs_every_method(tmp_path):
     from pretrain.methods import METHODS
 

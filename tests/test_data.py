@@ -51,6 +51,7 @@ def test_dataset_returns_stable_indices_and_labels(synthetic_root):
     assert image.shape == (3, 56, 56)
 
 
+@pytest.mark.integration
 def test_augmentation_is_seeded_per_sample_not_per_worker(synthetic_root):
     cfg = setup_cfg(CPU_CONFIG, ["DATA.ROOT", synthetic_root])
     data = build_dataset(cfg, "train", train=True)

@@ -116,6 +116,7 @@ def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
     assert os.path.getsize(os.path.join(out, "table5.png")) > 0
 
 
+@pytest.mark.integration
 def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(demo_choices.CONFIGS, "baseline", "no_such_config.yaml")
     out = str(tmp_path / "out")

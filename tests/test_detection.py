@@ -126,6 +126,7 @@ def test_paper_protocol_follows_faster_rcnn_pytorch():
     assert cfg.MODEL.RESNETS.DEPTH == 152 and cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
 
 
+@pytest.mark.integration
 def test_paper_protocol_builds_trains_and_infers(voc):
     """The config's structural choices (512-channel RPN conv, 7x7 RoIAlign into res5, no warm-up,
     no weight decay on biases) as Detectron2 builds them, on one generated VOC image. DEPTH 50:
@@ -417,6 +418,7 @@ def _rel_err(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.integration
 def test_converted_r152_reproduces_torchvision_features(tmp_path):
     torch.manual_seed(0)
     tv = _calibrated(torchvision.models.resnet152(weights=None))
@@ -545,6 +547,7 @@ def test_tiny_config_is_seeded(voc, random_r18_pkl, tmp_path):
     assert _losses(tmp_path / "c") != _losses(runs[0])
 
 
+@pytest.mark.integration
 def test_divergence_ends_with_an_error_line(voc, random_r18_pkl, tmp_path):
     proc = _tiny_run(
         random_r18_pkl,

@@ -95,6 +95,7 @@ def test_draws_take_the_pil_preset_s_numbers_at_every_strength(synthetic_root, j
     assert torch.equal(*after)
 
 
+@pytest.mark.integration
 def test_augmentation_depends_only_on_seed_epoch_and_index(synthetic_root):
     cfg = _cfg(synthetic_root, "DATALOADER.DECODE", "device")
     a = _first_batch(cfg, train=True, batch=8, workers=0)

@@ -21,6 +21,8 @@ from pretrain.data.synthetic import write_imagefolder
 from pretrain.metrics import per_sample_stats, summarize
 from pretrain.models import build_resnet
 
+pytestmark = pytest.mark.integration
+
 CONFIG = os.path.join(ROOT, "configs/pretrain/cpu_synthetic_R_18_baseline.yaml")
 WORLD = 2
 # Batches of 4 per rank (8, 7 samples: 4+4 and 4+3) and of 8 in one process (8+7). No batch holds

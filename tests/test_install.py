@@ -10,6 +10,8 @@ import pytest
 
 from helpers import ROOT
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = os.path.join(ROOT, "tools", "install_detectron2.sh")
 COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 

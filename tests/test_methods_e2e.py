@@ -15,6 +15,8 @@ from helpers import ROOT, run_tool
 from pretrain.cli import setup_cfg
 from pretrain.engine.trainer import Trainer
 
+pytestmark = pytest.mark.integration
+
 CONFIGS = os.path.join(ROOT, "configs", "pretrain")
 
 # 24 training images, 8 per step: 3 iterations an epoch; checkpoints at each epoch end and at

@@ -162,6 +162,7 @@ def _ddp_worker(rank, world, rendezvous, labels, topk, result_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("topk", [0, 2], ids=["dense", "top2"])
 def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
     labels = [0, 1, 2, 3, 0, 1, 2]
@@ -231,6 +232,7 @@ def _checkpoint_memory_worker(rank, world, rendezvous, result_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
     world = 2
     mp.start_processes(

@@ -207,6 +207,7 @@ def assert_kept(reference, iteration, out):
     assert not os.path.exists(os.path.join(out, "model_final.pth")) and not temporaries(out)
 
 
+@pytest.mark.integration
 def test_bad_image_under_error_policy_stops_naming_it(synthetic_root, reference, tmp_path):
     root, bad = damage_images(synthetic_root, tmp_path)
     out = copy_checkpoint(reference, 4, str(tmp_path / "out"))
@@ -259,6 +260,7 @@ def test_bad_set_up_is_named(setting, expect, synthetic_root, tmp_path):
     assert message.startswith("error: ") and re.search(expect, message), message
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "weights", ["resnet50", "resnet18_10_classes", "truncated", "missing", "detectron2.pkl"]
 )

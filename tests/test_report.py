@@ -322,6 +322,7 @@ def test_report_refuses_a_label_for_no_given_run(runs, tmp_path, capsys, label):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.integration
 def test_report_never_imports_detectron2(runs, tmp_path):
     import subprocess
     import sys

@@ -138,6 +138,7 @@ def test_resume_refuses_other_training_files(finished_run, synthetic_root, tmp_p
     assert digest(out) == before
 
 
+@pytest.mark.integration
 def test_resume_allows_keys_that_do_not_define_the_run(finished_run, synthetic_root, tmp_path):
     moved = str(tmp_path / "moved_data")
     shutil.copytree(synthetic_root, moved)
@@ -386,6 +387,7 @@ def test_device_decode_failure_is_an_error_line(synthetic_root, tmp_path):
     assert message.startswith(f"error: cannot decode image {bad!r}"), message
 
 
+@pytest.mark.integration
 def test_error_in_a_loader_worker_is_one_line(synthetic_root, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(synthetic_root, root)

@@ -284,6 +284,7 @@ def test_tiny_study_generates_its_data(tmp_path):
     assert cmd[:2] == [cmd[0], "tools/pretrain.py"]  # one process: no torchrun
 
 
+@pytest.mark.integration
 def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
     """A record names its process by host, pid and start time: a dead pid, or a pid the system
     gave to a later process, is never "running"."""
@@ -312,6 +313,7 @@ def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
     assert elsewhere[0] == "running" and "on node-7, not this host" in elsewhere[1]
 
 
+@pytest.mark.integration
 def test_generated_data_appears_whole_and_a_folder_the_study_did_not_make_is_kept(tmp_path):
     from study.local import run_stage
 

@@ -116,6 +116,7 @@ def test_removing_a_backbone_changes_only_the_report(tmp_path, configs):
     assert after[report] != before[report]
 
 
+@pytest.mark.integration
 def test_a_run_stage_made_with_other_settings_is_changed_and_a_derived_one_is_redone(
     tmp_path, configs
 ):
@@ -167,6 +168,7 @@ def test_a_stage_that_failed_before_training_can_start_again(tmp_path, configs):
     assert all_states(plan)[stage.id][0] == "failed"  # not "changed": it never trained
 
 
+@pytest.mark.integration
 def test_a_moved_output_root_keeps_its_stages_done(tmp_path, configs):
     _, data = configs
     plan = _plan(tmp_path, data)

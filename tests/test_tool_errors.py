@@ -88,6 +88,7 @@ def test_no_error_line_of_its_own():
     assert set(found) == allowed  # the scan itself finds what it should
 
 
+@pytest.mark.integration
 def test_ctrl_c_is_one_interrupted_line(tmp_path):
     """Here tools/make_synthetic_data.py, stopped while it writes images (any tool would do)."""
     out = tmp_path / "voc"

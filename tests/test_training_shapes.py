@@ -51,6 +51,7 @@ def test_last_partial_training_batch_is_dropped(synthetic_root, tmp_path, restor
     assert sizes == [20, 20, 20, 20]
 
 
+@pytest.mark.integration
 def test_compiled_training_keeps_one_graph_across_epochs(
     synthetic_root, tmp_path, restore_logging, monkeypatch
 ):
