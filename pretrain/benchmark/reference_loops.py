@@ -82,7 +82,8 @@ class EngineLoop(Loop):
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         indices = indices.to(self.device, non_blocking=True)
-        loss = self.engine.step(images, labels, indices).detach()
+        loss, _ = self.engine.step(images, labels, indices)
+        loss = loss.detach()
         self.nonfinite |= ~torch.isfinite(loss)
 
 
