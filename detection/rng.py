@@ -19,13 +19,15 @@ CPU = torch.device("cpu")
 def rng_state(device=CPU):
     """This process's RNG states (``device``'s CUDA generator too when it is a GPU)."""
     name, key, *rest = np.random.get_state()
-    return {**checkpoint.rng_state(device), "numpy": (name, torch.from_numpy(key.copy()), *rest)}
+    # int64: torch pickles a uint32 tensor for all_gather_object, but cannot unpickle it.
+    numpy = (name, torch.from_numpy(key.astype(np.int64)), *rest)
+    return {**checkpoint.rng_state(device), "numpy": numpy}
 
 
 def set_rng_state(state, device=CPU):
     checkpoint.set_rng_state(state, device)
     name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy(), *rest))
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
 
 
 @contextlib.contextmanager
