@@ -110,38 +110,21 @@ def test_mapping_depends_on_the_key_only(voc):
     assert len({(tuple(i.shape), i[:, :, 0].sum().item()) for i in images}) > 2
 
 
-def _train_net(voc, pkl, out, *flags, env=None, check=True):
+def _train_net(voc, pkl, out, attempt, *flags, env=None, check=True):
     """tools/train_net.py on 2 CPU processes: 8 iterations of the tiny config, a checkpoint every
-    3 (model_0000002.pth, model_0000005.pth, model_final.pth), every test detection kept."""
-    rendezvous = out.parent / f"{out.name}-rendezvous-{len(list(out.parent.iterdir()))}"
+    3 (model_0000002.pth, model_0000005.pth, model_final.pth), every test detection kept.
+    ``attempt`` names the start's own rendezvous folder."""
+    rendezvous = out.parent / f"rendezvous-{attempt}"
     rendezvous.mkdir()
+    schedule = (
+        "SOLVER.MAX_ITER 8 SOLVER.STEPS (6,) SOLVER.WARMUP_ITERS 2 SOLVER.CHECKPOINT_PERIOD 3 "
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0"
+    )
     return run_tool(
-        [
-            "tools/train_net.py",
-            "--config-file",
-            TINY,
-            "--num-gpus",
-            "2",
-            "--dist-url",
-            file_rendezvous(rendezvous),
-            *flags,
-            "MODEL.WEIGHTS",
-            pkl,
-            "DATASETS.VOC_ROOT",
-            voc,
-            "OUTPUT_DIR",
-            str(out),
-            "SOLVER.MAX_ITER",
-            "8",
-            "SOLVER.STEPS",
-            "(6,)",
-            "SOLVER.WARMUP_ITERS",
-            "2",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "3",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "0.0",
-        ],  # fmt: skip
+        ["tools/train_net.py", "--config-file", TINY, "--num-gpus", "2"]
+        + ["--dist-url", file_rendezvous(rendezvous), *flags]
+        + ["MODEL.WEIGHTS", pkl, "DATASETS.VOC_ROOT", voc, "OUTPUT_DIR", str(out)]
+        + schedule.split(),
         timeout=400,
         env=env,
         check=check,
@@ -151,15 +134,20 @@ def _train_net(voc, pkl, out, *flags, env=None, check=True):
 @pytest.mark.slow
 def test_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(voc, random_r18_pkl, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _train_net(voc, random_r18_pkl, whole)
+    _train_net(voc, random_r18_pkl, whole, "whole")
     # Both processes SIGKILL themselves once model_0000005.pth (6 iterations) is written.
     killed = _train_net(
-        voc, random_r18_pkl, resumed, env={"PRETRAIN_FAULT": "kill at checkpoint 5"}, check=False
+        voc,
+        random_r18_pkl,
+        resumed,
+        "killed",
+        env={"PRETRAIN_FAULT": "kill at checkpoint 5"},
+        check=False,
     )
     assert killed.returncode != 0
     assert (resumed / "last_checkpoint").read_text() == "model_0000005.pth"
     assert not (resumed / "model_final.pth").exists()
-    proc = _train_net(voc, random_r18_pkl, resumed, "--resume")
+    proc = _train_net(voc, random_r18_pkl, resumed, "resumed", "--resume")
     assert "Starting training from iteration 6" in proc.stdout + proc.stderr
 
     final = [
