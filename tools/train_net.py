@@ -9,8 +9,10 @@
 VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (folders VOC2007/,
 VOC2012/). A fresh run (no --resume) or an --eval-only run refuses an OUTPUT_DIR that already
 holds a run. Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50, the
-iteration and checkpoint evaluated). Before the first iteration MODEL.WEIGHTS must initialise
-every backbone tensor and every split the config names must load; errors are one `error:` line.
+iteration and checkpoint evaluated). A run resumed with --resume ends, on the CPU, exactly as if it
+had not stopped (detection/stream.py, detection/resume.py). Before the first iteration
+MODEL.WEIGHTS must initialise every backbone tensor and every split the config names must load;
+errors are one `error:` line.
 """
 
 import logging
