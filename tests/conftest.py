@@ -94,3 +94,22 @@ def synthetic_root(tmp_path_factory):
         val_per_class=8,
         size=64,
     )
+
+
+@pytest.fixture(scope="session")
+def random_r18_pkl(tmp_path_factory):
+    """A converted (Detectron2 .pkl), randomly initialised ResNet-18 (seeded): the backbone of the
+    tiny detection runs."""
+    import torch
+    import torchvision
+
+    from detection.convert import convert
+
+    folder = tmp_path_factory.mktemp("r18")
+    torch.manual_seed(0)
+    torch.save(
+        {"model": torchvision.models.resnet18(weights=None).state_dict()},
+        folder / "model_final.pth",
+    )
+    convert(str(folder / "model_final.pth"), str(folder / "r18.pkl"))
+    return str(folder / "r18.pkl")

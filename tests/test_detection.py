@@ -506,19 +506,6 @@ def _train_net(*args, env=None, check=True):
     return proc
 
 
-@pytest.fixture(scope="module")
-def random_r18_pkl(tmp_path_factory):
-    """A converted, randomly initialised ResNet-18 (seeded)."""
-    folder = tmp_path_factory.mktemp("r18")
-    torch.manual_seed(0)
-    torch.save(
-        {"model": torchvision.models.resnet18(weights=None).state_dict()},
-        folder / "model_final.pth",
-    )
-    convert(str(folder / "model_final.pth"), str(folder / "r18.pkl"))
-    return str(folder / "r18.pkl")
-
-
 def _tiny_run(pkl, voc, out, *opts, check=True):
     return _train_net(
         "--config-file", os.path.join(CONFIGS, "faster_rcnn_R_18_FPN_tiny_cpu.yaml"),

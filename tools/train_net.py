@@ -9,8 +9,10 @@
 VOC is read from DATASETS.VOC_ROOT, else $DETECTRON2_DATASETS, else ./datasets (folders VOC2007/,
 VOC2012/). A fresh run (no --resume) or an --eval-only run refuses an OUTPUT_DIR that already
 holds a run. Every evaluation writes OUTPUT_DIR/voc_eval.json (AP50, AP, AP75, per-class AP50, the
-iteration and checkpoint evaluated). Before the first iteration MODEL.WEIGHTS must initialise
-every backbone tensor and every split the config names must load; errors are one `error:` line.
+iteration and checkpoint evaluated). A run resumed with --resume ends, on the CPU, exactly as if it
+had not stopped (detection/stream.py, detection/resume.py). Before the first iteration
+MODEL.WEIGHTS must initialise every backbone tensor and every split the config names must load;
+errors are one `error:` line.
 """
 
 import logging
@@ -21,8 +23,9 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import build_detection_test_loader, build_detection_train_loader  # noqa: E402
+from detectron2.data import build_detection_test_loader  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.engine import defaults as d2_defaults  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -35,7 +38,10 @@ from detection.checks import (  # noqa: E402
     check_output_dir,
 )
 from detection.config import check_split_names, setup_detection_cfg  # noqa: E402
+from detection.resume import ResumeState  # noqa: E402
+from detection.rng import preserved_rng  # noqa: E402
 from detection.runs import record_backbone  # noqa: E402
+from detection.stream import build_stream_loader  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
 from pretrain.cli import tool  # noqa: E402
 
@@ -81,7 +87,19 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=NamedImageMapper(cfg, True))
+        return build_stream_loader(cfg, NamedImageMapper(cfg, True))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # An evaluation during training (TEST.EVAL_PERIOD) must not draw from the training's
+        # RNGs (its loader's iterator draws a seed from torch's): the checkpoint before it holds
+        # them as they were, and a run resumed there would go on from other states.
+        with preserved_rng(torch.device(cfg.MODEL.DEVICE)):
+            return super().test(cfg, model, evaluators)
+
+    def build_hooks(self):
+        # First, so that it gathers the RNG states before PeriodicCheckpointer saves them.
+        return [ResumeState(self.cfg, self._trainer.data_loader), *super().build_hooks()]
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

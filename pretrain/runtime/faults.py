@@ -19,7 +19,8 @@ signal in time (which a loaded machine makes miss).
 
 The code names its points with ``reached``: ``write <file name>`` in every atomic write,
 ``step <iteration>`` after each training step, ``checkpoint <iteration>`` on every rank once a
-checkpoint is written, each with the run folder it is in; "in <folder>" limits a fault to one
+checkpoint is written (also in tools/train_net.py, for Detectron2's ``model_<iteration>.pth``:
+``detection.resume``), each with the run folder it is in; "in <folder>" limits a fault to one
 run folder, where several runs share the environment (the stages of a study). Without the
 variable (every normal run) ``reached`` does nothing.
 """
