@@ -77,6 +77,7 @@ def _draws(record):
     return record["file_name"], np.random.rand(), random.random(), torch.rand(1).item()
 
 
+@pytest.mark.integration
 def test_loader_batches_depend_neither_on_workers_nor_on_the_start(voc):
     def batches(workers, start):
         cfg, _ = setup_detection_cfg(TINY, ["DATALOADER.NUM_WORKERS", str(workers)])

@@ -57,6 +57,9 @@ def actions(monkeypatch):
         ("hang at checkpoint * in /runs/a", "checkpoint 12", "hang"),
         ("hang at checkpoint * in /runs/a", "step 12", None),
         ("hang at checkpoint 1* in /runs/a", "checkpoint 2", None),
+        ("hang at step 3 in /runs/b; kill at step 2 in /runs/a", "step 2", "SIGKILL"),
+        ("hang at step 3 in /runs/b; kill at step 2 in /runs/a", "step 3", None),
+        ("kill at step 2 in /runs/b;hang at step 2", "step 2", "hang"),
     ],
 )
 def test_fault_acts_at_its_point_folder_and_rank_only(actions, spec, point, fired):
@@ -74,4 +77,7 @@ def test_fault_acts_at_its_point_folder_and_rank_only(actions, spec, point, fire
 def test_malformed_fault_is_named(monkeypatch):
     monkeypatch.setenv(faults.VARIABLE, "crash at step 1")
     with pytest.raises(ValueError, match="PRETRAIN_FAULT='crash at step 1': expected"):
+        faults.reached("step 1", "/runs/a")
+    monkeypatch.setenv(faults.VARIABLE, "kill at step 2; crash at step 1")
+    with pytest.raises(ValueError, match="several separated by ';'"):
         faults.reached("step 1", "/runs/a")

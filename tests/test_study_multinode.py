@@ -8,6 +8,7 @@ uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network n
 missing; under CI=true that fails instead."""
 
 import contextlib
+import json
 import os
 import pickle
 import re
@@ -18,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from helpers import ROOT, first_checkpoint, require_detectron2, skip_unless_ci, tiny_study
+from helpers import ROOT, first_checkpoint, require_detectron2, run_tool, skip_unless_ci, tiny_study
 from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
 from study.search import journal_path, optuna_study, recorded_values, trial_metric
@@ -47,12 +48,16 @@ def test_one_task_on_each_node(cluster):
     assert sorted(out.stdout.split()) == sorted(NODES)
 
 
-def _write_study(folder, data=None, backbones=("baseline", "tfkd"), opts=None, search=False):
+def _write_study(
+    folder, data=None, backbones=("baseline", "tfkd"), opts=None, search=False, det_opts=None
+):
     """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
     1 process, one CPU a task: the baseline, and TF-KD taught by it (a Slurm dependency), then
     both detection fine-tunes at once. ``data``: instead of generated data, another study's;
-    ``opts``: added to its pretraining's; ``search``: TF-KD's 3-trial search of its alpha."""
+    ``opts``, ``det_opts``: added to its pretraining's, its detection's; ``search``: TF-KD's
+    3-trial search of its alpha."""
     study = tiny_study(os.path.join(folder, "out"), seeds=[0], search=search)
+    study["detection"]["opts"].update(det_opts or {})
     if data:
         study["data"] = data
     study["backbones"] = {b: study["backbones"][b] for b in backbones}
@@ -95,23 +100,31 @@ def _wait_until_idle(cluster):
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
     """The study from one submission, TF-KD's alpha searched (3 trials, then its run with the
-    winner's), its TF-KD pretraining preempted after its first checkpoint (the jobs inherit the
-    submitting environment: that stage waits there for the signal, so it cannot finish before
-    it): (study file, plan, the submission's output, a second submission's output while the
-    jobs were queued)."""
-    path, plan, data = _write_study(str(tmp_path_factory.mktemp("study")), search=True)
-    victim = plan.pretrain["tfkd", 0]
-    fault = f"hang at checkpoint {first_checkpoint(data, victim)} in {victim.out}"
+    winner's), two of its stages preempted after a checkpoint: TF-KD's pretraining after its
+    first, the baseline's detection fine-tune after its iteration 2 of 4 (the jobs inherit the
+    submitting environment: each waits there for the signal, so it cannot finish before it):
+    (study file, plan, the submission's output, a second submission's output while the jobs
+    were queued)."""
+    path, plan, data = _write_study(
+        str(tmp_path_factory.mktemp("study")), search=True, det_opts={"SOLVER.CHECKPOINT_PERIOD": 2}
+    )
+    victims = {plan.pretrain["tfkd", 0]: first_checkpoint(data, plan.pretrain["tfkd", 0])}
+    victims[plan.detect["baseline", 0]] = 1  # model_0000001.pth: 2 iterations done
+    fault = "; ".join(f"hang at checkpoint {i} in {stage.out}" for stage, i in victims.items())
     submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     again = _study(cluster, path, "--executor", "slurm")
-    job = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))[victim.id]
-    _wait_for(
-        "TF-KD's first checkpoint",
-        lambda: os.path.exists(os.path.join(victim.out, "last_checkpoint")),
-        cluster,
-    )
-    cluster.run(["scancel", "--signal=USR2", job], check=True)  # submitit's preemption signal
+    jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))
+
+    def preempt_the_checkpointed():
+        """Send submitit's preemption signal to each victim's job once its checkpoint is there
+        (the stage then waits in its fault); True once every victim has had it."""
+        for stage in [s for s in victims if os.path.exists(os.path.join(s.out, "last_checkpoint"))]:
+            cluster.run(["scancel", "--signal=USR2", jobs[stage.id]], check=True)
+            del victims[stage]
+        return not victims
+
+    _wait_for("both victims' checkpoints", preempt_the_checkpointed, cluster, 600)
     _wait_until_idle(cluster)
     return path, plan, submitted.stdout, again.stdout
 
@@ -162,9 +175,9 @@ def test_a_study_on_two_nodes(cluster, study):
         if stage.kind not in ("pretrain", "detect"):
             continue
         # One command on each node (in its own log), placed among the nodes, the first as host;
-        # the preempted stage a second, resuming.
+        # a preempted stage a second, resuming.
         commands = _commands(plan, stage)
-        starts = 2 if stage.id == victim.id else 1
+        starts = 2 if stage.id in ("pretrain/tfkd/seed0", "detect/baseline/seed0") else 1
         assert [len(c) for c in commands] == [starts, starts], commands
         for rank, (command, *resumed) in enumerate(commands):
             assert all("--resume" in c for c in resumed)
@@ -191,6 +204,30 @@ def test_a_study_on_two_nodes(cluster, study):
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
     done = _study(cluster, path, "--executor", "slurm")
     assert done.returncode == 0 and "nothing to do" in done.stdout
+
+
+def test_a_two_node_detection_preempted_ends_as_uninterrupted(cluster, study, tmp_path):
+    """The baseline's detection fine-tune, preempted after iteration 2 of 4 and resumed on both
+    nodes (test_a_study_on_two_nodes), has the weights and the detections of the same command
+    run uninterrupted as 2 processes of one machine (the same ranks and world size: the same
+    data shards, seeds and all-reduces; detection.resume makes a resume exact on the CPU)."""
+    import numpy as np
+
+    plan = study[1]
+    stage = plan.detect["baseline", 0]
+    cmd = plan.command(stage)
+    at = cmd.index("--num-machines")
+    del cmd[at : at + 6]  # --num-machines 2 --machine-rank R --dist-url URL
+    cmd[cmd.index("--num-gpus") + 1] = "2"
+    cmd[cmd.index("OUTPUT_DIR") + 1] = str(tmp_path / "reference")
+    run_tool(cmd[1:], timeout=600)
+    assert _same_weights(stage.out, tmp_path / "reference")
+    with open(os.path.join(stage.out, "voc_eval.json")) as a:
+        with open(tmp_path / "reference" / "voc_eval.json") as b:
+            assert json.load(a)["AP50"] == json.load(b)["AP50"]
+    with np.load(os.path.join(stage.out, "voc_detections.npz")) as a:
+        with np.load(tmp_path / "reference" / "voc_detections.npz") as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 def _pretraining_alone(cluster, reference, folder, fault, opts):

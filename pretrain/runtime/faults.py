@@ -17,6 +17,9 @@ signal in time (which a loaded machine makes miss).
                                                       study: a node failure), only in the run
                                                       whose OUTPUT_DIR is /x/pretrain/tfkd/seed0
 
+Several faults, separated by ``;``, each act at their own point (two stages of one study
+stopped in one submission): ``"hang at checkpoint 3 in /x/a; hang at checkpoint 1 in /x/b"``.
+
 The code names its points with ``reached``: ``write <file name>`` in every atomic write,
 ``step <iteration>`` after each training step, ``checkpoint <iteration>`` on every rank once a
 checkpoint is written (also in tools/train_net.py, for Detectron2's ``model_<iteration>.pth``:
@@ -43,19 +46,22 @@ def reached(point, run_folder):
     spec = os.environ.get(VARIABLE)
     if not spec:
         return
-    match = _SPEC.fullmatch(spec.strip())
-    if match is None:
-        raise ValueError(
-            f"{VARIABLE}={spec!r}: expected '<kill|kill group|hang> at <point>[ in <run folder>]"
-            f"[ on rank <r>]'"
-        )
-    action, where, folder, rank = match.groups()
-    if not fnmatch.fnmatchcase(point, where) or (rank is not None and int(rank) != du.get_rank()):
-        return
-    if folder is not None and os.path.realpath(folder) != os.path.realpath(run_folder):
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action == "kill group":
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-    threading.Event().wait()  # hang: an event nothing sets; only a signal ends the process
+    for fault in spec.split(";"):
+        match = _SPEC.fullmatch(fault.strip())
+        if match is None:
+            raise ValueError(
+                f"{VARIABLE}={spec!r}: expected '<kill|kill group|hang> at <point>[ in <run "
+                f"folder>][ on rank <r>]', several separated by ';'"
+            )
+        action, where, folder, rank = match.groups()
+        if not fnmatch.fnmatchcase(point, where):
+            continue
+        if rank is not None and int(rank) != du.get_rank():
+            continue
+        if folder is not None and os.path.realpath(folder) != os.path.realpath(run_folder):
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "kill group":
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        threading.Event().wait()  # hang: an event nothing sets; only a signal ends the process
