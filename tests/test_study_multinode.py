@@ -1,11 +1,11 @@
 """The Slurm executor on a real two-node Slurm cluster in network namespaces on this machine
 (tests/slurm_cluster2.py): a study to its report, one job per stage with afterok dependencies
 (TF-KD's search trials wait for their teacher, its run for the trials), its pretraining and
-detection stages each on 2 nodes x 1 process, one of them preempted (requeued, resumed from its
-checkpoint); then one two-node
-pretraining preempted, then losing a node, that ends with the weights of the study's
-uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network namespaces are
-missing; under CI=true that fails instead."""
+detection stages each on 2 nodes x 1 process, a pretraining and a detection fine-tune preempted
+(requeued, resumed from their checkpoints; the fine-tune then equals an uninterrupted run of
+it); then one two-node pretraining preempted, then losing a node, that ends with the weights of
+the study's uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network
+namespaces are missing; under CI=true that fails instead."""
 
 import contextlib
 import json
