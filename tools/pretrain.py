@@ -14,9 +14,9 @@ import sys
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pretrain import distributed as du  # noqa: E402
 from pretrain.cli import EXPECTED_ERRORS, default_argument_parser, error_message, setup_cfg, tool  # noqa: E402
 from pretrain.engine.trainer import Trainer  # noqa: E402
+from pretrain.runtime import distributed as du  # noqa: E402
 from pretrain.runtime.run_folder import check_fresh, check_writable  # noqa: E402
 
 logger = logging.getLogger("pretrain")
