@@ -227,7 +227,7 @@ def run_local(plan, resume=False, out=print, console=False):
         no_detectron2 = detect and detectron2_missing()
         if no_detectron2:
             out(_needs_detectron2(detect, no_detectron2))
-        console = Console(plan) if console else None
+        stream = Console(plan) if console else None
         problems = {}  # stage id -> why it did not finish in this run
         for n, stage in enumerate(todo, 1):
             state, detail = states[stage.id]
@@ -254,19 +254,19 @@ def run_local(plan, resume=False, out=print, console=False):
                 out(f"{prefix}: {problems[stage.id]}")
                 continue
             continuing = resume and stage.kind in RUN_KINDS and plan.started(stage)
-            if console:
-                console.open(f"[{n}/{len(todo)}]", stage, continuing)
+            if stream:
+                stream.open(f"[{n}/{len(todo)}]", stage, continuing)
             else:
                 action = "resuming" if continuing else "running"
                 out(f"{prefix}: {action} (log {log_path(plan, stage)})")
             sys.stdout.flush()
             t0 = time.time()
-            ok, error = run_stage(plan, stage, resume=continuing, console=console)
+            ok, error = run_stage(plan, stage, resume=continuing, console=stream)
             if not ok:
                 problems[stage.id] = error
                 out(f"{prefix}: FAILED: {error}\n    log: {log_path(plan, stage)}")
-            elif console:
-                console.close(time.time() - t0)
+            elif stream:
+                stream.close(time.time() - t0)
             else:
                 out(f"{prefix}: done in {time.time() - t0:.1f} s")
         if problems:
