@@ -71,9 +71,11 @@ mutation: venv $(DEV_STAMP)
 	TMPDIR=$(CURDIR)/mutants/tmp OMP_NUM_THREADS=1 nice -n 10 $(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut export-cicd-stats
 
+# The demo study (docs/demo.md) with each stage's output on the console; a second run finds it
+# done, or goes on where it stopped. DEMO_ARGS: more flags of tools/study.py (--device cuda,
+# --resume).
 demo: venv
-	$(PY) tools/demo.py $(DEMO_ARGS)
-	$(PY) tools/study.py --config-file configs/study/tiny_cpu.yaml
+	$(PY) tools/study.py --config-file configs/study/demo_cpu.yaml --console $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo_output mutants
+	rm -rf $(VENV) .pytest_cache mutants

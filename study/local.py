@@ -4,10 +4,13 @@ A stage runs its command (``Plan.command``) as a subprocess from the project roo
 appended to ``OUTPUT_ROOT/logs/<stage>.log``. A failed stage is reported with that log and its
 last ``error:`` line; the stages that do not depend on it still run. A run stage (pretraining,
 detection) that has written anything is only continued with ``--resume`` (the tools then load
-the newest checkpoint), never restarted over its own outputs.
+the newest checkpoint), never restarted over its own outputs. ``--console`` (study/console.py)
+streams each stage's output to the console as well. Without Detectron2 the detect stages, and
+the report that waits for them, are not run, and the study says so before it runs anything.
 """
 
 import glob
+import importlib.util
 import os
 import shlex
 import shutil
@@ -16,9 +19,11 @@ import sys
 import tempfile
 import time
 
+from .console import Console
 from .plan import DERIVED_KINDS, RUN_KINDS
 from .state import all_states, changed_problem, log_path, process_identity, study_lock
 from .state import write_record as _write_record
+from .summary_tables import summary_headline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,11 +37,14 @@ def _last_error(log):
     return lines[-1] if lines else None
 
 
-def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, record=True):
+def run_stage(
+    plan, stage, resume, executor="local", job_id=None, node=None, record=True, console=None
+):
     """Run one stage's command to its end (also what a Slurm job calls on each of its nodes);
     return ``(ok, message)``. ``resume`` continues a started run stage from its newest
     checkpoint; ``node`` places a multi-node stage (Plan.command); ``record``: this process
-    keeps the stage's record (one per stage: the first node's)."""
+    keeps the stage's record (one per stage: the first node's); ``console``: a Console the
+    output streams to as well."""
     write_record = _write_record if record else _no_record
     log = log_path(plan, stage, node[1] if node else 0)
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -68,16 +76,19 @@ def run_stage(plan, stage, resume, executor="local", job_id=None, node=None, rec
         f.write(f"\n$ {shlex.join(cmd)}\n")
         f.flush()
         # The child's pid goes into the record so that --status can tell running from killed.
+        # Without a console the tool writes into the log itself: it goes on writing there if
+        # the study is killed.
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            stdout=f,
+            stdout=subprocess.PIPE if console else f,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            text=True,
         )
         write_record(plan, stage, **process_identity(proc.pid))
         try:
-            rc = proc.wait()
+            rc = console.follow(proc, f, stage) if console else proc.wait()
         except KeyboardInterrupt as exc:
             _stop(proc)
             write_record(plan, stage, status="interrupted", rc=proc.returncode)
@@ -161,21 +172,62 @@ def _fresh_partial_folder(out):
     return tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
 
 
-def run_local(plan, resume=False, out=print):
-    """Run every stage that is not done; return 0 when all are done at the end, else 1."""
+def detectron2_missing():
+    """Why the detect stages cannot run in this environment (tools/install_detectron2.sh records
+    why it could not build Detectron2), or None when Detectron2 is installed."""
+    if importlib.util.find_spec("detectron2") is not None:
+        return None
+    why = os.path.join(sys.prefix, "detectron2-unavailable.txt")
+    if os.path.isfile(why):
+        with open(why) as f:
+            return f.readline().strip()
+    return "Detectron2 is not installed in this environment."
+
+
+def _needs_detectron2(detect, why):
+    return (
+        f"Detectron2 is not installed, and the {len(detect)} detect stage(s) need it: they will "
+        "not run, nor the report that waits for them; the other stages run now.\n"
+        f"  ({why})\n"
+        "To finish the study: install Detectron2 into this environment (`make venv` builds it at "
+        "the pinned commit: needs a C/C++ compiler and a few minutes; DETECTRON2_SRC=<clone or "
+        "archive> where GitHub is out of reach; README, section Install), then run this command "
+        "again: it runs only the stages that are not done."
+    )
+
+
+def _report_lines(plan):
+    """Where the study's report is, and a line of what it holds."""
+    report = os.path.join(plan.report.out, "table5_summary.md")
+    lines = [f"report: {report}"]
+    try:
+        with open(os.path.join(plan.report.out, "table5_summary.csv")) as f:
+            lines.append("  " + summary_headline(f.read()))
+    except OSError:
+        pass  # a report written before table5_summary.csv existed
+    return lines
+
+
+def run_local(plan, resume=False, out=print, console=False):
+    """Run every stage that is not done; return 0 when all are done at the end, else 1.
+    ``console``: stream each stage's output to the console (study/console.py)."""
     with study_lock(plan):
         states = all_states(plan)
         todo = [s for s in plan.stages if states[s.id][0] != "done"]
         if not todo:
-            out(
-                f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done "
-                f"(report: {os.path.join(plan.report.out, 'table5_summary.md')})"
-            )
+            out(f"nothing to do: all {len(plan.stages)} stages of study {plan.study.name} are done")
+            for line in _report_lines(plan):
+                out(line)
             return 0
         out(
             f"study {plan.study.name}: {len(plan.stages) - len(todo)} of {len(plan.stages)} stages "
             f"done, {len(todo)} to run (output root {plan.root})"
         )
+        detect = [s for s in todo if s.kind == "detect"]
+        no_detectron2 = detect and detectron2_missing()
+        if no_detectron2:
+            out(_needs_detectron2(detect, no_detectron2))
+        stream = Console(plan) if console else None
         problems = {}  # stage id -> why it did not finish in this run
         for n, stage in enumerate(todo, 1):
             state, detail = states[stage.id]
@@ -183,6 +235,8 @@ def run_local(plan, resume=False, out=print):
             prefix = f"[{n}/{len(todo)}] {stage.id}"
             if blocked:
                 problems[stage.id] = f"not run: {', '.join(blocked)} did not finish"
+            elif stage.kind == "detect" and no_detectron2:
+                problems[stage.id] = "not run: needs Detectron2, which is not installed"
             elif state == "changed":
                 problems[stage.id] = changed_problem(detail)
             elif stage.resources["nodes"] > 1:
@@ -200,24 +254,27 @@ def run_local(plan, resume=False, out=print):
                 out(f"{prefix}: {problems[stage.id]}")
                 continue
             continuing = resume and stage.kind in RUN_KINDS and plan.started(stage)
-            out(
-                f"{prefix}: {'resuming' if continuing else 'running'} (log {log_path(plan, stage)})"
-            )
+            if stream:
+                stream.open(f"[{n}/{len(todo)}]", stage, continuing)
+            else:
+                action = "resuming" if continuing else "running"
+                out(f"{prefix}: {action} (log {log_path(plan, stage)})")
             sys.stdout.flush()
             t0 = time.time()
-            ok, error = run_stage(plan, stage, resume=continuing)
-            if ok:
-                out(f"{prefix}: done in {time.time() - t0:.1f} s")
-            else:
+            ok, error = run_stage(plan, stage, resume=continuing, console=stream)
+            if not ok:
                 problems[stage.id] = error
                 out(f"{prefix}: FAILED: {error}\n    log: {log_path(plan, stage)}")
+            elif stream:
+                stream.close(time.time() - t0)
+            else:
+                out(f"{prefix}: done in {time.time() - t0:.1f} s")
         if problems:
             out(f"{len(problems)} stage(s) did not finish:")
             for sid, why in problems.items():
                 out(f"  {sid}: {why}")
             return 1
-        out(
-            f"study {plan.study.name} finished; report: "
-            f"{os.path.join(plan.report.out, 'table5_summary.md')}"
-        )
+        out(f"study {plan.study.name} finished")
+        for line in _report_lines(plan):
+            out(line)
         return 0

@@ -9,6 +9,7 @@ by the method class, not by a list kept here.
 """
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -371,4 +372,17 @@ def load_study(path):
         resources=_read_resources(r, node.get("resources")),
         slurm=copy.deepcopy(slurm),
         bootstrap=bootstrap,
+    )
+
+
+def on_device(study, device):
+    """``study`` with MODEL.DEVICE ``device`` for every pretraining and detection stage, writing
+    into ``<output_root>-<device>``: runs on another device give other numbers, and a study never
+    trains over runs made with other settings (they would be ``changed``)."""
+    device_opts = ["MODEL.DEVICE", device]
+    return dataclasses.replace(
+        study,
+        output_root=f"{study.output_root}-{device}",
+        backbones=[dataclasses.replace(b, opts=b.opts + device_opts) for b in study.backbones],
+        detection_opts=study.detection_opts + device_opts,
     )

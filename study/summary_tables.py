@@ -304,3 +304,20 @@ def summary_files(run_dirs, labels=None, resamples=1000):
         "table5_diff.png": chart_png(summary),
     }
     return summary, files
+
+
+def _csv_ap50(row):
+    std = row["AP50_std"]  # empty for one seed
+    return _pm(float(row["AP50_mean"]), float(std) if std else None)
+
+
+def summary_headline(csv_text):
+    """One line of what a table5_summary.csv holds, for the end of a study: each backbone's VOC07
+    AP50 over seeds, and what else the summary gives."""
+    rows = [r for r in csv.DictReader(io.StringIO(csv_text)) if r["AP50_mean"]]
+    ap50 = ", ".join(f"{r['method']} {_csv_ap50(r)}" for r in rows)
+    return (
+        f"VOC07 test AP50, mean ± std over seeds: {ap50 or 'none (no detection run)'}; "
+        "with each difference to the Baseline and its 95% interval, Table 4's ImageNet metrics, "
+        "and the paper's values"
+    )

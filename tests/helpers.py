@@ -130,7 +130,7 @@ def first_checkpoint(study_data, stage):
 def tiny_study(output_root, search=False, **changes):
     """configs/study/tiny_cpu.yaml as a dict, writing into ``output_root``, with its data and
     detection schedule cut to what the study tests need: the file's own sizes make every AP50
-    positive and different between runs (docs/demo.md, minutes), while the tests check the
+    positive and different between runs (docs/study.md, minutes), while the tests check the
     study machinery, which 4 detection iterations on 12 training images exercise as well.
     ``search``: keep the file's hyperparameter search (3 more pretraining stages) for the test
     of the search; the other tests use the fixed value. ``changes``: top-level keys."""

@@ -1,162 +1,247 @@
-"""tools/demo.py (study/demo.py) end to end at its smallest size, the way a newcomer meets it: first
-without Detectron2 (every step that does not need it, then the install instructions), then, where
-Detectron2 is installed, the remaining steps with --from detection on the same output folder."""
+"""The demo: `make demo` runs configs/study/demo_cpu.yaml through tools/study.py in console mode
+(study/console.py). Its file keeps the demo's sizes; the console mode's headers, streamed output,
+heartbeat, durations and closing lines are checked on stand-in tools (fast), then on the cut tiny
+study with the real ones (slow); without Detectron2 the study says so before it runs anything,
+runs the rest, and a second run after the install finishes it."""
 
-import argparse
-import contextlib
-import io
-import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
-from helpers import require_detectron2
-from pretrain.cli import setup_cfg
-from pretrain.methods import METHODS as METHODS_OF_THE_TOOLKIT
-from study import demo, demo_choices
-from tools.demo import main as demo_main
+from helpers import ROOT, require_detectron2, run_tool, tiny_study
+from study import console, local
+from study.completion import Completion
+from study.plan import Plan
+from study.spec import load_study
+from tools.study import main as study_main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["baseline", "pskd"]  # two backbones keep the test short; `make demo` runs three
+DEMO = os.path.join(ROOT, "configs", "study", "demo_cpu.yaml")
+
+# What each stage's stand-in tool prints and writes (argv: the stage's kind, its output path).
+# A detect stage prints a Detectron2 setting (kept from the console) and a progress line (shown);
+# a pretrain stage falls silent for longer than the heartbeat.
+STAND_IN = """
+import os, sys, time
+kind, out = sys.argv[1:3]
+if kind == "detect":
+    print("[d2] Running with full config: MODEL.DEVICE cpu")
+    print("[d2] eta: 0:00:01  iter: 19  total_loss: 1.2")
+if kind == "pretrain":
+    print("epoch 1/3 loss 1.0", flush=True)
+    time.sleep(2.5)
+if kind == "convert":
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    open(out, "w").close()
+else:
+    os.makedirs(out, exist_ok=True)
+if kind == "report":
+    with open(os.path.join(out, "table5_summary.csv"), "w") as f:
+        f.write("method,AP50_mean,AP50_std\\nBaseline,66.5,0.26\\nTF-KD,57.84,5.33\\n")
+"""
 
 
-def table_rows(md_path):
-    with open(md_path) as f:
-        lines = [line for line in f if line.startswith("| ") and not line.startswith("| Method")]
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+def _write(tmp_path, data):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
 
 
-@pytest.fixture(scope="module")
-def demo_without_d2(tmp_path_factory):
-    """The tiny demo run as if Detectron2 were absent (the tools it runs do not need it); its
-    console output (module-scoped, so captured here rather than by capsys)."""
-    out = str(tmp_path_factory.mktemp("demo") / "out")
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
-        patch.setattr(demo, "detectron2_installed", lambda: False)
-        rc = demo_main(["--out", out, "--size", "tiny", "--methods", ",".join(METHODS)])
-    return out, rc, stdout.getvalue()
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """Every stage runs STAND_IN instead of its tool, and is done once its output exists; the
+    console's heartbeat comes after 0.5 s of silence."""
+    monkeypatch.setattr(
+        Plan,
+        "command",
+        lambda self, stage, resume=False, node=None: [
+            sys.executable,
+            "-c",
+            STAND_IN,
+            stage.kind,
+            stage.out,
+        ],
+    )
+    monkeypatch.setattr(
+        Completion, "check", lambda self, stage: (os.path.exists(stage.out), "not there")
+    )
+    monkeypatch.setattr(console, "HEARTBEAT_S", 0.5)
 
 
-@pytest.mark.slow
-def test_demo_without_detectron2_runs_the_rest_and_says_how_to_finish(demo_without_d2):
-    out, rc, stdout = demo_without_d2
-    assert rc == 0
-    summary = json.load(open(os.path.join(out, "demo_steps.json")))
-    status = {s["stage"]: set() for s in summary["steps"]}
-    for s in summary["steps"]:
-        status[s["stage"]].add(s["status"])
-    assert status == {
-        "data": {"done"},
-        "pretrain": {"done"},
-        "convert": {"done"},
-        "detection": {"skipped"},
-        "report": {"done"},
+def test_demo_study_keeps_the_demo_sizes():
+    """The demo's backbones on its generated data at the sizes docs/demo.md measured: Baseline,
+    PS-KD and PS-KD + CutMix (ResNet-18) x 2 seeds, 4 epochs, 200 detection iterations."""
+    with open(DEMO) as f:
+        data = yaml.safe_load(f)
+    assert data["data"]["synthetic"] == {
+        "classification": {"classes": 4, "train_per_class": 24, "val_per_class": 8, "size": 64},
+        "voc": {"trainval07": 40, "test07": 20, "trainval12": 40},
     }
-    assert sum(s["stage"] == "detection" for s in summary["steps"]) == len(METHODS)
-    # Step headers with their number, and the exact install command and the re-run command.
-    assert "[3/" in stdout and "pretraining Baseline backbone (resnet18, 2 epochs)" in stdout
-    assert "Detectron2 is not installed" in stdout
-    assert "`make venv` builds it at the pinned commit" in stdout
-    assert (
-        f'make demo DEMO_ARGS="--out {out} --size tiny --methods baseline,pskd --from detection"'
-        in stdout
+    assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 4
+    assert data["detection"] == {
+        "config": "configs/detection/faster_rcnn_R_18_FPN_tiny_cpu.yaml",
+        "opts": {"SOLVER.MAX_ITER": 200, "SOLVER.STEPS": [150], "SOLVER.WARMUP_ITERS": 50},
+    }
+    plan = Plan(load_study(DEMO))
+    assert plan.study.seeds == [0, 1]
+    assert plan.labels() == {
+        "baseline": "Baseline",
+        "pskd": "PS-KD",
+        "pskd_cutmix": "PS-KD + CutMix",
+    }
+    assert {b.arch for b in plan.study.backbones} == {"resnet18"}
+    assert not any(b.search or b.teacher for b in plan.study.backbones)
+    assert len(plan.stages) == 2 + 3 * 2 * 3 + 1
+
+
+def test_make_demo_is_one_study_command():
+    """`make demo` runs the demo study once, in console mode, with DEMO_ARGS passed on; the tiny
+    study is not run besides it."""
+    venv = sys.prefix
+    dry = subprocess.run(
+        ["make", "-n", "demo", f"VENV={venv}", "DEMO_ARGS=--device cuda"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    runs = [line for line in dry.splitlines() if "tools/" in line and ".py" in line]
+    assert runs == [
+        f"{venv}/bin/python tools/study.py --config-file configs/study/demo_cpu.yaml --console "
+        "--device cuda"
+    ]
+
+
+@pytest.mark.detectron2
+def test_console_streams_each_stage_between_a_header_and_its_duration(tmp_path, stand_ins, capsys):
+    require_detectron2()  # a detect stage's header reads its config through Detectron2's
+    data = tiny_study(tmp_path / "out", seeds=[0])
+    del data["backbones"]["tfkd"]
+    path = _write(tmp_path, data)
+    assert study_main(["--config-file", path, "--console"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    headers = [line for line in lines if line.startswith("[")]
+    expected = [
+        ("data/classification", "4 classes, 8 train / 4 val images each, 64 px"),
+        ("data/voc", "VOC2007 trainval 8 / test 10, VOC2012 trainval 4 images"),
+        ("pretrain/baseline/seed0", "resnet18, 3 epochs"),
+        ("convert/baseline/seed0", "to Detectron2"),
+        ("detect/baseline/seed0", "Faster R-CNN, 4 iterations"),
+        ("report/tiny_cpu", "Table 5 from 1 detection runs"),
+    ]
+    assert len(headers) == len(expected)
+    elapsed = []
+    for n, (header, (stage, what)) in enumerate(zip(headers, expected), 1):
+        m = re.fullmatch(
+            rf"\[{n}/6\] {re.escape(stage)} \({re.escape(what)}\)  \(elapsed (\S+)\)", header
+        )
+        assert m, header
+        elapsed.append(m.group(1))
+        # Each stage ends with its duration, before the next header.
+        block = out.split(header, 1)[1].split("\n[", 1)[0]
+        assert re.search(r"\n      done in \d+\.\d s \(CPU \d+\.\d s\)(\n|$)", block), block
+    assert all(re.fullmatch(r"\d+:\d\d", e) for e in elapsed) and elapsed[-1] >= "0:02"
+    pretrain = out.split(headers[2], 1)[1].split(headers[3], 1)[0]
+    assert "      epoch 1/3 loss 1.0\n" in pretrain
+    assert re.search(r"      \.\.\. still running \(0:0\d in this stage\)", pretrain)
+    # Detectron2's output is trimmed to its progress on the console; its log has all of it.
+    detect = out.split(headers[4], 1)[1]
+    assert "eta: 0:00:01" in detect and "full config" not in detect
+    with open(tmp_path / "out" / "logs" / "detect__baseline__seed0.log") as f:
+        log = f.read()
+    assert "full config" in log and "eta: 0:00:01" in log
+    # The closing lines: where the report is, and what it holds.
+    report = tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md"
+    assert lines[-3:] == [
+        "study tiny_cpu finished",
+        f"report: {report}",
+        "  VOC07 test AP50, mean ± std over seeds: Baseline 66.50 ± 0.26, TF-KD 57.84 ± 5.33; "
+        "with each difference to the Baseline and its 95% interval, Table 4's ImageNet metrics, "
+        "and the paper's values",
+    ]
+    # Run again: nothing to do, and the same report.
+    assert study_main(["--config-file", path, "--console"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == lines[-2:]
+
+
+def test_without_detectron2_says_so_first_runs_the_rest_then_finishes(
+    tmp_path, stand_ins, capsys, monkeypatch
+):
+    data = tiny_study(tmp_path / "out", seeds=[0])
+    del data["backbones"]["tfkd"]
+    path = _write(tmp_path, data)
+    why = "Detectron2 is not installed: no C++ compiler found (c++)."
+    monkeypatch.setattr(local, "detectron2_missing", lambda: why)
+    assert study_main(["--config-file", path, "--no-console"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (
+        "Detectron2 is not installed, and the 1 detect stage(s) need it: they will not run, nor "
+        "the report that waits for them; the other stages run now."
     )
-    assert stdout.rstrip().endswith(f"Output folder: {out}")
-    # What exists without detection: metrics, diagrams, converted weights, a Table 5 without AP50.
-    for m in METHODS:
-        assert os.path.getsize(os.path.join(out, f"reliability_{m}.png")) > 0
-        assert os.path.getsize(os.path.join(out, "d2", f"r18_{m}.pkl")) > 0
-    for name in ("table5.md", "table5.csv", "table5.png", "pretraining.md"):
-        assert os.path.getsize(os.path.join(out, name)) > 0
-    assert (
-        "No VOC evaluation (voc_eval.json) yet for" in open(os.path.join(out, "table5.md")).read()
+    assert lines[2] == f"  ({why})"
+    assert "`make venv` builds it at the pinned commit" in lines[3]
+    assert lines[3].endswith(
+        "then run this command again: it runs only the stages that are not done."
     )
-    rows = table_rows(os.path.join(out, "table5.md"))
-    assert [r[0] for r in rows] == ["Baseline", "PS-KD"]
-    assert all(r[3] == "" and r[4] for r in rows)  # AP50 (ours) empty, the paper's there
-    assert len(table_rows(os.path.join(out, "pretraining.md"))) == len(METHODS)
+    assert [line.split(":")[0] for line in lines[4:] if ": done in" in line] == [
+        "[1/6] data/classification",
+        "[2/6] data/voc",
+        "[3/6] pretrain/baseline/seed0",
+        "[4/6] convert/baseline/seed0",
+    ]
+    assert "[5/6] detect/baseline/seed0: not run: needs Detectron2, which is not installed" in lines
+    assert "[6/6] report/tiny_cpu: not run: detect/baseline/seed0 did not finish" in lines
+    # Detectron2 installed, the same command runs what is left.
+    monkeypatch.setattr(local, "detectron2_missing", lambda: None)
+    assert study_main(["--config-file", path, "--no-console"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("study tiny_cpu: 4 of 6 stages done, 2 to run")
+    assert [line for line in lines if ": done in" in line][0].startswith("[1/2] detect/")
+
+
+def test_device_cuda_writes_beside_the_cpu_runs(tmp_path, capsys):
+    """--device sets MODEL.DEVICE of every run stage, into an output root of its own: the
+    CPU runs are never trained over, nor taken as done."""
+    path = _write(tmp_path, tiny_study(tmp_path / "out", seeds=[0]))
+    assert study_main(["--config-file", path, "--device", "cuda", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"output root {tmp_path / 'out'}-cuda" in out
+    commands = [line for line in out.splitlines() if "$ " in line]
+    run_stages = [c for c in commands if "pretrain.py" in c or "train_net.py" in c]
+    assert len(run_stages) == 4 and all("MODEL.DEVICE cuda" in c for c in run_stages)
 
 
 @pytest.mark.slow
 @pytest.mark.detectron2
-def test_demo_from_detection_finishes_table5(demo_without_d2, capsys):
+def test_console_mode_on_the_tiny_study(tmp_path):
+    """The real tools, one backbone and seed of the cut tiny study: the headers, the tools'
+    progress, the durations and the closing lines; a second run has nothing to do."""
     require_detectron2()
-    out, rc, _ = demo_without_d2
-    assert rc == 0
-    assert (
-        demo_main(
-            [
-                "--out",
-                out,
-                "--size",
-                "tiny",
-                "--methods",
-                ",".join(METHODS),
-                "--det-iters",
-                "2",
-                "--from",
-                "detection",
-            ]
-        )
-        == 0
+    data = tiny_study(tmp_path / "out", seeds=[0])
+    del data["backbones"]["tfkd"]
+    path = _write(tmp_path, data)
+    first = run_tool(["tools/study.py", "--config-file", path, "--console"], timeout=600)
+    out = first.stdout
+    assert re.search(
+        r"^\[3/6\] pretrain/baseline/seed0 \(resnet18, 3 epochs\)  \(elapsed \d+:\d\d\)$", out, re.M
     )
-    stdout = capsys.readouterr().out
-    assert "fine-tuning Faster R-CNN R-18 FPN from the PS-KD backbone (2 iterations)" in stdout
-    assert "Detectron2 is not installed" not in stdout
-    summary = json.load(open(os.path.join(out, "demo_steps.json")))
-    assert {s["stage"]: s["status"] for s in summary["steps"]}["detection"] == "done"
-    for m in METHODS:
-        assert os.path.isfile(os.path.join(out, "detection", m, "voc_eval.json"))
-    md = open(os.path.join(out, "table5.md")).read()
-    assert "No VOC evaluation" not in md
-    rows = table_rows(os.path.join(out, "table5.md"))
-    assert [r[0] for r in rows] == ["Baseline", "PS-KD"]
-    assert all(r[3] != "" for r in rows)  # AP50 measured (near 0 after 2 iterations, but measured)
-    assert os.path.getsize(os.path.join(out, "table5.png")) > 0
-
-
-@pytest.mark.integration
-def test_demo_names_the_failed_step_and_its_log(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(demo_choices.CONFIGS, "baseline", "no_such_config.yaml")
-    out = str(tmp_path / "out")
+    assert re.search(r"^\[5/6\] detect/baseline/seed0 \(Faster R-CNN, 4 iterations\)", out, re.M)
+    assert len(re.findall(r"^      done in \d+\.\d s \(CPU \d+\.\d s\)$", out, re.M)) == 6
+    # The pretraining's log lines stream; Detectron2's are trimmed to its results.
     assert (
-        demo_main(["--out", out, "--size", "tiny", "--methods", "baseline", "--skip-detection"])
-        == 1
+        "saved checkpoint" in out and "copypaste:" in out and "Running with full config" not in out
     )
-    err = capsys.readouterr().err
-    log = os.path.join(out, "logs", "03_pretrain.log")
-    assert "DEMO FAILED at step [3/7] pretraining Baseline backbone" in err
-    assert f"Full log of the step: {log}" in err and os.path.isfile(log)
-    # The tool's own error line, in the failure message and among the log's last lines.
-    missing = os.path.join(ROOT, "configs", "pretrain", "no_such_config.yaml")
-    error = f"error: config file '{missing}': not found"
-    assert f"pretrain.py exited with code 1\n  {error}" in err
-    tail = err.split("Its last lines:\n", 1)[1]
-    assert f"    {error}" in tail.splitlines()
-
-
-def test_demo_from_a_later_stage_needs_the_earlier_outputs(tmp_path):
-    with pytest.raises(SystemExit, match="--from convert reuses earlier steps' outputs"):
-        demo_main(["--out", str(tmp_path / "empty"), "--from", "convert", "--skip-detection"])
-
-
-@pytest.mark.parametrize("taught", ["tfkd", "nkd"])
-def test_demo_methods_taught_by_the_baseline_need_it_first(taught):
-    assert demo_choices.parse_methods(f"baseline,{taught}") == ["baseline", taught]
-    for methods in (taught, f"{taught},baseline"):
-        with pytest.raises(argparse.ArgumentTypeError, match=f"{taught}'s teacher is the baseline"):
-            demo_choices.parse_methods(methods)
-
-
-def test_demo_offers_every_method():
-    # pskd_cutmix is PS-KD with a config of its own.
-    assert set(demo_choices.CONFIGS) - {"pskd_cutmix"} == set(METHODS_OF_THE_TOOLKIT)
-
-
-@pytest.mark.parametrize("run", sorted(demo_choices.CONFIGS))
-def test_demo_run_config_trains_the_method_its_name_says(run):
-    cfg = setup_cfg(os.path.join(demo_choices.PRETRAIN_CONFIGS, demo_choices.CONFIGS[run]))
-    assert (cfg.METHOD.NAME, cfg.AUG.CUTMIX.ENABLED) == demo_choices.run_method(run)
-    label = "PS-KD + CutMix" if run == "pskd_cutmix" else METHODS_OF_THE_TOOLKIT[run].label
-    assert demo_choices.run_label(run) == label
+    with open(tmp_path / "out" / "logs" / "detect__baseline__seed0.log") as f:
+        assert "Running with full config" in f.read()
+    report = tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md"
+    assert out.splitlines()[-2] == f"report: {report}"
+    assert re.fullmatch(
+        r"  VOC07 test AP50, mean ± std over seeds: Baseline \d+\.\d\d; .*", out.splitlines()[-1]
+    )
+    again = run_tool(["tools/study.py", "--config-file", path, "--console"]).stdout
+    assert again.startswith("nothing to do: all 6 stages of study tiny_cpu are done")
+    assert again.splitlines()[-2:] == out.splitlines()[-2:]

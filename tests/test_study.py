@@ -378,7 +378,7 @@ def test_a_damaged_output_is_a_state_naming_its_file(tmp_path, capsys):
 
 
 def test_tiny_study_keeps_the_sizes_of_its_measured_run():
-    """configs/study/tiny_cpu.yaml's data and schedules are those of the run docs/demo.md
+    """configs/study/tiny_cpu.yaml's data and schedules are those of the run docs/study.md
     records: every detection AP50 above 0 and different between runs, so the report's intervals
     are not degenerate. Its earlier sizes (4 detection iterations on 12 training images, 3
     pretraining epochs on 32 images) gave AP50 0.00 and top-1 error 75% (chance) in every run.
