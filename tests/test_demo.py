@@ -97,6 +97,7 @@ def test_demo_study_keeps_the_demo_sizes():
     assert len(plan.stages) == 2 + 3 * 2 * 3 + 1
 
 
+@pytest.mark.integration
 def test_make_demo_is_one_study_command():
     """`make demo` runs the demo study once, in console mode, with DEMO_ARGS passed on; the tiny
     study is not run besides it."""
@@ -115,6 +116,7 @@ def test_make_demo_is_one_study_command():
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.detectron2
 def test_console_streams_each_stage_between_a_header_and_its_duration(tmp_path, stand_ins, capsys):
     require_detectron2()  # a detect stage's header reads its config through Detectron2's
@@ -168,6 +170,7 @@ def test_console_streams_each_stage_between_a_header_and_its_duration(tmp_path, 
     assert capsys.readouterr().out.splitlines()[-2:] == lines[-2:]
 
 
+@pytest.mark.integration
 def test_without_detectron2_says_so_first_runs_the_rest_then_finishes(
     tmp_path, stand_ins, capsys, monkeypatch
 ):
