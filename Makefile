@@ -32,9 +32,12 @@ $(EDITABLE_STAMP): $(STAMP) pyproject.toml
 $(D2_STAMP): $(STAMP)
 	bash tools/install_detectron2.sh $(PY) $(DETECTRON2_COMMIT) $@
 
-# Two pytest-xdist workers, a test file each at a time (a file's module fixtures are built once):
-# many end-to-end tests wait on the subprocesses they start, so two files share the 2 cores well.
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# pytest-xdist workers, a test file each at a time (a file's module fixtures are built once).
+# Three on 2 cores for the tiers with end-to-end tests: those spend much of their time waiting on
+# the processes and Slurm jobs they start, and a third file computes meanwhile. The unit tier
+# only computes: two.
+PYTEST_WORKERS ?= -n 3 --dist loadfile
+UNIT_WORKERS ?= -n 2 --dist loadfile
 
 # The whole suite, slow end-to-end checks included (what CI runs). -rs prints every skip reason.
 test: venv
@@ -49,7 +52,7 @@ test-fast: venv
 # cluster; docs/testing.md. UNIT_TIER=1 makes a test that starts a process fail, naming the marker
 # to add (tests/conftest.py), so that the tier cannot grow slow unnoticed.
 test-unit: venv
-	UNIT_TIER=1 $(PY) -m pytest -q -rs $(PYTEST_WORKERS) -m "not slow and not integration and not cluster" tests
+	UNIT_TIER=1 $(PY) -m pytest -q -rs $(UNIT_WORKERS) -m "not slow and not integration and not cluster" tests
 
 # ruff and mutmut, pinned in requirements-dev.txt, into the same venv.
 DEV_STAMP := $(VENV)/.dev-installed

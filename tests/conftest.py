@@ -12,9 +12,9 @@ UNIT_TIER = os.environ.get("UNIT_TIER") == "1"
 
 def pytest_collection_modifyitems(items):
     """The Slurm cluster's files first, then the other files with slow tests: under `make
-    test`'s two workers each takes the next whole file, and a long file taken last would leave
-    one worker running alone for minutes at the end (the cluster's tests mostly wait on
-    requeues, so the other worker's work overlaps them best)."""
+    test`'s workers each takes the next whole file, and a long file taken last would leave one
+    worker running alone for minutes at the end (the cluster's tests mostly wait on requeues, so
+    the other workers' work overlaps them best)."""
 
     def files(marker):
         return {item.path for item in items if item.get_closest_marker(marker)}
