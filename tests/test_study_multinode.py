@@ -55,8 +55,10 @@ def _write_study(
     1 process, one CPU a task: the baseline, and TF-KD taught by it (a Slurm dependency), then
     both detection fine-tunes at once. ``data``: instead of generated data, another study's;
     ``opts``, ``det_opts``: added to its pretraining's, its detection's; ``search``: TF-KD's
-    3-trial search of its alpha."""
+    search of its alpha, with 2 trials."""
     study = tiny_study(os.path.join(folder, "out"), seeds=[0], search=search)
+    if search:  # two trials run at once on the two nodes' 2 CPUs: one round of jobs, not two
+        study["backbones"]["tfkd"]["search"]["trials"] = 2
     study["detection"]["opts"].update(det_opts or {})
     if data:
         study["data"] = data
@@ -99,7 +101,7 @@ def _wait_until_idle(cluster):
 
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
-    """The study from one submission, TF-KD's alpha searched (3 trials, then its run with the
+    """The study from one submission, TF-KD's alpha searched (2 trials, then its run with the
     winner's), two of its stages preempted after a checkpoint: TF-KD's pretraining after its
     first, the baseline's detection fine-tune after its iteration 2 of 4 (the jobs inherit the
     submitting environment: each waits there for the signal, so it cannot finish before it):
