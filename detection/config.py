@@ -3,8 +3,20 @@ fine-tuning config assembled from them (``setup_detection_cfg``: tools/train_net
 tools/study.py before it runs anything). Detectron2 is imported only when a config is built."""
 
 import os
+from typing import NamedTuple
 
 from pretrain.cli import merge_config
+
+# Detectron2's launcher's own default (detectron2.engine.launch.DEFAULT_TIMEOUT): its ranks wait
+# in a barrier while rank 0 alone computes the VOC AP of an evaluation.
+DIST_TIMEOUT_S = 1800
+
+
+class ProjectSettings(NamedTuple):
+    """The project's keys, resolved and taken out of the config (``finalize_detection_config``)."""
+
+    voc_root: str  # the folder the voc_* splits are read from
+    dist_timeout_s: int  # how long a collective waits for a rank (launch()'s timeout)
 
 
 def add_pskd_detection_config(cfg):
@@ -13,6 +25,11 @@ def add_pskd_detection_config(cfg):
     # place Detectron2 itself looks. Set it for a VOC copy kept elsewhere; tools/train_net.py
     # re-registers the voc_* splits at that root.
     cfg.DATASETS.VOC_ROOT = ""
+    # How long a rank waits in a collective (seconds) before every rank stops with an error: a
+    # node lost or frozen mid-run ends the run within this time instead of hanging. Set in the
+    # process that launches the workers (tools/train_net.py), which passes it to launch().
+    cfg.DIST = type(cfg)()
+    cfg.DIST.TIMEOUT_S = DIST_TIMEOUT_S
 
 
 def voc_root(cfg):
@@ -23,31 +40,35 @@ def voc_root(cfg):
 
 def finalize_detection_config(cfg):
     """Resolve and remove the project's keys, so that the config.yaml a run saves is read by plain
-    Detectron2; refuse settings the project would silently ignore. Returns the VOC root."""
+    Detectron2; refuse settings the project would silently ignore. Returns ProjectSettings."""
     if cfg.TEST.AUG.ENABLED:
         raise ValueError(
             "TEST.AUG.ENABLED: test-time augmentation is not supported by tools/train_net.py "
             "(the AP would be reported without it); set it to False"
         )
-    root = voc_root(cfg)
+    timeout = cfg.DIST.TIMEOUT_S
+    if timeout <= 0:  # an int: the merge refuses any other type
+        raise ValueError(f"DIST.TIMEOUT_S: expected a positive number of seconds, got {timeout}")
+    settings = ProjectSettings(voc_root=voc_root(cfg), dist_timeout_s=timeout)
     del cfg.DATASETS["VOC_ROOT"]
-    return root
+    del cfg["DIST"]
+    return settings
 
 
 def setup_detection_cfg(config_file, opts=()):
     """The fine-tuning config as tools/train_net.py runs it: Detectron2's defaults and the
     project's keys <- YAML file (with _BASE_) <- KEY VALUE overrides, finalized and frozen.
-    Returns ``(cfg, voc_root)``. A missing file, bad YAML, an unknown key, a value of the wrong
-    type or an odd override list is a ValueError or FileNotFoundError naming where it came from
-    (``pretrain.cli.merge_config``, shared with the pretraining config)."""
+    Returns ``(cfg, ProjectSettings)``. A missing file, bad YAML, an unknown key, a value of the
+    wrong type or an odd override list is a ValueError or FileNotFoundError naming where it came
+    from (``pretrain.cli.merge_config``, shared with the pretraining config)."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_pskd_detection_config(cfg)
     merge_config(cfg, config_file, opts)
-    voc = finalize_detection_config(cfg)
+    settings = finalize_detection_config(cfg)
     cfg.freeze()
-    return cfg, voc
+    return cfg, settings
 
 
 def check_split_names(cfg):

@@ -44,8 +44,9 @@ def _check_detect_stages(plan, detect):
         return f"detection configs not checked: {exc} (make venv installs Detectron2)"
     for n, stage in enumerate(detect):
         config, opts = plan.tool_config(stage)
-        cfg, voc = _assemble(stage, lambda: setup_detection_cfg(config, opts))
-        register_voc(voc)  # names only: the splits' files are read when a loader asks for them
+        cfg, settings = _assemble(stage, lambda: setup_detection_cfg(config, opts))
+        # Names only: the splits' files are read when a loader asks for them.
+        register_voc(settings.voc_root)
         _assemble(stage, lambda: check_split_names(cfg))
         if n == 0:  # the stages differ only in weights, data root, output folder and seed
             _assemble(stage, lambda: check_model_builds(cfg))

@@ -120,10 +120,11 @@ def train_net_tool():
 
 
 def train_net(*argv):
-    """tools/train_net.py's worker function in this process; returns its ``error:`` message."""
+    """tools/train_net.py in this process (one process: launch() calls the worker function
+    itself); returns its ``error:`` message."""
     args = default_argument_parser().parse_args(list(argv))
     with pytest.raises(SystemExit) as info:
-        train_net_tool().main(args)
+        train_net_tool().launch_workers(args)
     return str(info.value.code)
 
 
@@ -289,6 +290,14 @@ def test_test_time_augmentation_is_refused(weights, voc, tmp_path):
     assert message.startswith("error: TEST.AUG.ENABLED") and "not supported" in message
 
 
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_a_non_positive_dist_timeout_is_one_error_line(weights, voc, tmp_path, value):
+    out = tmp_path / "det"
+    message = train_tiny(weights["resnet18"], out, voc, "DIST.TIMEOUT_S", value)
+    assert message == f"error: DIST.TIMEOUT_S: expected a positive number of seconds, got {value}"
+    assert not out.exists()
+
+
 def test_an_unregistered_split_is_one_error_line(weights, voc, tmp_path):
     message = train_tiny(
         weights["resnet18"], tmp_path / "det", voc, "DATASETS.TEST", "('voc_2007_tset',)"
@@ -311,10 +320,12 @@ def test_saved_config_is_read_by_plain_detectron2(weights, voc, tmp_path):
             out,
             "DATASETS.VOC_ROOT",
             voc,
+            "DIST.TIMEOUT_S",
+            "45",
         ]
     )
-    _, root = train_net_tool().setup(args)
-    assert root == voc
+    _, settings = train_net_tool().setup(args)
+    assert settings == (voc, 45)
     plain = get_cfg()
     plain.merge_from_file(os.path.join(out, "config.yaml"))  # an extra key would raise KeyError
     assert plain.MODEL.WEIGHTS == weights["resnet18"]

@@ -3,6 +3,7 @@ run (detection/stream.py, detection/resume.py, detection/rng.py): the training s
 augmentation depend on SEED and the position in the stream only, and every rank's RNG states are
 in each checkpoint. On the CPU, with 2 processes (gloo)."""
 
+import datetime
 import itertools
 import json
 import os
@@ -168,3 +169,35 @@ def test_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(voc, random_r
     assert detections[0]["det_score"].size > 0
     for key in detections[0].files:
         assert np.array_equal(detections[0][key], detections[1][key]), key
+
+
+def _logged_at(line):
+    """The time of a Detectron2 log line (``[12/06 01:54:16] ...``), in seconds."""
+    return datetime.datetime.strptime(line[1:15], "%m/%d %H:%M:%S").timestamp()
+
+
+@pytest.mark.slow
+def test_a_stuck_rank_stops_the_run_within_dist_timeout(voc, random_r18_pkl, tmp_path):
+    out = tmp_path / "stuck"
+    # Rank 1 freezes once model_0000002.pth is written (a frozen node); rank 0 goes on into the
+    # next iteration's gradient all-reduce. Detectron2's launcher alone would wait 30 minutes.
+    proc = _train_net(
+        voc,
+        random_r18_pkl,
+        out,
+        "stuck",
+        opts=["DIST.TIMEOUT_S", "10"],
+        env={"PRETRAIN_FAULT": "hang at checkpoint 2 on rank 1"},
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = (out / "log.txt").read_text().splitlines()
+    saved = next(line for line in log if "Saving checkpoint to" in line)
+    stopped = next(line for line in log if "rank 0 of 2 stopped" in line)
+    assert "waits at most DIST.TIMEOUT_S (10 s)" in stopped
+    # Rank 0 waited the timeout in one collective, and no longer (one iteration takes a second
+    # or two here; the margin is for a loaded machine).
+    waited = _logged_at(stopped) - _logged_at(saved)
+    assert 9 <= waited <= 40, (saved, stopped)
+    print(f"rank 0 stopped {waited:.0f} s after the checkpoint")
+    assert (out / "last_checkpoint").read_text() == "model_0000002.pth"  # --resume goes on there

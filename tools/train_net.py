@@ -18,6 +18,7 @@ errors are one `error:` line.
 import logging
 import os
 import sys
+from datetime import timedelta
 
 # Python puts this script's folder first on sys.path, where tools/pretrain.py and tools/study.py
 # would shadow the packages pretrain and study (installed or not): the checkout's root goes first.
@@ -43,7 +44,7 @@ from detection.rng import preserved_rng  # noqa: E402
 from detection.runs import record_backbone  # noqa: E402
 from detection.stream import build_stream_loader  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
-from pretrain.cli import tool  # noqa: E402
+from pretrain.cli import EXPECTED_ERRORS, tool  # noqa: E402
 
 
 def trained_model(cfg):
@@ -129,30 +130,44 @@ def train(cfg, resume):
 
 
 def setup(args):
-    cfg, voc = setup_detection_cfg(args.config_file, args.opts)
+    cfg, settings = setup_detection_cfg(args.config_file, args.opts)
     check_output_dir(
         cfg.OUTPUT_DIR, args.eval_only, args.resume
     )  # before default_setup writes into it
     default_setup(cfg, args)
-    return cfg, voc
+    return cfg, settings
 
 
 @tool  # in every worker process launch() starts: one error line, or one interrupted line
-def main(args):
+def main(args, dist_timeout_s):
+    logger = logging.getLogger("detectron2")
     try:
         return run(args)
     except KeyboardInterrupt:
         # Detectron2 names a checkpoint in last_checkpoint once it is written: that one is whole.
-        logging.getLogger("detectron2").warning(
-            "interrupted; continue with --resume from the last checkpoint"
-        )
+        logger.warning("interrupted; continue with --resume from the last checkpoint")
+        raise
+    except EXPECTED_ERRORS:  # every rank's own: one error line each
+        raise
+    except Exception as exc:
+        if comm.get_world_size() > 1:  # most often another rank's failure: say so, in log.txt
+            logger.error(
+                "rank %d of %d stopped: %s: %s. A collective fails when another rank died and "
+                "waits at most DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first "
+                "rank that failed.",
+                comm.get_rank(),
+                comm.get_world_size(),
+                type(exc).__name__,
+                exc,
+                dist_timeout_s,
+            )
         raise
 
 
 def run(args):
-    cfg, voc = setup(args)
+    cfg, settings = setup(args)
     # In every worker process: launch() starts them fresh, and the catalog is per process.
-    register_voc(voc)
+    register_voc(settings.voc_root)
     # A resumed run continues from its own last checkpoint; MODEL.WEIGHTS is then not loaded.
     resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
     if not resuming:
@@ -184,13 +199,20 @@ def run(args):
     return train(cfg, args.resume)
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+@tool  # a bad config stops here, once, before any worker starts
+def launch_workers(args):
+    # launch() sets the process group's timeout: the config is read before the workers start.
+    _, settings = setup_detection_cfg(args.config_file, args.opts)
     launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, settings.dist_timeout_s),
+        timeout=timedelta(seconds=settings.dist_timeout_s),
     )
+
+
+if __name__ == "__main__":
+    launch_workers(default_argument_parser().parse_args())
