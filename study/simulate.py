@@ -19,6 +19,7 @@ The truth is the expected difference over seeds and test sets of N images: for t
 closed form, for AP50 (not a mean over images) estimated by ``ap50_truth`` from many draws.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -118,6 +119,7 @@ def simulate_study(rng, metric, n_images, seeds, effect, noise, resamples=200):
     return difference_interval(d, resampled)
 
 
+@functools.cache  # the same for every number of seeds: coverage tables ask for it once a cell
 def ap50_truth(n_images, effect, noise, draws=2000, seed=12345):
     """E[AP50(other) - AP50(Baseline)] over seeds and test sets of ``n_images``, by simulation;
     returns (estimate, its standard error)."""
