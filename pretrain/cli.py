@@ -10,8 +10,6 @@ import sys
 
 import yaml
 
-from pretrain.config.checks import validate_config
-from pretrain.config.defaults import get_cfg
 from pretrain.runtime.fileio import OutputWriteError
 
 # A user's mistake (a config value, a file or folder given, an image, weights, a flag) or a write
@@ -73,6 +71,11 @@ def default_argument_parser(description):
 def setup_cfg(config_file, opts=()):
     """The pretraining config: defaults <- YAML file (with _BASE_; none: the defaults) <- KEY VALUE
     overrides, validated (pretrain.config.checks) and frozen."""
+    # Imported here: the config's choices live with the torch code that implements them, and a
+    # tool that reads no pretraining config (tools/make_synthetic_data.py) starts without torch.
+    from pretrain.config.checks import validate_config
+    from pretrain.config.defaults import get_cfg
+
     cfg = get_cfg()
     merge_config(cfg, config_file, opts)
     validate_config(cfg)

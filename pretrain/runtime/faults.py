@@ -34,8 +34,6 @@ import re
 import signal
 import threading
 
-from pretrain.runtime import distributed as du
-
 VARIABLE = "PRETRAIN_FAULT"
 _SPEC = re.compile(r"(kill|kill group|hang) at (.+?)(?: in (.+?))?(?: on rank (\d+))?")
 
@@ -56,6 +54,10 @@ def reached(point, run_folder):
         action, where, folder, rank = match.groups()
         if not fnmatch.fnmatchcase(point, where):
             continue
+        # Imported here: pretrain.runtime.fileio, which every tool imports, imports this module,
+        # and a tool that needs no torch starts without it (pretrain.cli).
+        from pretrain.runtime import distributed as du
+
         if rank is not None and int(rank) != du.get_rank():
             continue
         if folder is not None and os.path.realpath(folder) != os.path.realpath(run_folder):

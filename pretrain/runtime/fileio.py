@@ -15,8 +15,6 @@ import os
 import shutil
 import tempfile
 
-import torch
-
 from pretrain.runtime import faults
 
 
@@ -93,6 +91,8 @@ def remove_stale_temporaries(folder):
 
 
 def atomic_torch_save(obj, path):
+    import torch  # here: the tools that write no tensors start without torch (pretrain.cli)
+
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
