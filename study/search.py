@@ -18,6 +18,7 @@ and the trial's number: a rerun, an interruption or a Slurm job never draws them
 ``--status`` only read the journal.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -236,12 +237,18 @@ def sample_trials(root, backbone, search):
 
 
 def record_metric(root, backbone, search, number, value):
-    """Record trial ``number``'s metric in the journal (once; its stage's files stay the truth)."""
+    """Record trial ``number``'s metric in the journal (once; its stage's files stay the truth).
+    Every job records every finished trial, so two trials' jobs that end together both record
+    the first trial: the one that comes second finds it finished, at any point of its ``tell``,
+    and leaves it (the value is the same, read from the same run folder)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     study = optuna_study(journal_path(root, backbone), search, backbone)
     if study.trials[number].state == TrialState.RUNNING:
-        study.tell(number, value)
+        # Finished before tell() reads the trial: skip_if_finished; after: the journal's error.
+        with contextlib.suppress(UpdateFinishedTrialError):
+            study.tell(number, value, skip_if_finished=True)
 
 
 def trial_metric(out, metric):

@@ -1,8 +1,8 @@
 """A backbone's hyperparameter search (study/search.py): the study file's ``search:`` entry and its
 checks, the trials as pretraining stages before the backbone's runs, and the trials' values drawn
 once by Optuna and recorded (a rerun never draws them again; more trials extend the search); a
-backbone that takes another's winner (``winner_of``). The search run end to end, with a killed
-trial, is in tests/test_study_e2e.py."""
+backbone that takes another's winner (``winner_of``); a trial's metric recorded by two jobs at
+once. The search run end to end, as Slurm jobs, is in tests/test_study_multinode.py."""
 
 import itertools
 import json
@@ -15,7 +15,7 @@ from detection.runs import method_settings
 from helpers import ROOT, tiny_study
 from pretrain.cli import setup_cfg
 from study.plan import PENDING, Plan
-from study.search import journal_path, recorded_values, sample_trials
+from study.search import journal_path, optuna_study, record_metric, recorded_values, sample_trials
 from study.spec import StudyError, load_study
 from tools.study import main as study_main
 
@@ -69,6 +69,38 @@ def test_values_are_drawn_once_recorded_and_extended(tmp_path):
     # output root draws the same values.
     other = sample_trials(str(tmp_path / "other"), "tfkd", search)
     assert other == more
+
+
+@pytest.mark.parametrize("where", ["before tell reads the trial", "inside tell"])
+def test_a_metric_recorded_by_two_jobs_at_once_is_recorded_once(tmp_path, monkeypatch, where):
+    """Two trials' jobs that end together each record every finished trial: the second to
+    record trial 0 finds it finished between its own check and its write. It must not fail (its
+    job, whose trial trained, would exit 1 and Slurm cancel every stage after it)."""
+    from optuna.storages import JournalStorage
+    from optuna.study import Study
+
+    study = load_study(_write(tmp_path, _searched(tmp_path)))
+    search, root = study.backbone("tfkd").search, study.output_root
+    sample_trials(root, "tfkd", search)
+
+    def other_job_records_first(cls, name):
+        original = getattr(cls, name)
+
+        def patched(self, *args, **kwargs):
+            monkeypatch.setattr(cls, name, original)  # once
+            other = optuna_study(journal_path(root, "tfkd"), search, "tfkd")
+            other.tell(0, 1.25)  # the other job, between this one's check and its write
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, patched)
+
+    if where == "inside tell":
+        other_job_records_first(JournalStorage, "set_trial_state_values")
+    else:
+        other_job_records_first(Study, "tell")
+    record_metric(root, "tfkd", search, 0, 1.25)
+    trials = optuna_study(journal_path(root, "tfkd"), search, "tfkd").trials
+    assert [t.value for t in trials] == [1.25, None, None]
 
 
 def test_the_trials_commands_carry_their_values_and_the_runs_wait_for_the_winner(tmp_path):
