@@ -35,10 +35,10 @@ $(D2_STAMP): $(STAMP)
 # pytest-xdist workers, a test file each at a time (a file's module fixtures are built once).
 # Three on 2 cores for the tiers with end-to-end tests: those spend much of their time waiting on
 # the processes and Slurm jobs they start, and a third file computes meanwhile. The unit tier
-# only computes: two. --no-loadscope-reorder keeps tests/conftest.py's order (the Slurm cluster's
-# files first): xdist would otherwise hand out the files with the most tests first, and the
-# two-node cluster's file, started minutes in, ended the suite with one worker busy.
-PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
+# only computes: two. (xdist hands out the files with the most tests first, whatever
+# tests/conftest.py's order; with --no-loadscope-reorder, keeping that order, the suite took
+# 21:51 against 14:27-16:34 without: docs/testing.md.)
+PYTEST_WORKERS ?= -n 3 --dist loadfile
 UNIT_WORKERS ?= -n 2 --dist loadfile
 
 # The whole suite, slow end-to-end checks included (what CI runs). -rs prints every skip reason.
