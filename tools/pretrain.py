@@ -55,14 +55,7 @@ def main(argv=None):
     except Exception as exc:
         if trainer is not None and trainer.world > 1:  # most often another rank's failure: say so
             logger.error(
-                "rank %d of %d stopped: %s: %s. A collective fails when another rank died and "
-                "waits at most DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first "
-                "rank that failed.",
-                trainer.rank,
-                trainer.world,
-                type(exc).__name__,
-                exc,
-                cfg.DIST.TIMEOUT_S,
+                du.rank_stopped_message(trainer.rank, trainer.world, exc, cfg.DIST.TIMEOUT_S)
             )
         raise
     finally:

@@ -45,6 +45,7 @@ from detection.runs import record_backbone  # noqa: E402
 from detection.stream import build_stream_loader  # noqa: E402
 from detection.voc import VOCEvaluator, eval_json_path, register_voc  # noqa: E402
 from pretrain.cli import EXPECTED_ERRORS, tool  # noqa: E402
+from pretrain.runtime.distributed import rank_stopped_message  # noqa: E402
 
 
 def trained_model(cfg):
@@ -152,14 +153,7 @@ def main(args, dist_timeout_s):
     except Exception as exc:
         if comm.get_world_size() > 1:  # most often another rank's failure: say so, in log.txt
             logger.error(
-                "rank %d of %d stopped: %s: %s. A collective fails when another rank died and "
-                "waits at most DIST.TIMEOUT_S (%s s) for one that is stuck; look for the first "
-                "rank that failed.",
-                comm.get_rank(),
-                comm.get_world_size(),
-                type(exc).__name__,
-                exc,
-                dist_timeout_s,
+                rank_stopped_message(comm.get_rank(), comm.get_world_size(), exc, dist_timeout_s)
             )
         raise
 

@@ -132,3 +132,13 @@ def broadcast_buffers(module, src=0):
     if get_world_size() > 1:
         for buffer in module.buffers():
             dist.broadcast(buffer, src)
+
+
+def rank_stopped_message(rank, world, exc, timeout_s):
+    """The line a rank of a process group logs when it stops on an unexpected error (tools/
+    pretrain.py, tools/train_net.py): most often another rank's failure, which it says."""
+    return (
+        f"rank {rank} of {world} stopped: {type(exc).__name__}: {exc}. A collective fails when "
+        f"another rank died and waits at most DIST.TIMEOUT_S ({timeout_s} s) for one that is "
+        "stuck; look for the first rank that failed."
+    )
