@@ -1,7 +1,6 @@
 """torchvision ResNets, and the state dict we export (plain torchvision key names)."""
 
 import torch
-import torchvision
 
 # The architectures MODEL.ARCH may name: torchvision's ResNets, with their blocks per stage and
 # block type (the converter to Detectron2 checks a checkpoint's keys and shapes against them).
@@ -35,6 +34,11 @@ def build_resnet(arch, num_classes, cifar_stem=False):
         raise ValueError(
             f"MODEL.ARCH: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})"
         )
+    # Imported here, not with the module: torchvision's import (about 2 s, it loads
+    # torch._dynamo) would slow every process that only reads configs and plans (tools/study.py,
+    # each Slurm job's wrapper) and never builds a network.
+    import torchvision
+
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     if cifar_stem:
         # 32x32 inputs: a 3x3 stride-1 stem without max-pool keeps the spatial resolution.

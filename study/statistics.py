@@ -28,7 +28,6 @@ consistent with ours is another question: ``one_run_prediction_interval``.
 import math
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 # What each kind of interval covers, as the report names it.
@@ -41,6 +40,10 @@ def t_quantile(dof, level=LEVEL):
     """Two-sided ``level`` quantile of Student's t with ``dof`` (any real > 0; inf: normal)."""
     if not dof > 0:
         raise ValueError(f"t quantile needs positive degrees of freedom, got {dof}")
+    # scipy here, not with the module: its import (about 1 s) would slow every tools/study.py
+    # and Slurm job wrapper, which import this module with the report's code but never use it.
+    from scipy import stats
+
     return float(stats.t.ppf(0.5 + level / 2, dof))
 
 

@@ -5,12 +5,10 @@ says, and its loader."""
 import os
 
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from pretrain.data.datasets import IndexedDataset, collate
-from pretrain.data.device_decode import device_decode_dataset
 from pretrain.data.samplers import ShardedSampler
 from pretrain.data.transforms import build_eval_transform, build_train_transform
 
@@ -22,6 +20,11 @@ DECODES = ("cpu", "device")
 
 def build_dataset(cfg, split, train):
     """The training or validation set named by DATA.FORMAT / DATA.ROOT / DATA.*_SPLIT."""
+    # torchvision here, not with the module: see pretrain.models.build_resnet.
+    import torchvision
+
+    from pretrain.data.device_decode import device_decode_dataset
+
     transform = build_train_transform(cfg) if train else build_eval_transform(cfg)
     root = cfg.DATA.ROOT
     if not root:

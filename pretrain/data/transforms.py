@@ -1,7 +1,6 @@
 """Train/eval presets (in the style of torchvision's references/classification/presets.py)."""
 
 import torch
-from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +34,9 @@ class Lighting(torch.nn.Module):
 
 
 def build_train_transform(cfg):
+    # torchvision here, not with the module: see pretrain.models.build_resnet.
+    from torchvision import transforms as T
+
     preset = cfg.INPUT.PRESET
     if preset == "imagenet":
         jitter, lighting = cfg.INPUT.COLOR_JITTER, cfg.INPUT.LIGHTING_STD
@@ -65,6 +67,8 @@ def build_train_transform(cfg):
 
 
 def build_eval_transform(cfg):
+    from torchvision import transforms as T
+
     preset = cfg.INPUT.PRESET
     if preset == "imagenet":
         return T.Compose(
