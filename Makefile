@@ -32,13 +32,12 @@ $(EDITABLE_STAMP): $(STAMP) pyproject.toml
 $(D2_STAMP): $(STAMP)
 	bash tools/install_detectron2.sh $(PY) $(DETECTRON2_COMMIT) $@
 
-# pytest-xdist workers, a test file each at a time (a file's module fixtures are built once).
-# Three on 2 cores for the tiers with end-to-end tests: those spend much of their time waiting on
-# the processes and Slurm jobs they start, and a third file computes meanwhile. The unit tier
-# only computes: two. (xdist hands out the files with the most tests first, whatever
-# tests/conftest.py's order; with --no-loadscope-reorder, keeping that order, the suite took
-# 21:51 against 14:27-16:34 without: docs/testing.md.)
-PYTEST_WORKERS ?= -n 3 --dist loadfile
+# pytest-xdist workers, a test file each at a time (a file's module fixtures are built once), in
+# tests/conftest.py's order (--no-loadscope-reorder; xdist's own would take the Slurm cluster's
+# files late). Three on 2 cores for the tiers with end-to-end tests: those spend much of their
+# time waiting on the processes and Slurm jobs they start, and a third file computes meanwhile.
+# The unit tier only computes: two.
+PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
 UNIT_WORKERS ?= -n 2 --dist loadfile
 
 # The whole suite, slow end-to-end checks included (what CI runs). -rs prints every skip reason.

@@ -1,5 +1,6 @@
 """pytest's hooks and the fixtures many test modules use; plain helpers are in helpers.py."""
 
+import collections
 import multiprocessing.process
 import os
 import subprocess
@@ -11,17 +12,18 @@ UNIT_TIER = os.environ.get("UNIT_TIER") == "1"
 
 
 def pytest_collection_modifyitems(items):
-    """The Slurm cluster's files first, then the other files with slow tests: under `make
-    test`'s workers each takes the next whole file, and a long file taken last would leave one
-    worker running alone for minutes at the end (the cluster's tests mostly wait on requeues, so
-    the other workers' work overlaps them best)."""
-
-    def files(marker):
-        return {item.path for item in items if item.get_closest_marker(marker)}
-
-    cluster, slow = files("cluster"), files("slow")
-    # A file's own order is kept (a stable sort).
-    items.sort(key=lambda item: (item.path not in cluster, item.path not in slow))
+    """The order in which `make test`'s workers take the files (``--dist loadfile
+    --no-loadscope-reorder``: each takes the next whole file): the Slurm cluster's files first,
+    since the two-node study's file is the suite's longest (minutes, mostly waiting on its jobs,
+    while the other workers compute), then the others by their number of tests, most first (what
+    pytest-xdist's own order does: many short tests first, the few long end-to-end ones later,
+    so that no long file is taken last). A file's own order is kept."""
+    cluster = {item.path for item in items if item.get_closest_marker("cluster")}
+    count = collections.Counter(item.path for item in items)
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.path, index)
+    items.sort(key=lambda item: (item.path not in cluster, -count[item.path], first[item.path]))
 
 
 @pytest.fixture(scope="session", autouse=UNIT_TIER)

@@ -1,8 +1,8 @@
 """The demo: `make demo` runs configs/study/demo_cpu.yaml through tools/study.py in console mode
 (study/console.py). Its file keeps the demo's sizes; the console mode's headers, streamed output,
-heartbeat, durations and closing lines are checked on stand-in tools (fast), then on the cut tiny
-study with the real ones (slow); without Detectron2 the study says so before it runs anything,
-runs the rest, and a second run after the install finishes it."""
+heartbeat, durations and closing lines are checked on stand-in tools (fast; with the real tools
+where tests/test_study_e2e.py resumes the cut tiny study); without Detectron2 the study says so
+before it runs anything, runs the rest, and a second run after the install finishes it."""
 
 import os
 import re
@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, require_detectron2, run_tool, tiny_study
+from helpers import ROOT, require_detectron2, tiny_study
 from study import console, local
 from study.completion import Completion
 from study.plan import Plan
@@ -216,35 +216,3 @@ def test_device_cuda_writes_beside_the_cpu_runs(tmp_path, capsys):
     commands = [line for line in out.splitlines() if "$ " in line]
     run_stages = [c for c in commands if "pretrain.py" in c or "train_net.py" in c]
     assert len(run_stages) == 4 and all("MODEL.DEVICE cuda" in c for c in run_stages)
-
-
-@pytest.mark.slow
-@pytest.mark.detectron2
-def test_console_mode_on_the_tiny_study(tmp_path):
-    """The real tools, one backbone and seed of the cut tiny study: the headers, the tools'
-    progress, the durations and the closing lines; a second run has nothing to do."""
-    require_detectron2()
-    data = tiny_study(tmp_path / "out", seeds=[0])
-    del data["backbones"]["tfkd"]
-    path = _write(tmp_path, data)
-    first = run_tool(["tools/study.py", "--config-file", path, "--console"], timeout=600)
-    out = first.stdout
-    assert re.search(
-        r"^\[3/6\] pretrain/baseline/seed0 \(resnet18, 3 epochs\)  \(elapsed \d+:\d\d\)$", out, re.M
-    )
-    assert re.search(r"^\[5/6\] detect/baseline/seed0 \(Faster R-CNN, 4 iterations\)", out, re.M)
-    assert len(re.findall(r"^      done in \d+\.\d s \(CPU \d+\.\d s\)$", out, re.M)) == 6
-    # The pretraining's log lines stream; Detectron2's are trimmed to its results.
-    assert (
-        "saved checkpoint" in out and "copypaste:" in out and "Running with full config" not in out
-    )
-    with open(tmp_path / "out" / "logs" / "detect__baseline__seed0.log") as f:
-        assert "Running with full config" in f.read()
-    report = tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md"
-    assert out.splitlines()[-2] == f"report: {report}"
-    assert re.fullmatch(
-        r"  VOC07 test AP50, mean ± std over seeds: Baseline \d+\.\d\d; .*", out.splitlines()[-1]
-    )
-    again = run_tool(["tools/study.py", "--config-file", path, "--console"]).stdout
-    assert again.startswith("nothing to do: all 6 stages of study tiny_cpu are done")
-    assert again.splitlines()[-2:] == out.splitlines()[-2:]

@@ -1,6 +1,7 @@
 """The tiny CPU study end to end through tools/study.py: killed mid-stage, the independent stages
-go on, --resume finishes it with the numbers of an uninterrupted run, a rerun does nothing; a
-failing stage is reported with its log while the stages that do not depend on it run."""
+go on, --resume finishes it (in console mode) with the numbers of an uninterrupted run, a rerun
+does nothing; a failing stage is reported with its log while the stages that do not depend on it
+run."""
 
 import json
 import os
@@ -80,16 +81,37 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
         assert f"{stage}: done in" in second.stdout, second.stdout
     assert "report/tiny_cpu: not run" in second.stdout
 
-    third = _run(path, "--resume")
-    assert third.returncode == 0, third.stdout + third.stderr
-    assert "pretrain/tfkd/seed0: resuming" in third.stdout
-    assert "pretrain/baseline" not in third.stdout  # nothing done is run again
+    # In console mode (what `make demo` shows): a header per stage, the tools' output streamed
+    # (Detectron2's trimmed to its progress and results), each stage's wall and CPU time, and
+    # where the report is with its headline.
+    third = _run(path, "--resume", "--console")
+    out = third.stdout
+    assert third.returncode == 0, out + third.stderr
+    headers = re.findall(r"^\[(\d)/4\] (\S+) \((.*)\)  \(elapsed \d+:\d\d\)$", out, re.M)
+    assert headers == [  # nothing done is run again
+        ("1", "pretrain/tfkd/seed0", "resnet18, 3 epochs; resuming"),
+        ("2", "convert/tfkd/seed0", "to Detectron2"),
+        ("3", "detect/tfkd/seed0", "Faster R-CNN, 4 iterations"),
+        ("4", "report/tiny_cpu", "Table 5 from 2 detection runs"),
+    ], out
+    assert len(re.findall(r"^      done in \d+\.\d s \(CPU \d+\.\d s\)$", out, re.M)) == 4
+    assert "saved checkpoint" in out and "copypaste:" in out
+    assert "Running with full config" not in out
+    with open(os.path.join(plan.root, "logs", "detect__tfkd__seed0.log")) as f:
+        assert "Running with full config" in f.read()
+    report = tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md"
+    assert out.splitlines()[-2] == f"report: {report}"
+    assert re.fullmatch(
+        r"  VOC07 test AP50, mean ± std over seeds: Baseline \d+\.\d\d, TF-KD \d+\.\d\d; .*",
+        out.splitlines()[-1],
+    )
     with open(os.path.join(victim.out, "log.txt")) as f:
         assert "resumed from" in f.read()
 
     n = len(plan.stages)  # data 2, pretrain 2, convert 2, detect 2, report 1
-    fourth = _run(path)
-    assert fourth.returncode == 0 and f"nothing to do: all {n} stages" in fourth.stdout
+    fourth = _run(path, "--console").stdout
+    assert fourth.startswith(f"nothing to do: all {n} stages of study tiny_cpu are done")
+    assert fourth.splitlines()[-2:] == out.splitlines()[-2:]
     assert f"{n} done (of {n} stages)" in _run(path, "--status").stdout
 
     # The same numbers as the same stage run without interruption.

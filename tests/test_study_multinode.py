@@ -1,10 +1,10 @@
 """The Slurm executor on a real two-node Slurm cluster in network namespaces on this machine
 (tests/slurm_cluster2.py): a study to its report, one job per stage with afterok dependencies
 (TF-KD's search trials wait for their teacher, its run for the trials), its pretraining and
-detection stages each on 2 nodes x 1 process, a pretraining and a detection fine-tune preempted
-(requeued, resumed from their checkpoints; the fine-tune then equals an uninterrupted run of
-it); then one two-node pretraining preempted, then losing a node, that ends with the weights of
-the study's uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network
+detection stages each on 2 nodes x 1 process, a detection fine-tune preempted (requeued,
+resumed from its checkpoint: it then equals an uninterrupted run of it); then one two-node
+pretraining preempted, then losing a node, that ends with the weights of the study's
+uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network
 namespaces are missing; under CI=true that fails instead."""
 
 import contextlib
@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from helpers import ROOT, first_checkpoint, require_detectron2, run_tool, skip_unless_ci, tiny_study
+from helpers import ROOT, require_detectron2, run_tool, skip_unless_ci, tiny_study
 from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
 from study.search import journal_path, optuna_study, recorded_values, trial_metric
@@ -102,16 +102,15 @@ def _wait_until_idle(cluster):
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
     """The study from one submission, TF-KD's alpha searched (2 trials, then its run with the
-    winner's), two of its stages preempted after a checkpoint: TF-KD's pretraining after its
-    first, the baseline's detection fine-tune after its iteration 2 of 4 (the jobs inherit the
-    submitting environment: each waits there for the signal, so it cannot finish before it):
+    winner's), the baseline's detection fine-tune preempted after its iteration 2 of 4 (the jobs
+    inherit the submitting environment: it waits there for the signal, so it cannot finish
+    before it; a pretraining preempted: test_two_node_pretraining_preempted_then_a_node_lost):
     (study file, plan, the submission's output, a second submission's output while the jobs
     were queued)."""
-    path, plan, data = _write_study(
+    path, plan, _ = _write_study(
         str(tmp_path_factory.mktemp("study")), search=True, det_opts={"SOLVER.CHECKPOINT_PERIOD": 2}
     )
-    victims = {plan.pretrain["tfkd", 0]: first_checkpoint(data, plan.pretrain["tfkd", 0])}
-    victims[plan.detect["baseline", 0]] = 1  # model_0000001.pth: 2 iterations done
+    victims = {plan.detect["baseline", 0]: 1}  # model_0000001.pth: 2 iterations done
     fault = "; ".join(f"hang at checkpoint {i} in {stage.out}" for stage, i in victims.items())
     submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -162,24 +161,17 @@ def test_a_study_on_two_nodes(cluster, study):
         after = re.search(rf"^{stage}: Slurm job \d+ \(afterok:([\d:]+)\)", submitted, re.M)
         assert after and {jobs[s] for s in needs} <= set(after.group(1).split(":"))
     assert not re.search(r"^\S+: Slurm job", again, re.M) and "already queued" in again
-    victim = plan.pretrain["tfkd", 0]
-    job_dir = os.path.join(plan.root, "slurm", jobs[victim.id])
-    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submission.sh")) as f:
-        assert "#SBATCH --signal=USR2@45" in f.read()
-    # slurm.max_num_timeout 5, less the one signal: under a time limit of 10 minutes or less
-    # (the tiny study's) submitit counts every signal as a time limit.
-    with open(os.path.join(job_dir, f"{jobs[victim.id]}_submitted.pkl"), "rb") as f:
-        assert pickle.load(f)._timeout_countdown == 5 - 1
-    with open(os.path.join(victim.out, "log.txt")) as f:
-        assert "resumed from" in f.read()  # continued from its checkpoint, not restarted
-    assert read_record(plan, victim)["job_id"] == jobs[victim.id]  # the same job, requeued
+    victim = plan.detect["baseline", 0]
+    with open(os.path.join(victim.out, "log.txt")) as f:  # from its checkpoint, not restarted
+        assert f"Loading from {os.path.join(victim.out, 'model_0000001.pth')}" in f.read()
+    _preempted_and_requeued(plan, victim, jobs[victim.id])
     for stage in plan.stages:
         if stage.kind not in ("pretrain", "detect"):
             continue
         # One command on each node (in its own log), placed among the nodes, the first as host;
         # a preempted stage a second, resuming.
         commands = _commands(plan, stage)
-        starts = 2 if stage.id in ("pretrain/tfkd/seed0", "detect/baseline/seed0") else 1
+        starts = 2 if stage is victim else 1
         assert [len(c) for c in commands] == [starts, starts], commands
         for rank, (command, *resumed) in enumerate(commands):
             assert all("--resume" in c for c in resumed)
@@ -198,7 +190,7 @@ def test_a_study_on_two_nodes(cluster, study):
     nll = [trial_metric(t.out, "nll") for t in plan.trials["tfkd"]]
     assert len(set(nll)) > 1  # the trials differ: the choice is not a tie
     best = values[nll.index(min(nll))]["TFKD.ALPHA"]
-    with open(os.path.join(victim.out, "config.yaml")) as f:
+    with open(os.path.join(plan.pretrain["tfkd", 0].out, "config.yaml")) as f:
         assert yaml.safe_load(f)["TFKD"]["ALPHA"] == best
     journal = optuna_study(journal_path(plan.root, "tfkd"), search, "tfkd").trials
     assert [t.params for t in journal] == values and [t.value for t in journal] == nll
@@ -207,6 +199,19 @@ def test_a_study_on_two_nodes(cluster, study):
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
     done = _study(cluster, path, "--executor", "slurm")
     assert done.returncode == 0 and "nothing to do" in done.stdout
+
+
+def _preempted_and_requeued(plan, stage, job):
+    """The stage's job, sent submitit's signal once, was requeued as the same job (its record
+    names it), with the study's slurm settings."""
+    job_dir = os.path.join(plan.root, "slurm", job)
+    with open(os.path.join(job_dir, f"{job}_submission.sh")) as f:
+        assert "#SBATCH --signal=USR2@45" in f.read()
+    # slurm.max_num_timeout 5, less the one signal: under a time limit of 10 minutes or less
+    # (the tiny study's) submitit counts every signal as a time limit.
+    with open(os.path.join(job_dir, f"{job}_submitted.pkl"), "rb") as f:
+        assert pickle.load(f)._timeout_countdown == 5 - 1
+    assert read_record(plan, stage)["job_id"] == job
 
 
 def test_a_two_node_detection_preempted_ends_as_uninterrupted(cluster, study, tmp_path):
@@ -326,6 +331,7 @@ def test_two_node_pretraining_preempted_then_a_node_lost_ends_as_uninterrupted(
     assert "model_0000003.pth: epoch 1, step 1 of 2, iteration 3" in log()
     for starts in _commands(plan, stage):  # each node: started, then resumed
         assert len(starts) == 2 and "--resume" in starts[1], starts
+    _preempted_and_requeued(plan, stage, job)
 
     # c10d numbers the nodes by hostname: node1 runs rank 0, the batch step and the record.
     assert _node_of_rank(cluster, 1) == "node2"
