@@ -15,15 +15,26 @@ def pytest_collection_modifyitems(items):
     """The order in which `make test`'s workers take the files (``--dist loadfile
     --no-loadscope-reorder``: each takes the next whole file): the Slurm cluster's files first,
     since the two-node study's file is the suite's longest (minutes, mostly waiting on its jobs,
-    while the other workers compute), then the others by their number of tests, most first (what
-    pytest-xdist's own order does: many short tests first, the few long end-to-end ones later,
-    so that no long file is taken last). A file's own order is kept."""
-    cluster = {item.path for item in items if item.get_closest_marker("cluster")}
+    while the other workers compute), then the other files with slow tests, then the rest, each
+    group by its files' number of tests, most first: the long files early and the many short
+    ones last, where they fill the workers' ends evenly. A file's own order is kept."""
+
+    def files(marker):
+        return {item.path for item in items if item.get_closest_marker(marker)}
+
+    cluster, slow = files("cluster"), files("slow")
     count = collections.Counter(item.path for item in items)
     first = {}
     for index, item in enumerate(items):
         first.setdefault(item.path, index)
-    items.sort(key=lambda item: (item.path not in cluster, -count[item.path], first[item.path]))
+    items.sort(
+        key=lambda item: (
+            item.path not in cluster,
+            item.path not in slow,
+            -count[item.path],
+            first[item.path],
+        )
+    )
 
 
 @pytest.fixture(scope="session", autouse=UNIT_TIER)
