@@ -144,36 +144,55 @@ def _rank_probs(rank):
     return torch.tensor([0.6, 0.05, 0.15, 0.2]).roll(rank)
 
 
-def _ddp_worker(rank, world, rendezvous, labels, topk, result_path):
+TABLE_LABELS = [0, 1, 2, 3, 0, 1, 2]
+
+
+def _sharded_table(rank, world, topk):
+    """Rank ``rank``'s shard of a 2-process table, written by both ranks and read back whole:
+    (every row as this rank reads it, the checkpoint's table)."""
+    num = len(TABLE_LABELS)
+    table = PredictionTable(TABLE_LABELS, 4, torch.device("cpu"), dtype="float32", topk=topk)
+    # Shards hold ~N/world rows (+1 spare): one copy of the table over the job.
+    assert table.values.shape[0] == -(-num // world) + 1
+    # Step 1: rank r trains on samples [r, r+2, r+4] (rank 1 has one fewer: padding).
+    mine = torch.arange(rank, num, world)[: 3 - rank]
+    table.write(mine, _rank_probs(rank).repeat(len(mine), 1), pad_to=3)
+    # Step 2: every rank reads rows the *other* rank (or itself) wrote, via any shard.
+    everyone = table.read(torch.arange(num), pad_to=num)
+    return {"read": everyone, "state": table.state_dict()}
+
+
+def _ddp_worker(rank, world, rendezvous, result_path):
+    """Every 2-process table check of this file in one process group (one spawn of two
+    interpreters for all): each result into ``result_path.<rank>``."""
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
-        num = len(labels)
-        table = PredictionTable(labels, 4, torch.device("cpu"), dtype="float32", topk=topk)
-        # Shards hold ~N/world rows (+1 spare): one copy of the table over the job.
-        assert table.values.shape[0] == -(-num // world) + 1
-        # Step 1: rank r trains on samples [r, r+2, r+4] (rank 1 has one fewer: padding).
-        mine = torch.arange(rank, num, world)[: 3 - rank]
-        table.write(mine, _rank_probs(rank).repeat(len(mine), 1), pad_to=3)
-        # Step 2: every rank reads rows the *other* rank (or itself) wrote, via any shard.
-        everyone = table.read(torch.arange(num), pad_to=num)
-        state = table.state_dict()
-        torch.save({"read": everyone, "state": state}, f"{result_path}.{rank}")
+        results = {topk: _sharded_table(rank, world, topk) for topk in (0, 2)}
+        results["checkpoint"] = _checkpoint_memory(rank, world)
+        torch.save(results, f"{result_path}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("topk", [0, 2], ids=["dense", "top2"])
-def test_table_under_ddp_with_two_cpu_processes(tmp_path, topk):
-    labels = [0, 1, 2, 3, 0, 1, 2]
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """The results of ``_ddp_worker`` on each of 2 spawned processes: (rank 0's, rank 1's)."""
+    folder = tmp_path_factory.mktemp("ddp")
     world = 2
     mp.start_processes(
         _ddp_worker,
-        args=(world, file_rendezvous(tmp_path), labels, topk, str(tmp_path / "r")),
+        args=(world, file_rendezvous(folder), str(folder / "r")),
         nprocs=world,
         start_method="spawn",
     )
-    r0, r1 = (torch.load(tmp_path / f"r.{r}") for r in range(world))
+    return tuple(torch.load(folder / f"r.{r}") for r in range(world))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("topk", [0, 2], ids=["dense", "top2"])
+def test_table_under_ddp_with_two_cpu_processes(ddp_results, topk):
+    labels = TABLE_LABELS
+    r0, r1 = (results[topk] for results in ddp_results)
     expected = F.one_hot(torch.tensor(labels), 4).float()
     for rank, rows in ((0, [0, 2, 4]), (1, [1, 3])):
         probs = _rank_probs(rank)
@@ -214,34 +233,25 @@ class _AllocatedBytes(TorchDispatchMode):
         return out
 
 
-def _checkpoint_memory_worker(rank, world, rendezvous, result_path):
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
-    try:
-        num, classes = 1000, 500
-        labels = torch.arange(num) % classes
-        table = PredictionTable(labels.tolist(), classes, torch.device("cpu"), dtype="float32")
-        table.write(
-            torch.arange(rank, num, world),
-            torch.full((num // world, classes), float(rank + 1)),
-            num // world,
-        )
-        with _AllocatedBytes() as allocated:
-            state = table.state_dict()
-        torch.save({"allocated": allocated.total, "state": state}, f"{result_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _checkpoint_memory(rank, world):
+    """The bytes rank ``rank`` allocates to take a 1000 x 500 table's checkpoint, and the
+    checkpoint's table."""
+    num, classes = 1000, 500
+    labels = torch.arange(num) % classes
+    table = PredictionTable(labels.tolist(), classes, torch.device("cpu"), dtype="float32")
+    table.write(
+        torch.arange(rank, num, world),
+        torch.full((num // world, classes), float(rank + 1)),
+        num // world,
+    )
+    with _AllocatedBytes() as allocated:
+        state = table.state_dict()
+    return {"allocated": allocated.total, "state": state}
 
 
 @pytest.mark.integration
-def test_table_checkpoint_gathers_shard_by_shard(tmp_path):
-    world = 2
-    mp.start_processes(
-        _checkpoint_memory_worker,
-        args=(world, file_rendezvous(tmp_path), str(tmp_path / "r")),
-        nprocs=world,
-        start_method="spawn",
-    )
-    r0 = torch.load(tmp_path / "r.0")
+def test_table_checkpoint_gathers_shard_by_shard(ddp_results):
+    r0 = ddp_results[0]["checkpoint"]
     values = r0["state"]["values"]
     table, shard = 1000 * 500 * 4, 500 * 500 * 4
     assert values.shape == (1000, 500) and values.untyped_storage().nbytes() == table
