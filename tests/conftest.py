@@ -24,16 +24,9 @@ def pytest_collection_modifyitems(items):
 
     cluster, slow = files("cluster"), files("slow")
     count = collections.Counter(item.path for item in items)
-    first = {}
-    for index, item in enumerate(items):
-        first.setdefault(item.path, index)
+    # A stable sort: the files of equal keys, and each file's tests, keep their order.
     items.sort(
-        key=lambda item: (
-            item.path not in cluster,
-            item.path not in slow,
-            -count[item.path],
-            first[item.path],
-        )
+        key=lambda item: (item.path not in cluster, item.path not in slow, -count[item.path])
     )
 
 

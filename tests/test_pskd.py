@@ -191,9 +191,8 @@ def ddp_results(tmp_path_factory):
 @pytest.mark.integration
 @pytest.mark.parametrize("topk", [0, 2], ids=["dense", "top2"])
 def test_table_under_ddp_with_two_cpu_processes(ddp_results, topk):
-    labels = TABLE_LABELS
     r0, r1 = (results[topk] for results in ddp_results)
-    expected = F.one_hot(torch.tensor(labels), 4).float()
+    expected = F.one_hot(torch.tensor(TABLE_LABELS), 4).float()
     for rank, rows in ((0, [0, 2, 4]), (1, [1, 3])):
         probs = _rank_probs(rank)
         if topk:  # the kept mass, renormalised
@@ -206,7 +205,7 @@ def test_table_under_ddp_with_two_cpu_processes(ddp_results, topk):
     assert r1["state"] is None
     assert r0["state"]["values"].shape == ((7, topk) if topk else (7, 4))
     # ... and loads into a single-process table (another world size).
-    single = PredictionTable(labels, 4, torch.device("cpu"), dtype="float32", topk=topk)
+    single = PredictionTable(TABLE_LABELS, 4, torch.device("cpu"), dtype="float32", topk=topk)
     single.load_state_dict(r0["state"])
     torch.testing.assert_close(single.read(torch.arange(7), 7), expected)
 

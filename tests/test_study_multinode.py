@@ -72,7 +72,7 @@ def _write_study(
     path = os.path.join(folder, "study.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(study, f, sort_keys=False)
-    return path, Plan(load_study(path)), study
+    return path, Plan(load_study(path))
 
 
 def _study(cluster, path, *args, **env):
@@ -107,25 +107,20 @@ def study(cluster, tmp_path_factory):
     before it; a pretraining preempted: test_two_node_pretraining_preempted_then_a_node_lost):
     (study file, plan, the submission's output, a second submission's output while the jobs
     were queued)."""
-    path, plan, _ = _write_study(
+    path, plan = _write_study(
         str(tmp_path_factory.mktemp("study")), search=True, det_opts={"SOLVER.CHECKPOINT_PERIOD": 2}
     )
-    victims = {plan.detect["baseline", 0]: 1}  # model_0000001.pth: 2 iterations done
-    fault = "; ".join(f"hang at checkpoint {i} in {stage.out}" for stage, i in victims.items())
+    victim = plan.detect["baseline", 0]
+    fault = f"hang at checkpoint 1 in {victim.out}"  # model_0000001.pth: 2 iterations done
     submitted = _study(cluster, path, "--executor", "slurm", PRETRAIN_FAULT=fault)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     again = _study(cluster, path, "--executor", "slurm")
     jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted.stdout, re.M))
-
-    def preempt_the_checkpointed():
-        """Send submitit's preemption signal to each victim's job once its checkpoint is there
-        (the stage then waits in its fault); True once every victim has had it."""
-        for stage in [s for s in victims if os.path.exists(os.path.join(s.out, "last_checkpoint"))]:
-            cluster.run(["scancel", "--signal=USR2", jobs[stage.id]], check=True)
-            del victims[stage]
-        return not victims
-
-    _wait_for("both victims' checkpoints", preempt_the_checkpointed, cluster, 600)
+    # Once its checkpoint is there (the stage then waits in its fault), submitit's preemption
+    # signal to its job.
+    checkpointed = lambda: os.path.exists(os.path.join(victim.out, "last_checkpoint"))  # noqa: E731
+    _wait_for("the victim's checkpoint", checkpointed, cluster, 600)
+    cluster.run(["scancel", "--signal=USR2", jobs[victim.id]], check=True)
     _wait_until_idle(cluster)
     return path, plan, submitted.stdout, again.stdout
 
@@ -244,7 +239,7 @@ def _pretraining_alone(cluster, reference, folder, fault, opts):
     jobs' environment. Returns (study file, plan, pretraining stage, its job)."""
     ref = reference[1]
     data = {"pretrain": ref.pretrain_root(), "voc": ref.voc_root()}
-    path, plan, _ = _write_study(folder, data, ("baseline",), opts)
+    path, plan = _write_study(folder, data, ("baseline",), opts)
     stage = plan.pretrain["baseline", 0]
     fault = fault.format(out=stage.out)
     return path, plan, stage, _submit_pretraining(cluster, path, stage, PRETRAIN_FAULT=fault)
