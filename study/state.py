@@ -50,27 +50,39 @@ def write_record(plan, stage, **fields):
 
 
 def pid_alive(pid):
+    """Whether process ``pid`` runs: it exists and has not ended. A process that ended stays a
+    zombie until its parent reaps it, which for a stage whose study was killed with it can be
+    after a ``--status`` right behind the kill."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    stat = _stat_fields(pid)
+    return stat is None or stat[0] not in ("Z", "X")  # zombie, dead
+
+
+def _stat_fields(pid):
+    """/proc/<pid>/stat from field 3 (the state) on, or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()  # after "pid (name) "
 
 
 def _start_time(pid):
     """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22) and in
     which boot; None where /proc cannot tell."""
+    stat = _stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) ": field 3 on
-    return f"{boot}:{fields[19]}"
+    return None if stat is None else f"{boot}:{stat[19]}"
 
 
 def process_identity(pid):

@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import time
 
 import pytest
 import yaml
@@ -284,10 +285,15 @@ def test_tiny_study_generates_its_data(tmp_path):
     assert cmd[:2] == [cmd[0], "tools/pretrain.py"]  # one process: no torchrun
 
 
+def _process_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 @pytest.mark.integration
 def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
-    """A record names its process by host, pid and start time: a dead pid, or a pid the system
-    gave to a later process, is never "running"."""
+    """A record names its process by host, pid and start time: a dead pid, one that ended but is
+    not reaped yet, or a pid the system gave to a later process, is never "running"."""
     import subprocess
     import sys
 
@@ -309,6 +315,15 @@ def test_a_recorded_process_runs_only_if_it_is_the_same_process(tmp_path):
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
     )
     assert state(**dict(me, pid=int(dead.stdout), pid_start=None)) == ("ready", "")
+    # A stage's process that ended but is not reaped yet (a zombie: its study was killed with it).
+    child = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    ended = process_identity(child.pid)
+    assert state(**ended)[0] == "running"
+    child.stdin.close()
+    while _process_state(child.pid) != "Z":
+        time.sleep(0.01)
+    assert state(**ended) == ("ready", "")
+    child.wait()
     elsewhere = state(**dict(me, host="node-7"))
     assert elsewhere[0] == "running" and "on node-7, not this host" in elsewhere[1]
 
