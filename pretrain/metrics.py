@@ -5,6 +5,7 @@ those over the whole validation set, so a set sharded over ranks gives exactly t
 one process once the stats are gathered.
 """
 
+import functools
 import hashlib
 import math
 import os
@@ -134,22 +135,27 @@ def _rows(weights, like):
     return torch.as_tensor(weights, dtype=torch.float64).reshape(-1, like.numel())
 
 
-def summarize(stats, weights=None):
+def summarize(stats, weights=None, keys=METRIC_KEYS):
     """The metric dict written to metrics.json and eval_final.json, from gathered stats.
     ``weights`` (B, N): how often each sample counts in each of B resamples of the set (a
-    bootstrap); then every metric is a (B,) tensor, computed by the same definitions."""
+    bootstrap); then every metric is a (B,) tensor, computed by the same definitions. ``keys``:
+    the metrics to compute (a bootstrap of top-1 error need not pay for the AURC's sort and
+    sums); AURC and E-AURC come from one computation, so asking for either gives both."""
     nll, confidence, correct1, correct5 = stats.double().unbind(dim=1)
     w = _rows(weights, nll)
     n = w.sum(dim=1)
-    aurc, eaurc = aurc_eaurc(confidence, correct1, w)
-    out = {
-        "top1_err": 100.0 * (1.0 - w @ correct1 / n),
-        "top5_err": 100.0 * (1.0 - w @ correct5 / n),
-        "nll": w @ nll / n,
-        "ece": ece(confidence, correct1, weights=w),
-        "aurc": aurc,
-        "eaurc": eaurc,
+    aurc = functools.cache(lambda: aurc_eaurc(confidence, correct1, w))
+    compute = {
+        "top1_err": lambda: 100.0 * (1.0 - w @ correct1 / n),
+        "top5_err": lambda: 100.0 * (1.0 - w @ correct5 / n),
+        "nll": lambda: w @ nll / n,
+        "ece": lambda: ece(confidence, correct1, weights=w),
+        "aurc": lambda: aurc()[0],
+        "eaurc": lambda: aurc()[1],
     }
+    if {"aurc", "eaurc"} & set(keys):
+        keys = [*keys, "aurc", "eaurc"]
+    out = {k: compute[k]() for k in dict.fromkeys(keys)}
     if weights is not None:
         return out
     return dict({k: v.item() for k, v in out.items()}, num_samples=int(stats.shape[0]))

@@ -4,7 +4,7 @@ resamples), from the per-image numbers its evaluation saved beside eval_final.js
 
 import os
 
-from pretrain.metrics import METRIC_KEYS, load_per_image, per_image_path, summarize
+from pretrain.metrics import load_per_image, per_image_path, summarize
 from pretrain.runtime.run_folder import FINISHED_MARKER
 
 
@@ -32,9 +32,10 @@ class ImageNetScores:
         return summarize(self.stats)[metric]
 
     def bootstrap(self, metric, weights):
-        """``metric`` on every resample (row) of ``weights``; every metric of a weights array is
-        computed at once, and kept."""
-        if id(weights) not in self._boot:
-            out = summarize(self.stats, weights)
-            self._boot[id(weights)] = (weights, {k: out[k].numpy() for k in METRIC_KEYS})
-        return self._boot[id(weights)][1][metric]
+        """``metric`` on every resample (row) of ``weights``, computed once per weights array
+        (and only the metrics asked for: a study of top-1 error alone skips the AURC's work)."""
+        _, kept = self._boot.setdefault(id(weights), (weights, {}))
+        if metric not in kept:
+            out = summarize(self.stats, weights, keys=(metric,))
+            kept.update({k: v.numpy() for k, v in out.items()})
+        return kept[metric]

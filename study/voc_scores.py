@@ -5,8 +5,10 @@ Detectron2's ``voc_eval`` computes it on the resampled set (tests compare the tw
 import numpy as np
 
 THRESHOLDS = np.arange(0.0, 1.1, 0.1)  # VOC2007's 11 recall points, as voc_eval builds them
-# Resamples scored at once: bounds the (rows, detections of a class) arrays of ``ap50``.
-_ROWS_PER_BLOCK = 64
+# Elements of _class_ap's largest array, (resamples, 11, detections of a class) booleans, 16 MB:
+# ``ap50`` scores as many resamples at once as keep it (and the (resamples, detections) float
+# arrays, 12 MB each) under this size.
+_BLOCK_ELEMENTS = 1 << 24
 
 
 def load_detections(path):
@@ -76,8 +78,9 @@ def _class_ap(image, tp, fp, npos, weights):
     prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
     # The precision envelope: the best precision at this recall or above.
     envelope = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
-    # The first detection reaching each recall point (rec is non-decreasing along a row).
-    first = (rec[:, :, None] < THRESHOLDS).sum(axis=1)  # (rows, 11)
+    # The first detection reaching each recall point (rec is non-decreasing along a row); the
+    # (rows, 11, detections) comparison reduced along its contiguous last axis.
+    first = np.count_nonzero(rec[:, None, :] < THRESHOLDS[:, None], axis=2)  # (rows, 11)
     reached = first < len(tp)
     points = np.take_along_axis(envelope, np.minimum(first, len(tp) - 1), axis=1)
     ap = np.where(reached, points, 0.0).mean(axis=1)
@@ -112,8 +115,10 @@ class ScoredRun:
         if weights.ndim == 1:
             return float(self.ap50(weights[None])[0])
         out = np.empty(len(weights))
-        for start in range(0, len(weights), _ROWS_PER_BLOCK):
-            block = weights[start : start + _ROWS_PER_BLOCK]
+        longest = max([len(tp) for _, tp, _, _ in self.classes] + [1])
+        rows = max(1, _BLOCK_ELEMENTS // (len(THRESHOLDS) * longest))
+        for start in range(0, len(weights), rows):
+            block = weights[start : start + rows]
             aps = [_class_ap(*matched, block) for matched in self.classes]
             out[start : start + len(block)] = 100.0 * np.mean(aps, axis=0)
         return out

@@ -42,6 +42,27 @@ def test_each_resample_equals_the_metrics_of_the_expanded_set():
     assert out["aurc"].std() > 0 and out["ece"].std() > 0
 
 
+def test_a_bootstrap_of_one_metric_computes_that_one_and_keeps_it(monkeypatch):
+    from study import imagenet_scores
+
+    stats = _stats()
+    weights = bootstrap_weights(len(stats), 20, seed=1)
+    full = summarize(stats, weights)
+    asked = []
+
+    def recorded(*args, keys):
+        asked.append(keys)
+        return summarize(*args, keys=keys)
+
+    monkeypatch.setattr(imagenet_scores, "summarize", recorded)
+    scores = ImageNetScores(stats, np.arange(len(stats)), "x")
+    for metric in ("top1_err", "eaurc", "aurc", "top1_err", "nll"):
+        np.testing.assert_array_equal(scores.bootstrap(metric, weights), full[metric].numpy())
+    assert asked == [("top1_err",), ("eaurc",), ("nll",)]  # AURC came with E-AURC; kept
+    pair = summarize(stats, weights, keys=("top5_err", "aurc"))
+    assert set(pair) == {"top5_err", "aurc", "eaurc"}
+
+
 def test_unweighted_aurc_is_the_mean_risk():
     confidence = torch.tensor([0.9, 0.8, 0.8, 0.6], dtype=torch.float64)
     correct = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
