@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs Slurm's controller and node daemons, MUNGE and iproute2 (Debian/Ubuntu packages), so
-# that tests/test_study_slurm.py can start a one-node cluster on localhost and
-# tests/test_study_multinode.py a two-node one in network namespaces (ip; nsenter and unshare
-# are util-linux's, always there). Needs root (or sudo) and apt; does nothing when slurmctld,
+# that tests/test_study_multinode.py can start a two-node cluster in network namespaces (ip;
+# nsenter and unshare are util-linux's, always there). Needs root (or sudo) and apt; does nothing when slurmctld,
 # slurmd, munged and ip are already on PATH.
 set -euo pipefail
 if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \

@@ -410,3 +410,39 @@ def test_tiny_study_keeps_the_sizes_of_its_measured_run():
         "config": "configs/detection/faster_rcnn_R_18_FPN_tiny_cpu.yaml",
         "opts": {"SOLVER.MAX_ITER": 200, "SOLVER.STEPS": [150], "SOLVER.WARMUP_ITERS": 50},
     }
+
+
+def test_the_study_files_slurm_settings_reach_each_stages_job(tmp_path):
+    """What a stage's job is submitted with (submitit's executor; no Slurm needed to build it):
+    its resources, the study file's requeue settings or their defaults (submitit's own 3 time
+    limits would stop a multi-day stage on day 3), partition, account and extra parameters, and
+    afterok on the jobs of its unfinished dependencies. Submitted to a real cluster:
+    tests/test_study_multinode.py."""
+    from study.slurm import _executor
+    from study.spec import SLURM_REQUEUE_DEFAULTS
+
+    with open(TINY) as f:
+        data = yaml.safe_load(f)
+    data["output_root"] = str(tmp_path / "out")
+    plan = Plan(load_study(_write(tmp_path, data)))
+    stage = plan.pretrain["baseline", 0]
+    job = _executor(plan, stage, ["12", "13"])._executor
+    assert job.max_num_timeout == SLURM_REQUEUE_DEFAULTS["max_num_timeout"] == 30
+    assert job.parameters["signal_delay_s"] == SLURM_REQUEUE_DEFAULTS["signal_delay_s"]
+    extra = job.parameters["additional_parameters"]
+    assert extra == {"kill-on-invalid-dep": "yes", "dependency": "afterok:12:13"}
+    assert job.parameters["nodes"] == stage.resources["nodes"]
+    assert job.parameters["cpus_per_task"] == stage.resources["cpus_per_task"]
+
+    data["slurm"] = {
+        "max_num_timeout": 5,
+        "signal_delay_s": 45,
+        "partition": "long",
+        "account": "lab",
+        "additional_parameters": {"qos": "high"},
+    }
+    plan = Plan(load_study(_write(tmp_path, data)))
+    job = _executor(plan, plan.pretrain["baseline", 0], [])._executor
+    assert job.max_num_timeout == 5 and job.parameters["signal_delay_s"] == 45
+    assert job.parameters["partition"] == "long" and job.parameters["account"] == "lab"
+    assert job.parameters["additional_parameters"] == {"kill-on-invalid-dep": "yes", "qos": "high"}

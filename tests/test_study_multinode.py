@@ -1,5 +1,5 @@
 """The Slurm executor on a real two-node Slurm cluster in network namespaces on this machine
-(tests/slurm_cluster2.py): a study to its report, one job per stage with afterok dependencies
+(tests/slurm_cluster.py): a study to its report, one job per stage with afterok dependencies
 (TF-KD's search trials wait for their teacher, its run for the trials), its pretraining and
 detection stages each on 2 nodes x 1 process, a detection fine-tune preempted (requeued,
 resumed from its checkpoint: it then equals an uninterrupted run of it); then one two-node
@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from helpers import ROOT, require_detectron2, run_tool, skip_unless_ci, tiny_study
-from slurm_cluster2 import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
+from slurm_cluster import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
 from study.search import journal_path, optuna_study, recorded_values, trial_metric
-from study.spec import load_study
+from study.spec import SLURM_REQUEUE_DEFAULTS, load_study
 from study.state import read_record
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -66,9 +66,10 @@ def _write_study(
     study["pretrain"]["opts"].update(opts or {})
     for kind in ("pretrain", "detect"):
         study["resources"][kind].update(nodes=2, cpus_per_task=1)
-    # Requeue at the time limit up to 5 times, signalled 45 s before it (submitit's defaults, 3
-    # and 90, would stop a multi-day stage on day 3).
-    study["slurm"] = {"max_num_timeout": 5, "signal_delay_s": 45}
+    # Signalled 45 s before the time limit (the study file's value, in each job's script; its
+    # default: 120 s); requeued at it up to the study's default 30 times (submitit's own 3 would
+    # stop a multi-day stage on day 3).
+    study["slurm"] = {"signal_delay_s": 45}
     path = os.path.join(folder, "study.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(study, f, sort_keys=False)
@@ -202,10 +203,10 @@ def _preempted_and_requeued(plan, stage, job):
     job_dir = os.path.join(plan.root, "slurm", job)
     with open(os.path.join(job_dir, f"{job}_submission.sh")) as f:
         assert "#SBATCH --signal=USR2@45" in f.read()
-    # slurm.max_num_timeout 5, less the one signal: under a time limit of 10 minutes or less
-    # (the tiny study's) submitit counts every signal as a time limit.
+    # The study's default slurm.max_num_timeout, less the one signal: under a time limit of 10
+    # minutes or less (the tiny study's) submitit counts every signal as a time limit.
     with open(os.path.join(job_dir, f"{job}_submitted.pkl"), "rb") as f:
-        assert pickle.load(f)._timeout_countdown == 5 - 1
+        assert pickle.load(f)._timeout_countdown == SLURM_REQUEUE_DEFAULTS["max_num_timeout"] - 1
     assert read_record(plan, stage)["job_id"] == job
 
 
