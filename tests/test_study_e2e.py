@@ -16,6 +16,7 @@ import yaml
 
 from helpers import ROOT, first_checkpoint, require_detectron2, run_tool, tiny_study
 from study.plan import Plan
+from study.search import journal_path, optuna_study, recorded_values, trial_metric
 from study.spec import load_study
 
 require_detectron2()
@@ -42,9 +43,12 @@ def _run(path, *args):
 
 
 def test_tiny_study_killed_resumed_and_rerun(tmp_path):
-    """TF-KD's run killed, one seed: the stages of a second would add nothing the first does not
-    show. The hyperparameter search's winner and journal: tests/test_study_multinode.py."""
-    path, data = _study(tmp_path, seeds=[0])
+    """TF-KD's run, after its search of TFKD.ALPHA (2 trials), killed; one seed: the stages of a
+    second would add nothing the first does not show."""
+    path, data = _study(tmp_path, seeds=[0], search=True)
+    data["backbones"]["tfkd"]["search"]["trials"] = 2  # the lower NLL of two: a choice
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
     # The tiny study's 3 epochs, a checkpoint after each: the kill after the first lands inside the
     # stage.
     assert data["pretrain"]["opts"]["SOLVER.EPOCHS"] == 3
@@ -67,7 +71,8 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     assert not os.path.exists(os.path.join(victim.out, "model_final.pth"))
 
     status = _run(path, "--status").stdout
-    assert re.search(r"pretrain/baseline/seed0 +done", status)
+    for stage in ["pretrain/baseline/seed0", *(t.id for t in plan.trials["tfkd"])]:
+        assert re.search(rf"{stage} +done", status), status
     assert re.search(r"pretrain/tfkd/seed0 +interrupted", status)
 
     # Without --resume the started stage is left alone; what does not depend on it runs.
@@ -115,7 +120,7 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     assert f"{n} done (of {n} stages)" in _run(path, "--status").stdout
 
     # The same numbers as the same stage run without interruption.
-    cmd = plan.command(victim)
+    cmd = Plan(load_study(path)).command(victim)  # with the search's winner, drawn since
     cmd[cmd.index("OUTPUT_DIR") + 1] = str(tmp_path / "reference")
     run_tool(cmd[1:], timeout=600)
     for name in ("eval_final.json",):
@@ -124,6 +129,20 @@ def test_tiny_study_killed_resumed_and_rerun(tmp_path):
     resumed = torch.load(os.path.join(victim.out, "model_final.pth"), weights_only=True)["model"]
     reference = torch.load(tmp_path / "reference" / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+    # The winner of the search (the trials' lowest validation NLL, each recorded in the journal)
+    # trained TF-KD's run; the report names its value.
+    search = plan.study.backbone("tfkd").search
+    values = recorded_values(plan.root, "tfkd", search)
+    nll = [trial_metric(t.out, "nll") for t in plan.trials["tfkd"]]
+    assert len(set(nll)) == 2  # the trials differ: the choice is not a tie
+    best = values[nll.index(min(nll))]["TFKD.ALPHA"]
+    with open(os.path.join(victim.out, "config.yaml")) as f:
+        assert yaml.safe_load(f)["TFKD"]["ALPHA"] == best
+    journal = optuna_study(journal_path(plan.root, "tfkd"), search, "tfkd").trials
+    assert [t.params for t in journal] == values and [t.value for t in journal] == nll
+    with open(tmp_path / "out" / "report" / "tiny_cpu" / "table5.md") as f:
+        assert f"TFKD.ALPHA {best:g}," in f.read()
 
     summary = (tmp_path / "out" / "report" / "tiny_cpu" / "table5_summary.md").read_text()
     assert re.search(r"\| TF-KD \| resnet18 \| batch 4, lr 0\.01, [0-9,]+ it [^|]*\| 0 \|", summary)

@@ -1,7 +1,7 @@
 """The Slurm executor on a real two-node Slurm cluster in network namespaces on this machine
 (tests/slurm_cluster.py): a study to its report, one job per stage with afterok dependencies
-(TF-KD's search trials wait for their teacher, its run for the trials), its pretraining and
-detection stages each on 2 nodes x 1 process, a detection fine-tune preempted (requeued,
+(TF-KD's run waits for its teacher's), its pretraining and detection stages each on 2 nodes x 1
+process, a detection fine-tune preempted (requeued,
 resumed from its checkpoint: it then equals an uninterrupted run of it); then one two-node
 pretraining preempted, then losing a node, that ends with the weights of the study's
 uninterrupted run. Skipped with the reason where Slurm, MUNGE, root or network
@@ -22,7 +22,6 @@ import yaml
 from helpers import ROOT, require_detectron2, run_tool, skip_unless_ci, tiny_study
 from slurm_cluster import NODES, NamespacesUnavailable, TwoNodeCluster, unavailable_reason
 from study.plan import Plan
-from study.search import journal_path, optuna_study, recorded_values, trial_metric
 from study.spec import SLURM_REQUEUE_DEFAULTS, load_study
 from study.state import read_record
 
@@ -48,17 +47,13 @@ def test_one_task_on_each_node(cluster):
     assert sorted(out.stdout.split()) == sorted(NODES)
 
 
-def _write_study(
-    folder, data=None, backbones=("baseline", "tfkd"), opts=None, search=False, det_opts=None
-):
+def _write_study(folder, data=None, backbones=("baseline", "tfkd"), opts=None, det_opts=None):
     """The tests' tiny study (one seed) with its pretraining and detection stages on 2 nodes x
     1 process, one CPU a task: the baseline, and TF-KD taught by it (a Slurm dependency), then
     both detection fine-tunes at once. ``data``: instead of generated data, another study's;
-    ``opts``, ``det_opts``: added to its pretraining's, its detection's; ``search``: TF-KD's
-    search of its alpha, with 2 trials."""
-    study = tiny_study(os.path.join(folder, "out"), seeds=[0], search=search)
-    if search:  # two trials run at once on the two nodes' 2 CPUs: one round of jobs, not two
-        study["backbones"]["tfkd"]["search"]["trials"] = 2
+    ``opts``, ``det_opts``: added to its pretraining's, its detection's. (TF-KD's search, the
+    same stages run by the same code: tests/test_study_e2e.py.)"""
+    study = tiny_study(os.path.join(folder, "out"), seeds=[0])
     study["detection"]["opts"].update(det_opts or {})
     if data:
         study["data"] = data
@@ -102,14 +97,13 @@ def _wait_until_idle(cluster):
 
 @pytest.fixture(scope="module")
 def study(cluster, tmp_path_factory):
-    """The study from one submission, TF-KD's alpha searched (2 trials, then its run with the
-    winner's), the baseline's detection fine-tune preempted after its iteration 2 of 4 (the jobs
-    inherit the submitting environment: it waits there for the signal, so it cannot finish
-    before it; a pretraining preempted: test_two_node_pretraining_preempted_then_a_node_lost):
-    (study file, plan, the submission's output, a second submission's output while the jobs
-    were queued)."""
+    """The study from one submission, the baseline's detection fine-tune preempted after its
+    iteration 2 of 4 (the jobs inherit the submitting environment: it waits there for the
+    signal, so it cannot finish before it; a pretraining preempted:
+    test_two_node_pretraining_preempted_then_a_node_lost): (study file, plan, the submission's
+    output, a second submission's output while the jobs were queued)."""
     path, plan = _write_study(
-        str(tmp_path_factory.mktemp("study")), search=True, det_opts={"SOLVER.CHECKPOINT_PERIOD": 2}
+        str(tmp_path_factory.mktemp("study")), det_opts={"SOLVER.CHECKPOINT_PERIOD": 2}
     )
     victim = plan.detect["baseline", 0]
     fault = f"hang at checkpoint 1 in {victim.out}"  # model_0000001.pth: 2 iterations done
@@ -136,11 +130,11 @@ def _commands(plan, stage):
 
 
 def test_a_study_on_two_nodes(cluster, study):
-    """Every stage done from one submission, as one job each, TF-KD's trials after their
-    teacher's, its run after the trials with the winner's alpha; a second submission while they
-    ran submitted none twice; the preempted stage's job was requeued and resumed from its
-    checkpoint; each pretraining and detection stage ran one command per node, placed among the
-    nodes, as one process group of 2."""
+    """Every stage done from one submission, as one job each, TF-KD's run after its teacher's
+    and each detection after its conversion; a second submission while they ran submitted none
+    twice; the preempted stage's job was requeued and resumed from its checkpoint; each
+    pretraining and detection stage ran one command per node, placed among the nodes, as one
+    process group of 2."""
     path, plan, submitted, again = study
     status = _study(cluster, path, "--status").stdout
     assert f"{len(plan.stages)} done (of {len(plan.stages)} stages)" in status, (
@@ -148,11 +142,9 @@ def test_a_study_on_two_nodes(cluster, study):
     )
     jobs = dict(re.findall(r"^(\S+): Slurm job (\d+)", submitted, re.M))
     assert set(jobs) == {s.id for s in plan.stages}
-    # TF-KD's trials wait for their teacher's job, its run for the teacher's and every trial's.
-    trials = [t.id for t in plan.trials["tfkd"]]
     for stage, needs in (
-        (trials[0], ["pretrain/baseline/seed0"]),
-        ("pretrain/tfkd/seed0", ["pretrain/baseline/seed0", *trials]),
+        ("pretrain/tfkd/seed0", ["pretrain/baseline/seed0"]),
+        ("detect/tfkd/seed0", ["convert/tfkd/seed0"]),
     ):
         after = re.search(rf"^{stage}: Slurm job \d+ \(afterok:([\d:]+)\)", submitted, re.M)
         assert after and {jobs[s] for s in needs} <= set(after.group(1).split(":"))
@@ -179,19 +171,6 @@ def test_a_study_on_two_nodes(cluster, study):
         group = "cpu x 2 process(es)" if stage.kind == "pretrain" else "World size: 2"
         with open(os.path.join(stage.out, "log.txt")) as f:
             assert group in f.read()
-    # The winner of the search (the trials' lowest validation NLL, each recorded in the journal
-    # by its job) trained TF-KD's run; the report names its value.
-    search = plan.study.backbone("tfkd").search
-    values = recorded_values(plan.root, "tfkd", search)
-    nll = [trial_metric(t.out, "nll") for t in plan.trials["tfkd"]]
-    assert len(set(nll)) > 1  # the trials differ: the choice is not a tie
-    best = values[nll.index(min(nll))]["TFKD.ALPHA"]
-    with open(os.path.join(plan.pretrain["tfkd", 0].out, "config.yaml")) as f:
-        assert yaml.safe_load(f)["TFKD"]["ALPHA"] == best
-    journal = optuna_study(journal_path(plan.root, "tfkd"), search, "tfkd").trials
-    assert [t.params for t in journal] == values and [t.value for t in journal] == nll
-    with open(os.path.join(plan.report.out, "table5.md")) as f:
-        assert f"TFKD.ALPHA {best:g}," in f.read()
     assert os.path.isfile(os.path.join(plan.report.out, "table5_summary.md"))
     done = _study(cluster, path, "--executor", "slurm")
     assert done.returncode == 0 and "nothing to do" in done.stdout
