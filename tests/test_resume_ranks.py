@@ -41,61 +41,35 @@ def test_checkpoint_files_are_memory_mapped(tmp_path):
     assert any(int(lo, 16) <= tensor.data_ptr() < int(hi, 16) for lo, hi in mapped)
 
 
-def _resume_worker(rank, world, rendezvous, root, out_dirs, result):
+def _resume_worker(rank, world, folder, root, scenarios):
+    """Every scenario in turn (one spawned pair for all: each start imports torch and the
+    project), each a process group of its own joined here (init_distributed then finds it, as
+    torchrun's workers' in Trainer), resumed from ``scenarios[name]`` (each rank's OUTPUT_DIR);
+    the outcomes into folder/<name>.<rank>."""
     torch.set_num_threads(1)
-    # Joined here (init_distributed then finds the group), as torchrun's workers join in Trainer.
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=rendezvous,
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=30),
-    )
     from pretrain.cli import setup_cfg
     from pretrain.engine.trainer import Trainer
     from pretrain.runtime import distributed as du
 
-    cfg = setup_cfg(CONFIG, ["DATA.ROOT", root, "OUTPUT_DIR", out_dirs[rank]] + SHORT)
-    try:
-        trainer = Trainer(cfg)
-        trainer.train(resume=True)
-        outcome = {"iteration": trainer.iteration}
-    except Exception as exc:  # noqa: BLE001 - the test reads every outcome
-        outcome = {"error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        du.destroy()
-    with open(f"{result}.{rank}", "w") as f:
-        json.dump(outcome, f)
-
-
-def _resume_two_ranks(tmp_path, root, out_dirs):
-    result = str(tmp_path / "outcome")
-    context = mp.start_processes(
-        _resume_worker,
-        args=(2, file_rendezvous(tmp_path), root, out_dirs, result),
-        nprocs=2,
-        start_method="spawn",
-        join=False,
-    )
-    for _ in range(240):  # a hang would otherwise end only with DIST.TIMEOUT_S, per collective
-        if context.join(timeout=1):
-            break
-    else:
-        for process in context.processes:
-            process.terminate()
-        pytest.fail("the two ranks did not finish within 240 s")
-    outcomes = []
-    for rank in range(2):
-        with open(f"{result}.{rank}") as f:
-            outcomes.append(json.load(f))
-    return outcomes
-
-
-@pytest.fixture(scope="module")
-def checkpoints(synthetic_root, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("first"))
-    run_tool(pretrain_argv(CONFIG, synthetic_root, out, *SHORT))
-    return out
+    for name, out_dirs in scenarios.items():
+        torch.distributed.init_process_group(
+            "gloo",
+            init_method=file_rendezvous(os.path.join(folder, name)),
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=30),
+        )
+        cfg = setup_cfg(CONFIG, ["DATA.ROOT", root, "OUTPUT_DIR", out_dirs[rank]] + SHORT)
+        try:
+            trainer = Trainer(cfg)
+            trainer.train(resume=True)
+            outcome = {"iteration": trainer.iteration}
+        except Exception as exc:  # noqa: BLE001 - the test reads every outcome
+            outcome = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            du.destroy()
+        with open(os.path.join(folder, f"{name}.{rank}"), "w") as f:
+            json.dump(outcome, f)
 
 
 def _folder(path, checkpoints, names, last):
@@ -108,32 +82,71 @@ def _folder(path, checkpoints, names, last):
     return str(path)
 
 
-@pytest.mark.slow
-def test_every_rank_resumes_from_rank_0s_choice(checkpoints, synthetic_root, tmp_path):
+@pytest.fixture(scope="module")
+def outcomes(synthetic_root, tmp_path_factory):
+    """Each scenario's two ranks' outcomes ({"iteration": ...} or {"error": ...}) and their
+    folders: {name: (outcomes, folders)}."""
+    checkpoints = str(tmp_path_factory.mktemp("first"))
+    run_tool(pretrain_argv(CONFIG, synthetic_root, checkpoints, *SHORT))
+    folder = tmp_path_factory.mktemp("ranks")
     both = ["model_0000003.pth", "model_0000006.pth"]
-    # Rank 1's last_checkpoint is stale: it would resume mid-epoch at iteration 3.
-    dirs = [
-        _folder(tmp_path / "r0", checkpoints, both, "model_0000006.pth"),
-        _folder(tmp_path / "r1", checkpoints, both, "model_0000003.pth"),
-    ]
-    assert _resume_two_ranks(tmp_path, synthetic_root, dirs) == [{"iteration": 6}, {"iteration": 6}]
+    only_6 = ["model_0000006.pth"]
+    last_6 = "model_0000006.pth"
+    scenarios = {
+        # Rank 1's last_checkpoint is stale: it would resume mid-epoch at iteration 3.
+        "stale": [(both, last_6), (both, "model_0000003.pth")],
+        "missing": [(both, last_6), ([], None)],
+        "different": [(only_6, last_6), (only_6, last_6)],
+    }
+    dirs = {
+        name: [
+            _folder(folder / name / f"r{rank}", checkpoints, names, last)
+            for rank, (names, last) in enumerate(ranks)
+        ]
+        for name, ranks in scenarios.items()
+    }
+    # In "different", rank 1 sees an older copy under the same name (as through a stale network
+    # file system cache).
+    stale_copy = os.path.join(dirs["different"][1], "model_0000006.pth")
+    state = torch.load(stale_copy, weights_only=True)
+    state["trainer"]["iteration"] = 5
+    torch.save(state, stale_copy)
+
+    context = mp.start_processes(
+        _resume_worker,
+        args=(2, str(folder), synthetic_root, dirs),
+        nprocs=2,
+        start_method="spawn",
+        join=False,
+    )
+    for _ in range(240):  # a hang would otherwise end only with DIST.TIMEOUT_S, per collective
+        if context.join(timeout=1):
+            break
+    else:
+        for process in context.processes:
+            process.terminate()
+        pytest.fail("the two ranks did not finish within 240 s")
+    results = {}
+    for name in scenarios:
+        ranks = []
+        for rank in range(2):
+            with open(folder / f"{name}.{rank}") as f:
+                ranks.append(json.load(f))
+        results[name] = (ranks, dirs[name])
+    return results
 
 
 @pytest.mark.slow
-def test_a_rank_without_the_checkpoint_stops_the_job(checkpoints, synthetic_root, tmp_path):
-    dirs = [
-        _folder(
-            tmp_path / "r0",
-            checkpoints,
-            ["model_0000003.pth", "model_0000006.pth"],
-            "model_0000006.pth",
-        ),
-        _folder(tmp_path / "r1", checkpoints, [], None),
-    ]
-    outcomes = _resume_two_ranks(tmp_path, synthetic_root, dirs)
+def test_every_rank_resumes_from_rank_0s_choice(outcomes):
+    assert outcomes["stale"][0] == [{"iteration": 6}, {"iteration": 6}]
+
+
+@pytest.mark.slow
+def test_a_rank_without_the_checkpoint_stops_the_job(outcomes):
+    ranks, dirs = outcomes["missing"]
     missing = os.path.join(dirs[1], "model_0000006.pth")
-    for outcome in outcomes:  # both ranks stop, with the same message
-        assert "error" in outcome, outcomes
+    for outcome in ranks:  # both ranks stop, with the same message
+        assert "error" in outcome, ranks
         assert (
             missing in outcome["error"]
             and f"rank 1 (host {socket.gethostname()})" in outcome["error"]
@@ -141,18 +154,10 @@ def test_a_rank_without_the_checkpoint_stops_the_job(checkpoints, synthetic_root
 
 
 @pytest.mark.slow
-def test_ranks_resumed_at_different_iterations_stop_the_job(checkpoints, synthetic_root, tmp_path):
-    dirs = [
-        _folder(tmp_path / "r0", checkpoints, ["model_0000006.pth"], "model_0000006.pth"),
-        _folder(tmp_path / "r1", checkpoints, ["model_0000006.pth"], "model_0000006.pth"),
-    ]
-    # Rank 1 sees an older copy under the same name (as through a stale network file system cache).
-    stale = torch.load(os.path.join(dirs[1], "model_0000006.pth"), weights_only=True)
-    stale["trainer"]["iteration"] = 5
-    torch.save(stale, os.path.join(dirs[1], "model_0000006.pth"))
-    outcomes = _resume_two_ranks(tmp_path, synthetic_root, dirs)
-    for outcome in outcomes:
-        assert "error" in outcome, outcomes
+def test_ranks_resumed_at_different_iterations_stop_the_job(outcomes):
+    ranks, _ = outcomes["different"]
+    for outcome in ranks:
+        assert "error" in outcome, ranks
         assert (
             "iteration resumed from" in outcome["error"]
             and "differs between ranks" in outcome["error"]
