@@ -350,6 +350,26 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["eval_final.json", "model_final.pth"]
 
 
+def test_checkpoints_are_written_without_the_zip_checksum(tmp_path):
+    """torch.load never reads the zip's CRC-32 (so the writer skips it); a truncated file is
+    still refused."""
+    import zipfile
+
+    from pretrain.runtime.fileio import atomic_torch_save
+
+    path = str(tmp_path / "model_0000001.pth")
+    weights = torch.randn(1000)
+    atomic_torch_save({"model": {"w": weights}}, path)
+    with zipfile.ZipFile(path) as z:
+        assert {i.CRC for i in z.infolist()} == {0}
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], weights)
+    assert torch.serialization.get_crc32_options()  # the writer's own setting, not the process's
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(RuntimeError):
+        torch.load(path, weights_only=True)
+
+
 # -- detection inputs -----------------------------------------------------------------------------
 # Covered in tests/test_detection.py::test_malformed_annotation_is_named: malformed XML, a
 # coordinate that is not a number, no <size> or <bndbox>, an unknown class name; and in
