@@ -116,21 +116,13 @@ def reference(synthetic_root, tmp_path_factory):
 
 # -- SIGKILL and exact resume ---------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, reference, tmp_path):
+def test_sigkill_anywhere_then_resume_is_bit_exact(synthetic_root, reference, tmp_path):
     out = str(tmp_path / "killed")
     os.makedirs(out)
-    method = PREVIOUS_MODEL_CUTMIX if nproc == 1 else []
-    if nproc == 1:
-        expected = reference
-    else:
-        expected = str(tmp_path / "uninterrupted")
-        run_tool(train_args(synthetic_root, expected), nproc=2)
-    # 1. Killed while checkpoint 8 is being written (with 2 processes torchrun then ends rank 1):
-    #    it must not exist, and last_checkpoint keeps naming checkpoint 6.
+    # 1. Killed while checkpoint 8 is being written: it must not exist, and last_checkpoint keeps
+    #    naming checkpoint 6.
     first = run_tool(
-        train_args(synthetic_root, out, *method),
-        nproc,
+        train_args(synthetic_root, out, *PREVIOUS_MODEL_CUTMIX),
         check=False,
         env=fault(f"kill at write {os.path.basename(ckpt(out, 8))}"),
     )
@@ -140,27 +132,47 @@ def test_sigkill_anywhere_then_resume_is_bit_exact(nproc, synthetic_root, refere
     )
     assert temporaries(out)  # what the kill interrupted
     # 2. The newest checkpoint is damaged as well (a disk that lost its tail): resume names it,
-    #    falls back to the mid-epoch checkpoint 4, and is killed right after writing checkpoint 8;
-    #    with 2 processes only rank 1 is killed, and torchrun must end the job (rank 0 would
-    #    otherwise wait DIST.TIMEOUT_S, 600 s, beyond run_tool's timeout).
+    #    falls back to the mid-epoch checkpoint 4, and is killed right after writing checkpoint 8.
     with open(ckpt(out, 6), "r+b") as f:
         f.truncate(os.path.getsize(ckpt(out, 6)) // 2)
     second = run_tool(
-        train_args(synthetic_root, out, "--resume", *method),
-        nproc,
+        train_args(synthetic_root, out, "--resume", *PREVIOUS_MODEL_CUTMIX),
         check=False,
-        env=fault("kill at checkpoint 8" + (" on rank 1" if nproc > 1 else "")),
+        env=fault("kill at checkpoint 8"),
     )
     assert second.returncode != 0 and last_checkpoint(out) == os.path.basename(ckpt(out, 8))
-    if nproc > 1:
-        assert "SIGKILL" in second.stdout + second.stderr
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert f"cannot resume from {ckpt(out, 6)}" in log and "truncated, corrupt" in log
     assert f"resumed from {ckpt(out, 4)}: epoch 0, step 4" in log
     assert not temporaries(out)  # the interrupted write's leftover was removed on resume
     # 3. Resume to the end from the mid-epoch checkpoint 8.
-    proc = run_tool(train_args(synthetic_root, out, "--resume", *method), nproc=nproc)
+    _resume_to_the_end_as(reference, synthetic_root, out, 1, *PREVIOUS_MODEL_CUTMIX)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_and_both_resume_bit_exact(synthetic_root, tmp_path):
+    """With 2 processes (the sharded PS-KD table): rank 1 killed right after checkpoint 8, and
+    torchrun ends the job (rank 0 would otherwise wait DIST.TIMEOUT_S, 600 s, beyond run_tool's
+    timeout); both ranks resume from it and end as the uninterrupted run. (A kill mid-write and
+    a damaged checkpoint: the single-process test above, the same writer and fallback.)"""
+    expected, out = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+    run_tool(train_args(synthetic_root, expected), nproc=2)
+    killed = run_tool(
+        train_args(synthetic_root, out),
+        nproc=2,
+        check=False,
+        env=fault("kill at checkpoint 8 on rank 1"),
+    )
+    assert killed.returncode != 0 and last_checkpoint(out) == os.path.basename(ckpt(out, 8))
+    assert "SIGKILL" in killed.stdout + killed.stderr
+    _resume_to_the_end_as(expected, synthetic_root, out, 2)
+
+
+def _resume_to_the_end_as(expected, root, out, nproc, *method):
+    """--resume ``out`` from its mid-epoch checkpoint 8 to the end: the weights and final
+    metrics of the uninterrupted run ``expected``."""
+    proc = run_tool(train_args(root, out, "--resume", *method), nproc=nproc)
     assert f"resumed from {ckpt(out, 8)}: epoch 1, step 2" in proc.stdout
     assert_same_weights(final_weights(expected), final_weights(out))
     torchvision.models.resnet18(num_classes=4).load_state_dict(final_weights(out))  # no DDP prefix
