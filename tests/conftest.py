@@ -1,6 +1,7 @@
 """pytest's hooks and the fixtures many test modules use; plain helpers are in helpers.py."""
 
 import collections
+import logging
 import multiprocessing.process
 import os
 import subprocess
@@ -73,19 +74,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def restore_logging():
-    """The root logger's handlers and level as they were before the test: a Trainer replaces
-    them with its own (stdout and the run's log.txt)."""
-    import logging
+# The root logger as the session found it (pytest's own capture handlers come and go per phase).
+_ROOT_LOGGING = (list(logging.getLogger().handlers), logging.getLogger().level)
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """After every test, the root logger's handlers and level as the session found them: a
+    Trainer or a tool run in this process replaces them with its own (stdout and its run's
+    log.txt), in a test or in a module fixture, and a later test in the same worker would log
+    into that file, whose folder pytest removes once its test passed (pytest.ini)."""
     yield
-    for handler in root.handlers:
-        if handler not in handlers:
+    root = logging.getLogger()
+    handlers, level = _ROOT_LOGGING
+    for handler in list(root.handlers):
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
             handler.close()
-    root.handlers[:], root.level = handlers, level
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

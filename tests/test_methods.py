@@ -459,9 +459,7 @@ def test_uskd_method_trains_the_head_and_checkpoints_it():
 
 
 @pytest.mark.parametrize("name", ["uskd", "lsskd"])
-def test_the_trainer_optimizes_the_methods_own_parts(
-    name, synthetic_root, tmp_path, restore_logging
-):
+def test_the_trainer_optimizes_the_methods_own_parts(name, synthetic_root, tmp_path):
     """USKD's head and LSSKD's branches train with the network: the Trainer's optimizer holds
     every parameter of the module the method wraps, and one training step changes them."""
     trainer = Trainer(

@@ -5,7 +5,6 @@ anything bad is saved; a dead or stuck rank ends the job in bounded time."""
 
 import importlib.util
 import json
-import logging
 import os
 import re
 import shutil
@@ -80,15 +79,14 @@ def fault(spec):
 
 def run_in_process(args, fails=True):
     """tools/pretrain.py's main in this process, so a bad input costs no interpreter start.
-    Returns the ``error: ...`` message it exits with (``fails``) or None. The tool's logging
-    set-up and the thread count are undone afterwards."""
+    Returns the ``error: ...`` message it exits with (``fails``) or None. The thread count is
+    put back afterwards (the tool's logging set-up: tests/conftest.py, after every test)."""
     spec = importlib.util.spec_from_file_location(
         "pretrain_tool", os.path.join(ROOT, "tools", "pretrain.py")
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as run_tool's OMP_NUM_THREADS: the CPU is shared
     try:
         if not fails:
@@ -97,11 +95,6 @@ def run_in_process(args, fails=True):
             tool.main(args[1:])
         return str(info.value.code)
     finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
         torch.set_num_threads(threads)
 
 

@@ -102,9 +102,7 @@ def test_bad_steps_are_refused_when_the_config_is_assembled(steps, shown):
         setup_cfg(os.path.join(CONFIGS, "cpu_synthetic_R_18.yaml"), ["SOLVER.STEPS", steps])
 
 
-def test_the_trainer_sets_the_scheduled_lr_before_every_step(
-    synthetic_root, tmp_path, restore_logging, monkeypatch
-):
+def test_the_trainer_sets_the_scheduled_lr_before_every_step(synthetic_root, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     # 96 training images in batches of 24: 4 iterations an epoch, 20 in all; warmup over epoch 0,
     # x0.1 at epochs 2 and 4.

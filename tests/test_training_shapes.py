@@ -44,7 +44,7 @@ def _trainer(root, out, *opts):
     )
 
 
-def test_last_partial_training_batch_is_dropped(synthetic_root, tmp_path, restore_logging):
+def test_last_partial_training_batch_is_dropped(synthetic_root, tmp_path):
     trainer = _trainer(synthetic_root, tmp_path)
     assert trainer.iters_per_epoch == 4
     sizes = [len(batch[0]) for batch in trainer.train_loader]
@@ -52,9 +52,7 @@ def test_last_partial_training_batch_is_dropped(synthetic_root, tmp_path, restor
 
 
 @pytest.mark.integration
-def test_compiled_training_keeps_one_graph_across_epochs(
-    synthetic_root, tmp_path, restore_logging, monkeypatch
-):
+def test_compiled_training_keeps_one_graph_across_epochs(synthetic_root, tmp_path, monkeypatch):
     counter = CompileCounter()
     compile_ = torch.compile
     monkeypatch.setattr(
@@ -72,14 +70,12 @@ def test_compiled_training_keeps_one_graph_across_epochs(
     assert trainer.iteration == 8  # 2 epochs of 4 steps
 
 
-def test_a_training_set_smaller_than_a_batch_is_refused(synthetic_root, tmp_path, restore_logging):
+def test_a_training_set_smaller_than_a_batch_is_refused(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="96 samples.*fewer than one batch of 128"):
         _trainer(synthetic_root, tmp_path, "SOLVER.IMS_PER_BATCH", "128")
 
 
-def test_training_and_the_benchmark_use_the_cudnn_autotuner(
-    synthetic_root, tmp_path, restore_logging
-):
+def test_training_and_the_benchmark_use_the_cudnn_autotuner(synthetic_root, tmp_path):
     from tools.benchmark import main
 
     torch.backends.cudnn.benchmark = False
