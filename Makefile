@@ -13,7 +13,7 @@ EDITABLE_STAMP := $(VENV)/.editable
 DETECTRON2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_STAMP := $(VENV)/.detectron2-$(DETECTRON2_COMMIT)
 
-.PHONY: venv test test-fast test-unit lint mutation demo clean
+.PHONY: venv test test-durations test-fast test-unit lint mutation demo clean
 
 venv: $(STAMP) $(EDITABLE_STAMP) $(D2_STAMP)
 
@@ -34,7 +34,7 @@ $(D2_STAMP): $(STAMP)
 
 # pytest-xdist workers, a test file each at a time (a file's module fixtures are built once), in
 # tests/conftest.py's order (--no-loadscope-reorder; xdist's own would take the Slurm cluster's
-# files late). Three on 2 cores for the tiers with end-to-end tests: those spend much of their
+# files late; the longest first, by tests/durations.json). Three on 2 cores for the tiers with end-to-end tests: those spend much of their
 # time waiting on the processes and Slurm jobs they start, and a third file computes meanwhile.
 # The unit tier only computes: two.
 PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
@@ -43,6 +43,11 @@ UNIT_WORKERS ?= -n 2 --dist loadfile
 # The whole suite, slow end-to-end checks included (what CI runs). -rs prints every skip reason.
 test: venv
 	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) tests
+
+# The whole suite, rewriting tests/durations.json (each file's seconds): the workers take the
+# longest files first from it (tests/conftest.py). Worth rerunning when files grew or were added.
+test-durations: venv
+	$(PY) -m pytest -q -rs $(PYTEST_WORKERS) --record-durations tests/durations.json tests
 
 # Everything but the tests marked slow.
 test-fast: venv

@@ -1,6 +1,7 @@
 """pytest's hooks and the fixtures many test modules use; plain helpers are in helpers.py."""
 
 import collections
+import json
 import logging
 import multiprocessing.process
 import os
@@ -12,23 +13,63 @@ import pytest
 UNIT_TIER = os.environ.get("UNIT_TIER") == "1"
 
 
-def pytest_collection_modifyitems(items):
-    """The order in which `make test`'s workers take the files (``--dist loadfile
-    --no-loadscope-reorder``: each takes the next whole file): the Slurm cluster's files first,
-    since the two-node study's file is the suite's longest (minutes, mostly waiting on its jobs,
-    while the other workers compute), then the other files with slow tests, then the rest, each
-    group by its files' number of tests, most first: the long files early and the many short
-    ones last, where they fill the workers' ends evenly. A file's own order is kept."""
+# Seconds each test file took on its worker in a recorded `make test` (`make test-durations`
+# rewrites it): the order in which the workers take the files comes from it.
+DURATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
 
-    def files(marker):
-        return {item.path for item in items if item.get_closest_marker(marker)}
 
-    cluster, slow = files("cluster"), files("slow")
-    count = collections.Counter(item.path for item in items)
-    # A stable sort: the files of equal keys, and each file's tests, keep their order.
-    items.sort(
-        key=lambda item: (item.path not in cluster, item.path not in slow, -count[item.path])
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-durations",
+        metavar="FILE",
+        help="write each test file's seconds (setup, call and teardown of its tests) to FILE",
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order in which `make test`'s workers take the files (``--dist loadfile
+    --no-loadscope-reorder``: each takes the next whole file): the Slurm cluster's files first
+    (the two-node study's is the suite's longest, mostly waiting on its jobs while the other
+    workers compute), then the longest first as tests/durations.json recorded them, so that the
+    workers end together; files it does not know (new ones) next, those with slow tests first,
+    each group by its number of tests. A file's own order is kept."""
+    try:
+        with open(DURATIONS) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        recorded = {}
+    cluster = {item.path for item in items if item.get_closest_marker("cluster")}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    count = collections.Counter(item.path for item in items)
+
+    def key(item):
+        name = os.path.relpath(item.path, config.rootpath)
+        known = name in recorded
+        return (
+            item.path not in cluster,
+            not known,
+            -recorded.get(name, 0.0),
+            item.path not in slow,
+            -count[item.path],
+        )
+
+    items.sort(key=key)  # stable: the files of equal keys, and each file's tests, keep their order
+
+
+_durations = collections.Counter()
+
+
+def pytest_runtest_logreport(report):
+    # Every phase of every test, also from pytest-xdist's workers (their reports come here).
+    _durations[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("record_durations")
+    if path and not hasattr(session.config, "workerinput"):  # pytest-xdist's controller, or alone
+        with open(path, "w") as f:
+            json.dump({k: round(v, 1) for k, v in sorted(_durations.items())}, f, indent=1)
+            f.write("\n")
 
 
 @pytest.fixture(scope="session", autouse=UNIT_TIER)
