@@ -34,9 +34,9 @@ $(D2_STAMP): $(STAMP)
 
 # pytest-xdist workers, a test file each at a time (a file's module fixtures are built once), in
 # tests/conftest.py's order (--no-loadscope-reorder; xdist's own would take the Slurm cluster's
-# files late; the longest first, by tests/durations.json). Three on 2 cores for the tiers with end-to-end tests: those spend much of their
-# time waiting on the processes and Slurm jobs they start, and a third file computes meanwhile.
-# The unit tier only computes: two.
+# files late; then the longest first, by tests/durations.json). Three on 2 cores for the tiers
+# with end-to-end tests: those spend much of their time waiting on the processes and Slurm jobs
+# they start, and a third file computes meanwhile. The unit tier only computes: two.
 PYTEST_WORKERS ?= -n 3 --dist loadfile --no-loadscope-reorder
 UNIT_WORKERS ?= -n 2 --dist loadfile
 
