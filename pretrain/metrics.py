@@ -5,7 +5,6 @@ those over the whole validation set, so a set sharded over ranks gives exactly t
 one process once the stats are gathered.
 """
 
-import functools
 import hashlib
 import math
 import os
@@ -144,18 +143,15 @@ def summarize(stats, weights=None, keys=METRIC_KEYS):
     nll, confidence, correct1, correct5 = stats.double().unbind(dim=1)
     w = _rows(weights, nll)
     n = w.sum(dim=1)
-    aurc = functools.cache(lambda: aurc_eaurc(confidence, correct1, w))
     compute = {
         "top1_err": lambda: 100.0 * (1.0 - w @ correct1 / n),
         "top5_err": lambda: 100.0 * (1.0 - w @ correct5 / n),
         "nll": lambda: w @ nll / n,
         "ece": lambda: ece(confidence, correct1, weights=w),
-        "aurc": lambda: aurc()[0],
-        "eaurc": lambda: aurc()[1],
     }
-    if {"aurc", "eaurc"} & set(keys):
-        keys = [*keys, "aurc", "eaurc"]
-    out = {k: compute[k]() for k in dict.fromkeys(keys)}
+    out = {k: compute[k]() for k in keys if k in compute}
+    if {"aurc", "eaurc"} & set(keys):  # last, as in METRIC_KEYS
+        out["aurc"], out["eaurc"] = aurc_eaurc(confidence, correct1, w)
     if weights is not None:
         return out
     return dict({k: v.item() for k, v in out.items()}, num_samples=int(stats.shape[0]))

@@ -77,12 +77,14 @@ def _start_time(pid):
     """When process ``pid`` started (clock ticks after boot, /proc/<pid>/stat field 22) and in
     which boot; None where /proc cannot tell."""
     stat = _stat_fields(pid)
+    if stat is None:
+        return None
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:
         return None
-    return None if stat is None else f"{boot}:{stat[19]}"
+    return f"{boot}:{stat[19]}"
 
 
 def process_identity(pid):
